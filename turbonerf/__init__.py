@@ -1,0 +1,3 @@
+"""turbonerf: train neural radiance fields and make them render fast."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,179 @@
+"""The ``turbonerf`` command line.
+
+Errors caused by input (a missing file, a bad option, a foreign checkpoint) print one line and
+exit with status 2; ``--debug`` anywhere on the command line shows the full traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from turbonerf.errors import TurboNerfError
+
+app = typer.Typer(
+    help="turbonerf: train neural radiance fields and make them render fast.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.command()
+def inspect(
+    path: Path = typer.Argument(..., help="scene folder (Blender, LLFF or transforms.json)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of text"),
+):
+    """Detect a scene folder's format and summarise it: splits, resolution, intrinsics, bounds."""
+    from turbonerf.data.scene import scene_info
+
+    info = scene_info(path).to_json()
+    if as_json:
+        print(json.dumps(info))
+        return
+    print(f"{info['path']}")
+    print(f"  format      {info['format']}")
+    print("  splits      " + ", ".join(f"{k}: {v} images" for k, v in info["splits"].items()))
+    print(f"  resolution  {info['width']} x {info['height']}")
+    print(f"  intrinsics  fx={info['fx']:.3f} fy={info['fy']:.3f} cx={info['cx']:.3f} cy={info['cy']:.3f}")
+    print(f"  distortion  {info['distortion'] if info['distortion'] else 'none'}")
+    print(f"  near / far  {info['near']:.4g} / {info['far']:.4g}" + ("  (NDC)" if info["ndc"] else ""))
+    print(f"  scene box   {info['aabb'][0]} .. {info['aabb'][1]}")
+    print(f"  background  {'white' if info['white_background'] else 'black / none'}")
+
+
+@app.command()
+def train(
+    method: str = typer.Option("vanilla-nerf", help="method to train (see `turbonerf methods`)"),
+    data: Optional[Path] = typer.Option(None, help="scene folder (not needed with --resume)"),
+    out: Path = typer.Option(..., help="run folder to create (or to continue with --resume)"),
+    max_steps: int = typer.Option(200_000, help="stop after this many optimisation steps"),
+    max_minutes: Optional[float] = typer.Option(None, help="stop after this many minutes of training"),
+    downscale: int = typer.Option(1, help="shrink images (and intrinsics) by this integer factor"),
+    seed: int = typer.Option(0, help="random seed"),
+    device: str = typer.Option("auto", help="'auto' (cuda if available), 'cpu' or 'cuda[:N]'"),
+    batch_rays: int = typer.Option(1024, help="rays per training step"),
+    checkpoint_every: int = typer.Option(1000, help="write a checkpoint every N steps (also every 5 min)"),
+    set_: List[str] = typer.Option([], "--set", help="method option KEY=VALUE (repeatable), e.g. --set n_fine=64"),
+    resume: bool = typer.Option(False, help="continue the run in --out from its last checkpoint"),
+    overwrite: bool = typer.Option(False, help="replace an existing run folder"),
+    fp32: bool = typer.Option(False, help="train in fp32 instead of bf16 autocast"),
+    progress: bool = typer.Option(True, help="show a progress bar"),
+):
+    """Train a method on a scene. Ctrl-C saves a checkpoint; --resume continues from it."""
+    from turbonerf.engine.trainer import TrainOptions
+    from turbonerf.engine.trainer import train as run_training
+
+    if data is None and not resume:
+        raise TurboNerfError("--data is required (unless --resume)")
+    opts = TrainOptions(
+        method=method,
+        data=data or Path("."),
+        out=out,
+        max_steps=max_steps,
+        max_minutes=max_minutes,
+        downscale=downscale,
+        seed=seed,
+        device=device,
+        batch_rays=batch_rays,
+        checkpoint_every=checkpoint_every,
+        resume=resume,
+        overwrite=overwrite,
+        overrides=list(set_),
+        bf16=not fp32,
+        progress=progress,
+    )
+    result = run_training(opts)
+    print(f"trained {result.step} steps in {result.seconds / 60:.1f} min (last batch PSNR {result.last_psnr:.2f} dB) -> {result.run_dir}")
+
+
+@app.command("eval")
+def evaluate(
+    run: Path = typer.Option(..., help="run folder made by `turbonerf train`"),
+    split: str = typer.Option("test", help="split to render and score"),
+    limit: Optional[int] = typer.Option(None, help="only the first N images of the split"),
+    downscale: Optional[int] = typer.Option(None, help="image downscale (default: the training one)"),
+    device: str = typer.Option("auto", help="'auto', 'cpu' or 'cuda[:N]'"),
+    chunk: int = typer.Option(4096, help="rays rendered at once"),
+    progress: bool = typer.Option(True, help="show a progress bar"),
+):
+    """Render a split of a trained run and write RUN/eval/results.json (PSNR, SSIM, LPIPS, ms per frame)."""
+    from turbonerf.eval.evaluate import evaluate_run
+
+    r = evaluate_run(run, split, limit, downscale, device, chunk, progress=progress)
+    ssim_txt = "n/a" if r["ssim"] is None else f"{r['ssim']:.4f}"
+    print(
+        f"{r['method']} on {r['n_images']} {split} images at {r['width']}x{r['height']}: "
+        f"PSNR {r['psnr']:.2f} dB, SSIM {ssim_txt}, {r['ms_per_frame']:.0f} ms/frame -> {Path(run) / 'eval' / 'results.json'}"
+    )
+
+
+@app.command()
+def render(
+    run: Path = typer.Option(..., help="run folder made by `turbonerf train`"),
+    path: str = typer.Option("orbit", help="camera path: test, orbit (360-degree scenes) or spiral (forward-facing)"),
+    out: Path = typer.Option(..., help="output folder for rgb/, depth/, opacity/ PNGs and MP4 videos"),
+    frames: int = typer.Option(60, help="number of frames"),
+    downscale: Optional[int] = typer.Option(None, help="image downscale (default: the training one)"),
+    fps: int = typer.Option(24, help="video frame rate"),
+    device: str = typer.Option("auto", help="'auto', 'cpu' or 'cuda[:N]'"),
+    overwrite: bool = typer.Option(False, help="write into an existing non-empty output folder"),
+    progress: bool = typer.Option(True, help="show a progress bar"),
+):
+    """Render RGB, depth and opacity along a camera path, and videos of it."""
+    from turbonerf.render.sequence import render_sequence
+
+    res = render_sequence(run, path, out, frames, downscale, fps, device, overwrite, progress=progress)
+    print(f"frames in {res['frames']}; video {res['video']}; depth video {res['depth_video']}")
+
+
+@app.command()
+def methods():
+    """List the registered methods."""
+    from turbonerf.methods.registry import method_names
+
+    for name in method_names():
+        print(name)
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("turbonerf-demo"), help="folder for the demo run, its evaluation and its renders"),
+    minutes: float = typer.Option(3.0, help="training budget in minutes"),
+    overwrite: bool = typer.Option(False, help="replace an existing demo folder"),
+    progress: bool = typer.Option(True, help="show progress bars"),
+):
+    """Train on the small lego scene shipped with turbonerf, evaluate it and render an orbit."""
+    from turbonerf.cli.demo import run_demo
+
+    run_demo(out, minutes, overwrite, progress)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``turbonerf`` console script; returns the exit status."""
+    from turbonerf.engine.trainer import TrainingInterrupted
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    try:
+        app(args=args, prog_name="turbonerf")  # standalone: usage errors print and raise SystemExit
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    except TurboNerfError as err:
+        if debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except TrainingInterrupted as err:
+        print(str(err), file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

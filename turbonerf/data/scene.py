@@ -1,0 +1,161 @@
+"""The Scene every parser returns, and format detection.
+
+Formats (auto-detected from the folder):
+- ``blender``: NeRF-synthetic, ``transforms_{train,val,test}.json`` (splits present on disk only).
+- ``llff``: forward-facing, ``poses_bounds.npy`` + ``images_N/`` folders, NDC rays.
+- ``transforms``: instant-ngp / nerfstudio, a single ``transforms.json``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from turbonerf.cameras import Cameras
+from turbonerf.errors import TurboNerfError
+
+
+@dataclass
+class Split:
+    """One split of a scene.
+
+    Attributes:
+        images: [N, H, W, 3] uint8 RGB (RGBA already composited on the scene background).
+        cameras: the N cameras, at the resolution of ``images``.
+        paths: the N image files.
+    """
+
+    images: Tensor
+    cameras: Cameras
+    paths: list[Path]
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
+@dataclass
+class Scene:
+    """A loaded scene.
+
+    Attributes:
+        format: "blender", "llff" or "transforms".
+        root: the scene folder.
+        splits: split name -> Split (only splits that exist and were asked for).
+        near, far: sampling range along unit-direction rays (NDC scenes: 0 and 1).
+        white_background: composite on white (RGBA data) rather than black.
+        ndc: rays are mapped to normalized device coordinates (forward-facing scenes).
+        aabb: [2, 3] box that holds the content, in sample space (NDC space for ndc scenes).
+        depth_bounds: (closest, farthest) scene depth in world units (used by spiral paths).
+    """
+
+    format: str
+    root: Path
+    splits: dict[str, Split]
+    near: float
+    far: float
+    white_background: bool
+    ndc: bool
+    aabb: Tensor
+    depth_bounds: tuple[float, float] = (0.0, 0.0)
+
+    @property
+    def background(self) -> Tensor:
+        """[3] background colour."""
+        return torch.ones(3) if self.white_background else torch.zeros(3)
+
+    def split(self, name: str) -> Split:
+        if name not in self.splits:
+            raise TurboNerfError(
+                f"split '{name}' not found (available: {', '.join(sorted(self.splits)) or 'none'})", self.root
+            )
+        return self.splits[name]
+
+
+@dataclass
+class SceneInfo:
+    """What ``turbonerf inspect`` reports, read without decoding every image."""
+
+    format: str
+    root: Path
+    splits: dict[str, int]
+    width: int
+    height: int
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+    near: float
+    far: float
+    white_background: bool
+    ndc: bool
+    aabb: list[list[float]]
+    distortion: list[float] | None = None
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {
+            "format": self.format,
+            "path": str(self.root),
+            "splits": self.splits,
+            "width": self.width,
+            "height": self.height,
+            "fx": self.fx,
+            "fy": self.fy,
+            "cx": self.cx,
+            "cy": self.cy,
+            "distortion": self.distortion,
+            "near": self.near,
+            "far": self.far,
+            "white_background": self.white_background,
+            "ndc": self.ndc,
+            "aabb": self.aabb,
+            **self.extra,
+        }
+
+
+def detect_format(path: str | Path) -> str:
+    """Return "blender", "llff" or "transforms" for a scene folder, or raise TurboNerfError."""
+    root = Path(path)
+    if not root.exists():
+        raise TurboNerfError("scene folder does not exist", root)
+    if not root.is_dir():
+        raise TurboNerfError("not a folder (expected a scene folder)", root)
+    if any((root / f"transforms_{s}.json").is_file() for s in ("train", "val", "test")):
+        return "blender"
+    if (root / "poses_bounds.npy").is_file():
+        return "llff"
+    if (root / "transforms.json").is_file():
+        return "transforms"
+    raise TurboNerfError(
+        "no scene found: expected transforms_{train,test}.json (Blender), poses_bounds.npy (LLFF) "
+        "or transforms.json (instant-ngp / nerfstudio)",
+        root,
+    )
+
+
+def load_scene(path: str | Path, downscale: int = 1, splits: tuple[str, ...] | None = None) -> Scene:
+    """Load a scene folder of any supported format.
+
+    Args:
+        path: the scene folder.
+        downscale: integer factor by which images (and intrinsics) are shrunk.
+        splits: which splits to load (None: all that exist).
+    """
+    from turbonerf.data import blender, llff, transforms
+
+    fmt = detect_format(path)
+    if downscale < 1:
+        raise TurboNerfError(f"--downscale must be >= 1, got {downscale}")
+    loader = {"blender": blender.load, "llff": llff.load, "transforms": transforms.load}[fmt]
+    return loader(Path(path), downscale=downscale, splits=splits)
+
+
+def scene_info(path: str | Path) -> SceneInfo:
+    """Summarise a scene folder (format, split sizes, resolution, intrinsics, bounds)."""
+    from turbonerf.data import blender, llff, transforms
+
+    fmt = detect_format(path)
+    return {"blender": blender.info, "llff": llff.info, "transforms": transforms.info}[fmt](Path(path))

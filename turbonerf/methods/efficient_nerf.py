@@ -1,0 +1,231 @@
+"""EfficientNeRF (Hu et al., CVPR 2022): valid sampling, pivotal sampling, a lightweight coarse
+MLP and spherical-harmonics colour.
+
+Per ray and step:
+
+1. Coarse: ``n_coarse`` stratified samples; only those whose cell in the momentum density grid
+   has V > 0 (valid samples, ``turbonerf.samplers.valid``) are evaluated by a small MLP; the
+   rest count as empty. In training the grid is then updated with the raw densities predicted.
+2. Fine: the coarse samples with compositing weight > ``weight_threshold`` are pivots; each
+   gets ``n_per_pivot`` fine samples around it (``turbonerf.samplers.pivotal``) and only these
+   are evaluated by the 8x256 fine MLP. Everything else along the ray is empty space.
+3. Loss: coarse + fine MSE.
+
+Both MLPs output a raw density (activated with softplus, as in the official code, so that the
+grid can hold negative values in empty space) and 3 x sh_degree^2 SH coefficients, turned into
+colour by evaluating the SH basis at the view direction and a sigmoid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from turbonerf.encodings.frequency import FrequencyEncoding
+from turbonerf.encodings.sh import sh_basis
+from turbonerf.rays import PackedSamples, RayBundle
+from turbonerf.render.volrend import composite, render_weight_from_density
+from turbonerf.samplers.pivotal import pivotal_samples
+from turbonerf.samplers.uniform import stratified_edges
+from turbonerf.samplers.valid import DensityGrid, valid_samples
+
+
+@dataclass
+class EfficientNeRFConfig:
+    """EfficientNeRF hyper-parameters (defaults: the official code's Blender settings unless noted)."""
+
+    n_coarse: int = 128
+    """stratified coarse samples per ray before valid sampling (official train.sh: 128)"""
+    n_per_pivot: int = 5
+    """N_s, fine samples around each pivotal coarse sample (official train.sh: 5)"""
+    delta_f: float = 0.0
+    """spacing of the fine samples in units of t; 0: each pivot's coarse interval / n_per_pivot"""
+    weight_threshold: float = 1e-4
+    """a coarse sample is a pivot when its weight exceeds this (paper: 1e-4; official lego script: 1e-5)"""
+    max_fine_per_ray: float = 64.0
+    """training only: when pivots would give more fine samples than this per ray on average, a
+    random subset of pivots is kept (the official code caps fine samples at 64 per ray); 0: no cap"""
+    pivots_from_grid: bool = False
+    """take pivot weights from the density grid (softplus V) instead of the coarse MLP, as the
+    official code does; then rendering never evaluates the coarse MLP"""
+    grid_resolution: int = 128
+    """D, cells per axis of the density grid over the scene box (official: 384 over a 2x larger box)"""
+    grid_init: float = 10.0
+    """initial raw density of every grid cell (paper: 10; official code: 30)"""
+    beta: float = 0.1
+    """momentum of the grid update V <- (1 - beta) V + beta sigma"""
+    uniform_ratio: float = 0.01
+    """training only: fraction of rays on which every in-box sample is evaluated whatever the
+    grid says, so cells that fell to V <= 0 can come back"""
+    coarse_depth: int = 4
+    """layers of the lightweight coarse MLP trunk (official: 4)"""
+    coarse_width: int = 128
+    """width of the coarse MLP (official: 128)"""
+    coarse_skip: int = 2
+    """the encoded input is concatenated again before this trunk layer of the coarse MLP (official: 2)"""
+    fine_depth: int = 8
+    """layers of the fine MLP trunk"""
+    fine_width: int = 256
+    """width of the fine MLP"""
+    fine_skip: int = 4
+    """the encoded input is concatenated again before this trunk layer of the fine MLP"""
+    sh_degree: int = 3
+    """SH bands of the colour: sh_degree^2 coefficients per channel (official: l <= 2, i.e. 3 bands)"""
+    pos_freqs: int = 10
+    """positional-encoding octaves for positions"""
+    density_noise_std: float = 1.0
+    """training only: std of Gaussian noise added to the raw density before the activation (official: 1)"""
+    lr: float = 5e-4
+    """initial Adam learning rate"""
+    lr_final_factor: float = 0.1
+    """the learning rate decays exponentially by this factor every ``lr_decay_steps``"""
+    lr_decay_steps: int = 200_000
+    """steps over which the learning rate falls by ``lr_final_factor``"""
+
+
+class SHField(nn.Module):
+    """Positions (and directions) in, raw density and SH colour out.
+
+    Trunk of ``depth`` x ``width`` ReLU layers on the positional encoding, with the encoding
+    concatenated again before layer ``skip``; density head and SH head are each
+    Linear(width, width) - ReLU - Linear (as in the official code). The view direction enters
+    only through the SH basis.
+
+    Args:
+        depth, width, skip: trunk shape.
+        sh_degree: SH bands (sh_degree^2 coefficients per colour channel).
+        pos_freqs: positional-encoding octaves.
+    """
+
+    def __init__(self, depth: int, width: int, skip: int, sh_degree: int, pos_freqs: int = 10):
+        super().__init__()
+        self.pos_enc = FrequencyEncoding(pos_freqs)
+        in_pos = self.pos_enc.out_dim(3)
+        self.skip = skip
+        self.sh_degree = sh_degree
+        self.trunk = nn.ModuleList(
+            nn.Linear(in_pos if i == 0 else width + (in_pos if i == skip else 0), width) for i in range(depth)
+        )
+        self.sigma_head = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 1))
+        self.sh_head = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 3 * sh_degree**2))
+
+    def features(self, x: Tensor) -> Tensor:
+        """x: [N, 3] -> [N, width] trunk activations."""
+        enc = self.pos_enc(x)
+        h = enc
+        for i, layer in enumerate(self.trunk):
+            if i == self.skip and i > 0:
+                h = torch.cat([enc.to(h.dtype), h], dim=-1)
+            h = F.relu(layer(h))
+        return h
+
+    def forward(self, x: Tensor, d: Tensor) -> tuple[Tensor, Tensor]:
+        """x: [N, 3] points, d: [N, 3] unit directions -> raw sigma [N], rgb [N, 3] (float32)."""
+        h = self.features(x)
+        raw = self.sigma_head(h)[:, 0].float()
+        coeffs = self.sh_head(h).float().reshape(-1, 3, self.sh_degree**2)
+        basis = sh_basis(d.float(), self.sh_degree)  # [N, deg^2]
+        rgb = torch.sigmoid((coeffs * basis[:, None, :]).sum(-1))
+        return raw, rgb
+
+
+def random_subset(mask: Tensor, n_keep: int) -> Tensor:
+    """[S] bool: ``n_keep`` of the True entries of ``mask`` [S], chosen uniformly at random."""
+    idx = torch.nonzero(mask).squeeze(1)
+    perm = torch.randperm(idx.numel(), device=idx.device)[:n_keep]
+    keep = torch.zeros_like(mask)
+    keep[idx[perm]] = True
+    return keep
+
+
+def activate_density(raw: Tensor, noise_std: float) -> Tensor:
+    """raw [N] -> softplus(raw + noise_std * N(0, 1)) [N] (no noise when noise_std is 0)."""
+    if noise_std > 0:
+        raw = raw + noise_std * torch.randn_like(raw)
+    return F.softplus(raw)
+
+
+class EfficientNeRF(nn.Module):
+    """Lightweight coarse SH-MLP on valid samples + fine SH-MLP on pivotal samples."""
+
+    def __init__(self, config: EfficientNeRFConfig, aabb: Tensor):
+        super().__init__()
+        self.config = c = config
+        self.coarse = SHField(c.coarse_depth, c.coarse_width, c.coarse_skip, c.sh_degree, c.pos_freqs)
+        self.fine = SHField(c.fine_depth, c.fine_width, c.fine_skip, c.sh_degree, c.pos_freqs)
+        self.grid = DensityGrid(aabb, c.grid_resolution, c.grid_init)
+        self.last_samples_per_ray: float | None = None
+
+    def _forward(self, rays: RayBundle, background: Tensor, train: bool) -> tuple[dict, dict, dict[str, float]]:
+        c = self.config
+        n_rays = len(rays)
+        noise = c.density_noise_std if train else 0.0
+
+        # Coarse stage on valid samples.
+        edges = stratified_edges(rays.near, rays.far, c.n_coarse, jitter=train)
+        force = torch.rand(n_rays, device=edges.device) < c.uniform_ratio if (train and c.uniform_ratio > 0) else None
+        cs, _ = valid_samples(rays, edges, self.grid, force)
+        pts = cs.positions(rays)
+        grid_raw = self.grid.query(pts) if c.pivots_from_grid else None
+        coarse = None
+        if train or not c.pivots_from_grid:
+            raw_c, rgb_c = self.coarse(pts, cs.viewdirs(rays))
+            sigma_c = activate_density(raw_c, noise)
+            coarse = composite(cs.t_starts, cs.t_ends, sigma_c, rgb_c, cs.ray_indices, n_rays, background)
+            if train:
+                self.grid.update(pts, raw_c.detach(), c.beta)
+
+        # Pivots and fine stage.
+        if c.pivots_from_grid:
+            w = render_weight_from_density(cs.t_starts, cs.t_ends, F.softplus(grid_raw), cs.ray_indices, n_rays)[0]
+        else:
+            w = coarse["weights"].detach()
+        n_pivots = int((w > c.weight_threshold).sum())
+        if train and c.max_fine_per_ray > 0:
+            cap = int(c.max_fine_per_ray * n_rays / c.n_per_pivot)
+            if n_pivots > cap:
+                w = torch.where(random_subset(w > c.weight_threshold, cap), w, torch.zeros_like(w))
+                n_pivots = cap
+        fs, _ = pivotal_samples(cs, w, c.n_per_pivot, c.delta_f if c.delta_f > 0 else None, c.weight_threshold, rays.near, rays.far)
+        raw_f, rgb_f = self.fine(fs.positions(rays), fs.viewdirs(rays))
+        sigma_f = activate_density(raw_f, noise)
+        fine = composite(fs.t_starts, fs.t_ends, sigma_f, rgb_f, fs.ray_indices, n_rays, background)
+
+        n_dense = max(n_rays * c.n_coarse, 1)
+        n_coarse_eval = len(cs) if coarse is not None else 0
+        stats = {
+            "valid_fraction": len(cs) / n_dense,
+            "pivotal_fraction": n_pivots / n_dense,
+            "samples_per_ray": (n_coarse_eval + len(fs)) / max(n_rays, 1),
+            "fine_per_ray": len(fs) / max(n_rays, 1),
+        }
+        return coarse, fine, stats
+
+    def training_loss(self, rays: RayBundle, target: Tensor, background: Tensor, step: int):
+        coarse, fine, stats = self._forward(rays, background, train=True)
+        mse_c = torch.mean((coarse["rgb"] - target) ** 2)
+        mse_f = torch.mean((fine["rgb"] - target) ** 2)
+        stats = {"mse": float(mse_f), "mse_coarse": float(mse_c), **stats, "grid_occupied": self.grid.occupied_fraction()}
+        return mse_c + mse_f, stats
+
+    def render(self, rays: RayBundle, background: Tensor) -> dict[str, Tensor]:
+        _, fine, stats = self._forward(rays, background, train=False)
+        self.last_samples_per_ray = stats["samples_per_ray"]
+        return {"rgb": fine["rgb"], "depth": fine["depth"], "opacity": fine["opacity"]}
+
+    def samples_per_ray(self) -> float:
+        """Network evaluations per rendered ray: the average measured by the last ``render``
+        call (it depends on the scene and the grid), or the worst case before any render."""
+        if self.last_samples_per_ray is not None:
+            return self.last_samples_per_ray
+        c = self.config
+        return float(c.n_coarse * (1 + c.n_per_pivot))
+
+    def make_optimizer(self):
+        c = self.config
+        params = [p for p in self.parameters() if p.requires_grad]
+        opt = torch.optim.Adam(params, lr=c.lr, betas=(0.9, 0.999), eps=1e-7, fused=True)
+        return opt, lambda step: c.lr_final_factor ** (step / c.lr_decay_steps)

@@ -1,0 +1,59 @@
+"""Method name -> (config dataclass, model class). ``turbonerf train --method NAME``."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from turbonerf.errors import TurboNerfError
+from turbonerf.methods.vanilla_nerf import VanillaNeRF, VanillaNeRFConfig
+
+METHODS: dict[str, tuple[type, type]] = {
+    "vanilla-nerf": (VanillaNeRFConfig, VanillaNeRF),
+}
+
+
+def method_names() -> list[str]:
+    return sorted(METHODS)
+
+
+def get_method(name: str) -> tuple[type, type]:
+    """(ConfigClass, ModelClass) for a method name, or TurboNerfError naming the valid ones."""
+    if name not in METHODS:
+        raise TurboNerfError(f"unknown method '{name}' (available: {', '.join(method_names())})")
+    return METHODS[name]
+
+
+def config_from_dict(name: str, values: dict[str, Any]):
+    """Build the method's config from a dict (e.g. a run's saved config), rejecting unknown keys."""
+    cfg_cls, _ = get_method(name)
+    known = {f.name for f in dataclasses.fields(cfg_cls)}
+    unknown = set(values) - known
+    if unknown:
+        raise TurboNerfError(f"unknown option(s) for {name}: {', '.join(sorted(unknown))}")
+    return cfg_cls(**values)
+
+
+def apply_overrides(config, overrides: list[str]):
+    """Return ``config`` with ``key=value`` strings applied, each converted to the field's type."""
+    fields = {f.name: f for f in dataclasses.fields(config)}
+    changes = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in fields:
+            raise TurboNerfError(
+                f"bad --set '{item}': expected KEY=VALUE with KEY one of {', '.join(sorted(fields))}"
+            )
+        typ = type(getattr(config, key))
+        try:
+            if typ is bool:
+                if raw.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(raw)
+                value = raw.lower() in ("true", "1")
+            else:
+                value = typ(raw)
+        except ValueError:
+            raise TurboNerfError(f"bad --set '{item}': '{raw}' is not a valid {typ.__name__}") from None
+        changes[key] = value
+    return dataclasses.replace(config, **changes)

@@ -1,0 +1,124 @@
+"""Ray bundles and packed samples: the two data structures every sampler and renderer shares."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from turbonerf.cameras import Cameras, camera_rays, ndc_rays
+
+
+@dataclass
+class RayBundle:
+    """R rays.
+
+    Attributes:
+        origins: [R, 3] where samples are placed from (world space, or NDC for forward-facing scenes).
+        directions: [R, 3] sample-space directions; a sample at distance t lies at origins + t * directions.
+        viewdirs: [R, 3] unit world-space viewing directions (what the colour network sees).
+        near, far: [R] the sampling interval in units of t.
+    """
+
+    origins: Tensor
+    directions: Tensor
+    viewdirs: Tensor
+    near: Tensor
+    far: Tensor
+
+    def __len__(self) -> int:
+        return self.origins.shape[0]
+
+    def __getitem__(self, sl) -> "RayBundle":
+        return RayBundle(self.origins[sl], self.directions[sl], self.viewdirs[sl], self.near[sl], self.far[sl])
+
+    def to(self, device) -> "RayBundle":
+        return RayBundle(*(t.to(device) for t in (self.origins, self.directions, self.viewdirs, self.near, self.far)))
+
+
+@dataclass
+class PackedSamples:
+    """S samples spread over R rays, stored flat ("packed") and sorted by ray.
+
+    Attributes:
+        ray_indices: [S] long, the ray each sample belongs to (non-decreasing).
+        t_starts, t_ends: [S] the interval each sample covers along its ray; the field is
+            evaluated at the interval's midpoint.
+        n_rays: R.
+    """
+
+    ray_indices: Tensor
+    t_starts: Tensor
+    t_ends: Tensor
+    n_rays: int
+
+    def __len__(self) -> int:
+        return self.ray_indices.shape[0]
+
+    @property
+    def t_mids(self) -> Tensor:
+        return 0.5 * (self.t_starts + self.t_ends)
+
+    @property
+    def deltas(self) -> Tensor:
+        return self.t_ends - self.t_starts
+
+    def positions(self, rays: RayBundle) -> Tensor:
+        """[S, 3] sample midpoints in sample space."""
+        return rays.origins[self.ray_indices] + self.t_mids[:, None] * rays.directions[self.ray_indices]
+
+    def viewdirs(self, rays: RayBundle) -> Tensor:
+        """[S, 3] unit viewing directions of each sample."""
+        return rays.viewdirs[self.ray_indices]
+
+    def masked(self, keep: Tensor) -> "PackedSamples":
+        """The samples where ``keep`` [S] bool is true (order, and so sortedness, is kept)."""
+        return PackedSamples(self.ray_indices[keep], self.t_starts[keep], self.t_ends[keep], self.n_rays)
+
+
+def packed_from_dense(t_edges: Tensor) -> PackedSamples:
+    """Packed samples from per-ray interval edges [R, S+1] (S samples per ray)."""
+    r, s1 = t_edges.shape
+    ray_indices = torch.arange(r, device=t_edges.device).repeat_interleave(s1 - 1)
+    return PackedSamples(ray_indices, t_edges[:, :-1].reshape(-1), t_edges[:, 1:].reshape(-1), r)
+
+
+def make_rays(
+    cameras: Cameras,
+    cam_idx: Tensor,
+    u: Tensor,
+    v: Tensor,
+    near: float,
+    far: float,
+    ndc: bool = False,
+) -> RayBundle:
+    """Rays through pixel centres of the given cameras.
+
+    For forward-facing scenes (``ndc=True``) rays are mapped to NDC, where near=0, far=1
+    (the ``near``/``far`` arguments are then ignored); viewing directions stay in world space.
+
+    Args:
+        cam_idx, u, v: [R] camera index, pixel column and row.
+    """
+    origins, dirs = camera_rays(cameras, cam_idx, u, v)
+    n = origins.shape[0]
+    if ndc:
+        cam_idx = cam_idx.to(origins.device)
+        o, d = ndc_rays(origins, dirs, cameras.fx[cam_idx], cameras.fy[cam_idx], cameras.width, cameras.height)
+        return RayBundle(o, d, dirs, torch.zeros(n, device=o.device), torch.ones(n, device=o.device))
+    return RayBundle(
+        origins,
+        dirs,
+        dirs,
+        torch.full((n,), float(near), device=origins.device),
+        torch.full((n,), float(far), device=origins.device),
+    )
+
+
+def image_ray_bundle(cameras: Cameras, index: int, near: float, far: float, ndc: bool = False) -> RayBundle:
+    """All H*W rays of camera ``index``, row-major."""
+    h, w = cameras.height, cameras.width
+    v, u = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    idx = torch.full((h * w,), index, dtype=torch.long)
+    return make_rays(cameras, idx, u.reshape(-1), v.reshape(-1), near, far, ndc)
