@@ -1,0 +1,25 @@
+from pathlib import Path
+
+import pytest
+
+from turbonerf.data.synthetic import write_tiny_blender_scene
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# a NeRF small enough to train a few steps in well under a second
+TINY_VANILLA = ["width=32", "depth=2", "color_width=16", "n_coarse=8", "n_fine=8"]
+
+
+@pytest.fixture
+def tiny_scene(tmp_path) -> Path:
+    """A 16x16 Blender-format scene of a coloured sphere: 4 train and 2 test views."""
+    return write_tiny_blender_scene(tmp_path / "scene", n_train=4, n_test=2, size=16)
+
+
+def shared_scene(*parts: str) -> Path:
+    """A real scene under ../shared/data, or skip the test when it is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} not available")
+    return path
