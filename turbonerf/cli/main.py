@@ -95,7 +95,8 @@ def train(
 def evaluate(
     run: Path = typer.Option(..., help="run folder made by `turbonerf train`"),
     split: str = typer.Option("test", help="split to render and score"),
-    limit: Optional[int] = typer.Option(None, help="only the first N images of the split"),
+    limit: Optional[int] = typer.Option(None, help="at most N images of the split"),
+    every: int = typer.Option(1, help="only every K-th image of the split (0, K, 2K, ...)"),
     downscale: Optional[int] = typer.Option(None, help="image downscale (default: the training one)"),
     device: str = typer.Option("auto", help="'auto', 'cpu' or 'cuda[:N]'"),
     chunk: int = typer.Option(4096, help="rays rendered at once"),
@@ -104,7 +105,7 @@ def evaluate(
     """Render a split of a trained run and write RUN/eval/results.json (PSNR, SSIM, LPIPS, ms per frame)."""
     from turbonerf.eval.evaluate import evaluate_run
 
-    r = evaluate_run(run, split, limit, downscale, device, chunk, progress=progress)
+    r = evaluate_run(run, split, limit, every, downscale, device, chunk, progress=progress)
     ssim_txt = "n/a" if r["ssim"] is None else f"{r['ssim']:.4f}"
     print(
         f"{r['method']} on {r['n_images']} {split} images at {r['width']}x{r['height']}: "

@@ -12,10 +12,12 @@ single gather. Two implementations:
 
 * ``hash_encode_torch``: plain torch, vectorised over points, levels and corners; gradients flow
   to the table (and to the points). The reference, and the path used on GPUs.
-* ``hash_encode_numba``: numba kernels (forward parallel over points, backward parallel over
-  levels, whose table regions are disjoint, so no atomics are needed) behind a
-  ``torch.autograd.Function``; gradients flow to the table only. Parity with the reference is
-  tested.
+* ``hash_encode_numba``: numba kernels for F = 2 (forward parallel over level x point-chunk
+  jobs, backward parallel over levels, whose table slices are disjoint, so no atomics are
+  needed) behind a ``torch.autograd.Function``; gradients flow to the table only. Parity with
+  the reference is tested. On the 2-core development CPU (100 k ray-coherent points) it runs
+  ~1.8 M points/s forward and ~0.6 M points/s forward+backward, against ~0.15 / ~0.09 for the
+  reference.
 """
 
 from __future__ import annotations
@@ -132,75 +134,80 @@ def _corner_index(cx, cy, cz, res, size, hashed, offset):
     return offset + cx + cy * (res + 1) + cz * (res + 1) * (res + 1)
 
 
-@numba.njit(cache=True, parallel=True, fastmath=False)
-def _hash_forward_kernel(x, table, res_arr, size_arr, hashed_arr, offset_arr, out):
+@numba.njit(cache=True, inline="always")
+def _cell_and_frac(x, i, res):
+    fres = np.float32(res)
+    px = min(max(x[i, 0], np.float32(0.0)), np.float32(1.0)) * fres
+    py = min(max(x[i, 1], np.float32(0.0)), np.float32(1.0)) * fres
+    pz = min(max(x[i, 2], np.float32(0.0)), np.float32(1.0)) * fres
+    cx = min(np.int64(math.floor(px)), res - 1)
+    cy = min(np.int64(math.floor(py)), res - 1)
+    cz = min(np.int64(math.floor(pz)), res - 1)
+    return cx, cy, cz, px - np.float32(cx), py - np.float32(cy), pz - np.float32(cz)
+
+
+@numba.njit(cache=True, inline="always")
+def _corner_weight(c, fx, fy, fz):
+    wx = fx if c & 1 else np.float32(1.0) - fx
+    wy = fy if (c >> 1) & 1 else np.float32(1.0) - fy
+    wz = fz if (c >> 2) & 1 else np.float32(1.0) - fz
+    return wx * wy * wz
+
+
+@numba.njit(cache=True, parallel=True)
+def _hash_forward_f2(x, table, res_arr, size_arr, hashed_arr, offset_arr, out):
+    """out[i, 2l:2l+2] = trilinear interpolation of level l's table at x[i] (F = 2).
+
+    Level-major jobs (level x chunk of points): each job touches one level's slice of the
+    table, which keeps the working set in cache (about 2x faster than point-major here); the
+    two features are accumulated in registers.
+    """
     n = x.shape[0]
     n_levels = res_arr.shape[0]
-    f = table.shape[1]
-    for i in numba.prange(n):
-        for lv in range(n_levels):
-            res = res_arr[lv]
-            size = size_arr[lv]
-            hashed = hashed_arr[lv]
-            offset = offset_arr[lv]
-            fres = np.float32(res)
-            px = min(max(x[i, 0], np.float32(0.0)), np.float32(1.0)) * fres
-            py = min(max(x[i, 1], np.float32(0.0)), np.float32(1.0)) * fres
-            pz = min(max(x[i, 2], np.float32(0.0)), np.float32(1.0)) * fres
-            cx = min(np.int64(math.floor(px)), res - 1)
-            cy = min(np.int64(math.floor(py)), res - 1)
-            cz = min(np.int64(math.floor(pz)), res - 1)
-            fx = px - np.float32(cx)
-            fy = py - np.float32(cy)
-            fz = pz - np.float32(cz)
-            for k in range(f):
-                out[i, lv * f + k] = 0.0
+    n_chunks = 64
+    chunk = (n + n_chunks - 1) // n_chunks
+    for job in numba.prange(n_levels * n_chunks):
+        lv = job // n_chunks
+        res = res_arr[lv]
+        size = size_arr[lv]
+        hashed = hashed_arr[lv]
+        offset = offset_arr[lv]
+        for i in range((job % n_chunks) * chunk, min(n, (job % n_chunks + 1) * chunk)):
+            cx, cy, cz, fx, fy, fz = _cell_and_frac(x, i, res)
+            a0 = np.float32(0.0)
+            a1 = np.float32(0.0)
             for c in range(8):
-                bx = c & 1
-                by = (c >> 1) & 1
-                bz = (c >> 2) & 1
-                wx = fx if bx else np.float32(1.0) - fx
-                wy = fy if by else np.float32(1.0) - fy
-                wz = fz if bz else np.float32(1.0) - fz
-                w = wx * wy * wz
-                idx = _corner_index(cx + bx, cy + by, cz + bz, res, size, hashed, offset)
-                for k in range(f):
-                    out[i, lv * f + k] += w * table[idx, k]
+                w = _corner_weight(c, fx, fy, fz)
+                idx = _corner_index(cx + (c & 1), cy + ((c >> 1) & 1), cz + ((c >> 2) & 1), res, size, hashed, offset)
+                a0 += w * table[idx, 0]
+                a1 += w * table[idx, 1]
+            out[i, 2 * lv] = a0
+            out[i, 2 * lv + 1] = a1
 
 
-@numba.njit(cache=True, parallel=True, fastmath=False)
-def _hash_backward_kernel(x, grad_out, res_arr, size_arr, hashed_arr, offset_arr, grad_table):
+@numba.njit(cache=True, parallel=True)
+def _hash_backward_f2(x, grad_out, res_arr, size_arr, hashed_arr, offset_arr, grad_table):
+    """grad_table += d(sum(out * grad_out)) / d(table) (F = 2).
+
+    Parallel over levels: each level owns a disjoint slice of the table, so the scatter-adds
+    need no atomics and the result is deterministic.
+    """
     n = x.shape[0]
     n_levels = res_arr.shape[0]
-    f = grad_table.shape[1]
-    # each level owns a disjoint slice of the table: parallel over levels needs no atomics
     for lv in numba.prange(n_levels):
         res = res_arr[lv]
         size = size_arr[lv]
         hashed = hashed_arr[lv]
         offset = offset_arr[lv]
-        fres = np.float32(res)
         for i in range(n):
-            px = min(max(x[i, 0], np.float32(0.0)), np.float32(1.0)) * fres
-            py = min(max(x[i, 1], np.float32(0.0)), np.float32(1.0)) * fres
-            pz = min(max(x[i, 2], np.float32(0.0)), np.float32(1.0)) * fres
-            cx = min(np.int64(math.floor(px)), res - 1)
-            cy = min(np.int64(math.floor(py)), res - 1)
-            cz = min(np.int64(math.floor(pz)), res - 1)
-            fx = px - np.float32(cx)
-            fy = py - np.float32(cy)
-            fz = pz - np.float32(cz)
+            cx, cy, cz, fx, fy, fz = _cell_and_frac(x, i, res)
+            g0 = grad_out[i, 2 * lv]
+            g1 = grad_out[i, 2 * lv + 1]
             for c in range(8):
-                bx = c & 1
-                by = (c >> 1) & 1
-                bz = (c >> 2) & 1
-                wx = fx if bx else np.float32(1.0) - fx
-                wy = fy if by else np.float32(1.0) - fy
-                wz = fz if bz else np.float32(1.0) - fz
-                w = wx * wy * wz
-                idx = _corner_index(cx + bx, cy + by, cz + bz, res, size, hashed, offset)
-                for k in range(f):
-                    grad_table[idx, k] += w * grad_out[i, lv * f + k]
+                w = _corner_weight(c, fx, fy, fz)
+                idx = _corner_index(cx + (c & 1), cy + ((c >> 1) & 1), cz + ((c >> 2) & 1), res, size, hashed, offset)
+                grad_table[idx, 0] += w * g0
+                grad_table[idx, 1] += w * g1
 
 
 def _layout_arrays(layout: HashGridLayout) -> tuple[np.ndarray, ...]:
@@ -219,7 +226,7 @@ class _HashEncodeNumba(torch.autograd.Function):
         tab = table.detach().contiguous()
         out = torch.empty((xs.shape[0], layout.n_levels * tab.shape[1]), dtype=torch.float32)
         if xs.shape[0]:
-            _hash_forward_kernel(xs.numpy(), tab.numpy(), *_layout_arrays(layout), out.numpy())
+            _hash_forward_f2(xs.numpy(), tab.numpy(), *_layout_arrays(layout), out.numpy())
         ctx.save_for_backward(xs)
         ctx.layout = layout
         ctx.table_shape = tab.shape
@@ -231,19 +238,19 @@ class _HashEncodeNumba(torch.autograd.Function):
         grad_table = torch.zeros(ctx.table_shape, dtype=torch.float32)
         if xs.shape[0]:
             g = grad_out.to(torch.float32).contiguous()
-            _hash_backward_kernel(xs.numpy(), g.numpy(), *_layout_arrays(ctx.layout), grad_table.numpy())
+            _hash_backward_f2(xs.numpy(), g.numpy(), *_layout_arrays(ctx.layout), grad_table.numpy())
         return None, grad_table, None
 
 
 def hash_encode_numba(x: Tensor, table: Tensor, layout: HashGridLayout) -> Tensor:
-    """Numba hash encoding (CPU, float32 table): same contract as ``hash_encode_torch`` except
+    """Numba hash encoding (CPU, float32 table [E, 2]): same contract as ``hash_encode_torch`` except
     that no gradient flows to ``x``.
 
     Args:
         x: [N, 3] points in [0, 1]^3 (clamped).
-        table: [E, F] float32 CPU table.
+        table: [E, 2] float32 CPU table.
     Returns:
-        [N, L * F] float32.
+        [N, L * 2] float32.
     """
     return _HashEncodeNumba.apply(x, table, layout)
 
@@ -257,7 +264,8 @@ class HashEncoding(nn.Module):
         log2_table_size: log2 T, entries per hashed level (paper: 14-24; 19 is the default).
         base_resolution: N_min (paper: 16).
         max_resolution: N_max (2048 for synthetic scenes).
-        backend: "auto" (numba on CPU when ``x`` needs no gradient, torch otherwise), "numba" or "torch".
+        backend: "auto" (numba on CPU for F = 2 when ``x`` needs no gradient, torch otherwise),
+            "numba" or "torch".
         init_scale: table init uniform(-init_scale, init_scale) (paper: 1e-4).
     """
 
@@ -286,10 +294,10 @@ class HashEncoding(nn.Module):
     def uses_numba(self, x: Tensor) -> bool:
         if self.backend == "torch":
             return False
-        cpu_fp32 = self.table.device.type == "cpu" and self.table.dtype == torch.float32
+        cpu_fp32 = self.table.device.type == "cpu" and self.table.dtype == torch.float32 and self.features_per_level == 2
         if self.backend == "numba":
             if not cpu_fp32:
-                raise ValueError("the numba hash encoding needs a float32 table on the CPU")
+                raise ValueError("the numba hash encoding needs a float32 table on the CPU with features_per_level=2")
             return True
         return cpu_fp32 and not x.requires_grad
 

@@ -117,10 +117,13 @@ def load_model_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor], p
         raise TurboNerfError(f"checkpoint does not fit this model ({first})", path) from None
 
 
-def load_trained(run_dir: Path, device: torch.device) -> tuple[torch.nn.Module, RunSpec, dict]:
-    """(model in eval mode, run spec, checkpoint metadata) of a trained run."""
+def load_trained(run_dir: Path, device: torch.device, checkpoint: Path | None = None) -> tuple[torch.nn.Module, RunSpec, dict]:
+    """(model in eval mode, run spec, checkpoint metadata) of a trained run.
+
+    ``checkpoint``: a specific checkpoint file of the run (default: the latest).
+    """
     spec = read_run_spec(run_dir)
-    ckpt = Path(run_dir) / CHECKPOINT
+    ckpt = Path(run_dir) / CHECKPOINT if checkpoint is None else Path(checkpoint)
     tensors, meta = load_checkpoint(ckpt, device)
     if meta.get("method") != spec.method:
         raise TurboNerfError(f"checkpoint is from method '{meta.get('method')}' but run.json says '{spec.method}'", ckpt)

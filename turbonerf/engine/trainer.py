@@ -59,6 +59,8 @@ class TrainOptions:
     precrop_fraction: float = 0.5
     progress: bool = True
     log_every: int = 10
+    snapshot_minutes: list[float] = field(default_factory=list)
+    """also keep ``checkpoints/snapshot_<M>min.safetensors`` when training time passes M minutes"""
 
 
 @dataclass
@@ -157,11 +159,13 @@ def train(opts: TrainOptions) -> TrainResult:
     background = scene.background.to(device)
     n_img, h, w = images.shape[0], images.shape[1], images.shape[2]
 
-    def checkpoint(psnr_value: float) -> None:
+    def checkpoint(psnr_value: float, path=ckpt_path) -> None:
         model_state = {f"model.{k}": v for k, v in model.state_dict().items()}
         opt_state, groups = optimizer_tensors(optimizer)
         meta = {"method": spec.method, "step": step, "seconds": elapsed, "psnr": psnr_value, "optimizer_groups": groups}
-        save_checkpoint(ckpt_path, model_state | opt_state, meta)
+        save_checkpoint(path, model_state | opt_state, meta)
+
+    snapshots = sorted(m for m in opts.snapshot_minutes if 60.0 * m > elapsed)
 
     budget_s = math.inf if opts.max_minutes is None else 60.0 * opts.max_minutes
     log_path = out / "train_log.jsonl"
@@ -192,6 +196,8 @@ def train(opts: TrainOptions) -> TrainResult:
                     bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{last_psnr:.2f}", min=f"{elapsed / 60:.1f}")
                     log.write(json.dumps({"step": step, "seconds": round(elapsed, 3), "loss": loss.item(), "psnr": last_psnr, **stats}) + "\n")
                     log.flush()
+                if snapshots and elapsed >= 60.0 * snapshots[0]:
+                    checkpoint(last_psnr, ckpt_path.with_name(f"snapshot_{snapshots.pop(0):g}min.safetensors"))
                 if step - last_ckpt_step >= opts.checkpoint_every or time.monotonic() - last_ckpt_time > 60 * opts.checkpoint_minutes:
                     checkpoint(last_psnr)
                     last_ckpt_step, last_ckpt_time = step, time.monotonic()

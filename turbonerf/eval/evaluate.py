@@ -14,6 +14,7 @@ from turbonerf.data.scene import load_scene
 from turbonerf.engine import runtime
 from turbonerf.engine.checkpoint import atomic_write_text
 from turbonerf.engine.run import load_trained
+from turbonerf.errors import TurboNerfError
 from turbonerf.eval.media import depth_to_png, save_png
 from turbonerf.eval.metrics import LpipsScorer, psnr, ssim
 from turbonerf.render.renderer import render_image
@@ -29,25 +30,34 @@ def evaluate_run(
     run_dir: Path,
     split: str = "test",
     limit: int | None = None,
+    every: int = 1,
     downscale: int | None = None,
     device: str = "auto",
     chunk: int = 4096,
     bf16: bool = True,
     progress: bool = True,
+    checkpoint: Path | None = None,
+    out_name: str = "eval",
 ) -> dict:
-    """Render ``split`` (first ``limit`` images), write ``RUN/eval/results.json`` and images; return the results."""
+    """Render ``split`` (every ``every``-th image, at most ``limit`` of them), write ``RUN/<out_name>/results.json`` and images; return the results.
+
+    ``checkpoint`` selects a checkpoint file of the run other than the latest (e.g. a snapshot).
+    """
     dev = runtime.resolve_device(device)
     runtime.configure(dev)
-    model, spec, meta = load_trained(Path(run_dir), dev)
+    model, spec, meta = load_trained(Path(run_dir), dev, checkpoint)
     ds = downscale or spec.scene.downscale
     scene = load_scene(spec.scene.data, downscale=ds, splits=(split,))
     data = scene.split(split)
-    n = len(data) if limit is None else min(limit, len(data))
-    out_dir = Path(run_dir) / "eval"
+    indices = list(range(0, len(data), max(1, every)))[:limit]
+    n = len(indices)
+    if n == 0:
+        raise TurboNerfError(f"nothing to evaluate: split '{split}' has {len(data)} images", spec.scene.data)
+    out_dir = Path(run_dir) / out_name
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     lpips = LpipsScorer()
     per_image, times = [], []
-    for i in tqdm(range(n), desc=f"eval {split}", disable=not progress, unit="img"):
+    for i in tqdm(indices, desc=f"eval {split}", disable=not progress, unit="img"):
         t0 = time.perf_counter()
         with runtime.autocast(dev, bf16):
             out = render_image(model.render, data.cameras, i, scene.near, scene.far, scene.ndc, scene.background, chunk, dev)
@@ -73,6 +83,7 @@ def evaluate_run(
     results = {
         "method": spec.method,
         "run": str(run_dir),
+        "checkpoint": str(checkpoint) if checkpoint else "latest",
         "step": meta.get("step"),
         "train_seconds": meta.get("seconds"),
         "split": split,

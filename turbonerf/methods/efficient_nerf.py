@@ -208,7 +208,7 @@ class EfficientNeRF(nn.Module):
         coarse, fine, stats = self._forward(rays, background, train=True)
         mse_c = torch.mean((coarse["rgb"] - target) ** 2)
         mse_f = torch.mean((fine["rgb"] - target) ** 2)
-        stats = {"mse": float(mse_f), "mse_coarse": float(mse_c), **stats, "grid_occupied": self.grid.occupied_fraction()}
+        stats = {"mse": float(mse_f.detach()), "mse_coarse": float(mse_c.detach()), **stats, "grid_occupied": self.grid.occupied_fraction()}
         return mse_c + mse_f, stats
 
     def render(self, rays: RayBundle, background: Tensor) -> dict[str, Tensor]:

@@ -10,8 +10,11 @@ Each pivot at t gets N_s fine samples at
 get none, so the fine network runs only near surfaces.
 
 Interval of each fine sample (what volume rendering integrates over): [t_j - delta_f / 2,
-t_j + delta_f / 2], clipped at the midpoints to its neighbours on the same ray (and to
-[near, far] when given), so intervals never overlap even when the clusters of two pivots do.
+t_j + delta_f / 2]; where it overlaps the next sample's interval on the same ray, both are cut
+in the middle of the overlap (kept between the two t's; all are also clipped to [near, far]
+when given), so intervals
+never overlap even when the clusters of two pivots do. The field is evaluated at the (possibly
+clipped) interval midpoint, as everywhere in turbonerf.
 With the default ``delta_f=None`` the spacing is each pivot's own interval width / N_s: the
 fine samples then split the pivot's coarse interval exactly into N_s equal parts, which is
 what the official code's fixed grid of N_c * N_s candidate depths amounts to, works with
@@ -82,10 +85,10 @@ def pivotal_samples(
 
     starts, ends = t - half, t + half
     if t.numel() > 1:
-        same = rays[1:] == rays[:-1]
-        mid = 0.5 * (t[1:] + t[:-1])
-        ends[:-1] = torch.where(same, torch.minimum(ends[:-1], mid), ends[:-1])
-        starts[1:] = torch.where(same, torch.maximum(starts[1:], mid), starts[1:])
+        overlap = (rays[1:] == rays[:-1]) & (ends[:-1] > starts[1:])
+        cut = torch.minimum(torch.maximum(0.5 * (ends[:-1] + starts[1:]), t[:-1]), t[1:])
+        ends[:-1] = torch.where(overlap, cut, ends[:-1])
+        starts[1:] = torch.where(overlap, cut, starts[1:])
     if near is not None:
         starts = torch.maximum(starts, near[rays].to(starts.dtype))
         ends = torch.maximum(ends, starts)
