@@ -4,7 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 # torch pinned here (a CPU build on the development machines); the package itself accepts torch>=2.1
 .venv/bin/python -m pip install -q "torch==${TURBONERF_TORCH:-2.13.0}"
 .venv/bin/python -m pip install -q -e ".[dev]"
