@@ -193,7 +193,8 @@ def train(opts: TrainOptions) -> TrainResult:
                 last_psnr = -10.0 * math.log10(max(mse, 1e-10))
                 bar.update(1)
                 if step % opts.log_every == 0 or step == 1:
-                    bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{last_psnr:.2f}", min=f"{elapsed / 60:.1f}")
+                    left = min((opts.max_steps - step) * elapsed / step, budget_s - elapsed)
+                    bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{last_psnr:.2f}", eta=f"{left / 60:.1f}min")
                     log.write(json.dumps({"step": step, "seconds": round(elapsed, 3), "loss": loss.item(), "psnr": last_psnr, **stats}) + "\n")
                     log.flush()
                 if snapshots and elapsed >= 60.0 * snapshots[0]:

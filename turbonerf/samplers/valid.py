@@ -103,7 +103,7 @@ class DensityGrid(nn.Module):
 
     def occupied_fraction(self) -> float:
         """Fraction of cells with V > 0."""
-        return float((self.density > 0).float().mean())
+        return int(torch.count_nonzero(self.density > 0)) / self.density.numel()
 
 
 def valid_samples(
