@@ -101,8 +101,51 @@ def evaluate(
     device: str = typer.Option("auto", help="'auto', 'cpu' or 'cuda[:N]'"),
     chunk: int = typer.Option(4096, help="rays rendered at once"),
     progress: bool = typer.Option(True, help="show a progress bar"),
+    sampler: str = typer.Option(
+        "default",
+        help="'default', or 'activation': fine samples drawn from early-layer activations instead of the "
+        "coarse network (coarse-to-fine NeRFs; writes RUN/eval/stats.json)",
+    ),
+    layer: int = typer.Option(0, help="activation sampler: trunk layer (0-based) whose ReLU activations are read"),
+    fct: str = typer.Option(
+        "std", help="activation sampler: along-ray transform std | std_half | std_half_sq (the paper's fct 0, 1, 2) | none"
+    ),
+    upsample: bool = typer.Option(
+        False, help="activation sampler: activation pass at half resolution in x, y and along the ray, nearest-upsampled"
+    ),
+    reduce: str = typer.Option("mean", help="activation sampler: reduction over hidden units: mean (the paper) | std | max | l1"),
+    act_net: str = typer.Option("coarse", help="activation sampler: read the coarse (the paper's code) or the fine MLP's trunk"),
+    sweep: bool = typer.Option(
+        False, help="evaluate base + every layer 0,1,2 x fct std,std_half,std_half_sq x upsample off/on (with --reduce, --act-net)"
+    ),
+    save_images: bool = typer.Option(False, help="activation sampler / sweep: also save RUN/eval/samplers/<config>/<image>.png"),
 ):
-    """Render a split of a trained run and write RUN/eval/results.json (PSNR, SSIM, LPIPS, ms per frame)."""
+    """Render a split of a trained run and write RUN/eval/results.json (PSNR, SSIM, LPIPS, ms per frame).
+
+    With --sampler activation or --sweep: compare the coarse-to-fine pipeline ('base') with
+    activation-based sampling and write RUN/eval/stats.json (quality, time split t_act / t_coarse / t_fine).
+    """
+    if sampler not in ("default", "activation"):
+        raise TurboNerfError(f"unknown --sampler '{sampler}' (choose default or activation)")
+    if sampler == "activation" or sweep:
+        from turbonerf.eval.activation_eval import BASE, SamplerConfig, evaluate_sampler_configs, format_table, sweep_configs
+
+        if sweep:
+            configs = sweep_configs(reduce=reduce, net=act_net)
+        else:
+            configs = [BASE, SamplerConfig("activation", layer, fct, upsample, reduce, act_net)]
+        stats = evaluate_sampler_configs(
+            run, configs, split, limit, every, downscale, device, chunk,
+            progress=progress, save_images=save_images, drop_missing_layers=sweep,
+        )
+        print(f"{stats['method']} on {stats['n_images']} {split} images at {stats['width']}x{stats['height']}, {stats['device']}:")
+        print(format_table(stats))
+        for key in stats.get("skipped", []):
+            print(f"skipped {key}: the network has no such layer")
+        if stats.get("lpips_reason"):
+            print(f"LPIPS not computed: {stats['lpips_reason']}")
+        print(f"-> {Path(run) / 'eval' / 'stats.json'}")
+        return
     from turbonerf.eval.evaluate import evaluate_run
 
     r = evaluate_run(run, split, limit, every, downscale, device, chunk, progress=progress)

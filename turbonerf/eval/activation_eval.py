@@ -1,0 +1,569 @@
+"""Evaluate a coarse-to-fine NeRF with activation-based sampling (Radl et al., CVPRW 2024) against
+its own coarse-to-fine pipeline, with render time split into stages.
+
+Configurations (keys as in the reference code's ``stats.json``):
+
+- ``base``: the method's coarse-to-fine pipeline (n_coarse uniform samples through the whole
+  coarse MLP, n_fine inverse-CDF samples, fine MLP on the union), reproduced stage by stage.
+- ``layer_{L:02d}_ups_{0|1}_fct_{name}``: the coarse MLP is evaluated only up to trunk layer L
+  at n_coarse uniform samples, its ReLU activations reduced to a density estimate
+  (:mod:`turbonerf.samplers.activation`), and the fine MLP runs on the union of the uniform
+  bins and n_fine samples drawn from that estimate: the same fine-pass size as ``base``.
+  ``ups_1``: the activation pass runs at every second pixel in both image directions and at
+  n_coarse // 2 samples per ray (8x fewer points), nearest-upsampled back. A suffix
+  ``_red_{how}`` marks a reduction other than the reference's mean over the hidden units, and
+  ``_net_fine`` an estimate read from the fine MLP's trunk instead of the coarse one.
+
+Timing contract (per image, seconds, ``time.perf_counter``; CUDA is synchronised at every stage
+boundary): ``t`` is the wall time of the whole image render, from ray generation to the
+assembled [H, W] outputs. Inside it, three disjoint stage timers accumulate over chunks:
+
+- ``t_act``: uniform bins, the partial trunk, reductions, upsampling, transform -> estimate;
+- ``t_coarse``: uniform bins, the whole coarse MLP, compositing weights (0 for activation configs);
+- ``t_fine``: weights -> inverse-CDF samples -> merged intervals -> fine MLP -> compositing.
+
+``t_other = t - (t_act + t_coarse + t_fine) >= 0`` is everything outside the stages (ray
+generation, slicing into chunks, concatenating and reshaping outputs), so the four add up to
+``t`` exactly and the stage sum never exceeds ``t``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from turbonerf.cameras import Cameras
+from turbonerf.data.scene import load_scene
+from turbonerf.engine import runtime
+from turbonerf.engine.checkpoint import atomic_write_text
+from turbonerf.engine.run import load_trained
+from turbonerf.errors import TurboNerfError
+from turbonerf.eval.evaluate import device_name
+from turbonerf.eval.media import save_png
+from turbonerf.eval.metrics import LpipsScorer, psnr, ssim
+from turbonerf.fields.nerf_mlp import NeRFMLP
+from turbonerf.rays import RayBundle, image_ray_bundle, packed_from_dense
+from turbonerf.render.renderer import RenderFn, render_rays_chunked
+from turbonerf.render.volrend import composite
+from turbonerf.samplers.activation import (
+    REDUCTIONS,
+    TRANSFORMS,
+    activation_fine_edges,
+    activation_values,
+    transform_along_ray,
+    upsample_along_ray,
+    upsample_image,
+    weights_from_estimate,
+)
+from turbonerf.samplers.pdf import merge_edges, sample_from_pdf
+from turbonerf.samplers.uniform import stratified_edges
+
+REFERENCE_FCTS = ("std", "std_half", "std_half_sq")
+"""the reference's along-ray transforms, in its index order 0, 1, 2"""
+SWEEP_LAYERS = (0, 1, 2)
+STAGES = ("t_act", "t_coarse", "t_fine")
+
+EFFICIENT_NERF_REASON = (
+    "activation-based sampling does not apply to efficient-nerf: it replaces a coarse NeRF MLP whose "
+    "compositing weights drive inverse-CDF sampling, but efficient-nerf places its fine samples around "
+    "pivots found on grid-filtered (valid) samples, and it can already skip its small coarse MLP at render "
+    "time by taking pivot weights from its density grid (--set pivots_from_grid=true), which costs a grid "
+    "lookup instead of a 256-wide layer; the reference's per-ray mean/std transform also needs dense uniform "
+    "samples, not the varying valid samples per ray"
+)
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """One way of placing the fine samples.
+
+    Attributes:
+        sampler: "default" (the method's coarse-to-fine pipeline, key ``base``) or "activation".
+        layer: trunk layer (0-based) whose ReLU activations are read.
+        fct: along-ray transform (:data:`turbonerf.samplers.activation.TRANSFORMS`).
+        upsample: run the activation pass at half resolution in x, y and along the ray.
+        reduce: reduction over the hidden units (the reference: "mean").
+        net: "coarse" (the reference code) or "fine": which MLP's trunk is read.
+    """
+
+    sampler: str = "default"
+    layer: int = 0
+    fct: str = "std"
+    upsample: bool = False
+    reduce: str = "mean"
+    net: str = "coarse"
+
+    def __post_init__(self):
+        if self.sampler not in ("default", "activation"):
+            raise TurboNerfError(f"unknown sampler '{self.sampler}' (choose default or activation)")
+        if self.fct not in TRANSFORMS:
+            raise TurboNerfError(f"unknown --fct '{self.fct}' (choose from {', '.join(TRANSFORMS)})")
+        if self.reduce not in REDUCTIONS:
+            raise TurboNerfError(f"unknown --reduce '{self.reduce}' (choose from {', '.join(REDUCTIONS)})")
+        if self.net not in ("coarse", "fine"):
+            raise TurboNerfError(f"unknown --act-net '{self.net}' (choose coarse or fine)")
+        if self.layer < 0:
+            raise TurboNerfError(f"--layer must be >= 0, got {self.layer}")
+
+    @property
+    def key(self) -> str:
+        if self.sampler == "default":
+            return "base"
+        key = f"layer_{self.layer:02d}_ups_{int(self.upsample)}_fct_{self.fct}"
+        if self.reduce != "mean":
+            key += f"_red_{self.reduce}"
+        if self.net != "coarse":
+            key += f"_net_{self.net}"
+        return key
+
+
+BASE = SamplerConfig()
+
+
+def sweep_configs(
+    layers: Sequence[int] = SWEEP_LAYERS,
+    fcts: Sequence[str] = REFERENCE_FCTS,
+    upsample: Sequence[bool] = (False, True),
+    reduce: str = "mean",
+    net: str = "coarse",
+) -> list[SamplerConfig]:
+    """``base`` followed by every activation configuration of layers x fcts x upsample."""
+    acts = [SamplerConfig("activation", l, f, u, reduce, net) for l in layers for f in fcts for u in upsample]
+    return [BASE, *acts]
+
+
+def check_supported(model: torch.nn.Module, method: str) -> None:
+    """TurboNerfError unless ``model`` is a coarse-to-fine NeRF (a coarse and a fine NeRFMLP)."""
+    if method == "efficient-nerf":
+        raise TurboNerfError(EFFICIENT_NERF_REASON)
+    cfg = getattr(model, "config", None)
+    ok = (
+        isinstance(getattr(model, "coarse", None), NeRFMLP)
+        and isinstance(getattr(model, "fine", None), NeRFMLP)
+        and hasattr(cfg, "n_coarse")
+        and hasattr(cfg, "n_fine")
+    )
+    if not ok:
+        raise TurboNerfError(
+            f"activation-based sampling needs a coarse-to-fine NeRF (a coarse and a fine NeRF MLP with "
+            f"n_coarse/n_fine samples, as vanilla-nerf); method '{method}' has no such pair"
+        )
+
+
+def check_layer(model: torch.nn.Module, config: SamplerConfig) -> None:
+    """TurboNerfError when ``config.layer`` is not a trunk layer of the network it reads."""
+    if config.sampler == "activation":
+        depth = len(getattr(model, config.net).trunk)
+        if config.layer >= depth:
+            raise TurboNerfError(f"--layer {config.layer} does not exist: the {config.net} MLP has {depth} trunk layers (0..{depth - 1})")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class StageTimer:
+    """Accumulates seconds per render stage (see the module docstring for what each covers)."""
+
+    device: torch.device
+    t_act: float = 0.0
+    t_coarse: float = 0.0
+    t_fine: float = 0.0
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Add the wall time of the ``with`` body to ``name`` (one of :data:`STAGES`)."""
+        _sync(self.device)
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            _sync(self.device)
+            setattr(self, name, getattr(self, name) + time.perf_counter() - t0)
+
+    def totals(self) -> dict[str, float]:
+        return {k: getattr(self, k) for k in STAGES}
+
+
+def shade_dense(mlp: NeRFMLP, rays: RayBundle, edges: Tensor, background: Tensor) -> dict[str, Tensor]:
+    """Run ``mlp`` at the midpoints of the bins ``edges`` [R, S+1] and composite: rgb [R, 3],
+    depth [R], opacity [R], weights [R * S]."""
+    s = packed_from_dense(edges)
+    sigma, rgb = mlp(s.positions(rays), s.viewdirs(rays))
+    return composite(s.t_starts, s.t_ends, sigma, rgb, s.ray_indices, s.n_rays, background)
+
+
+def _outputs(res: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {"rgb": res["rgb"], "depth": res["depth"], "opacity": res["opacity"]}
+
+
+def render_rays_base(model, rays: RayBundle, background: Tensor, timer: StageTimer) -> dict[str, Tensor]:
+    """The coarse-to-fine render of a vanilla NeRF at evaluation (no jitter, deterministic
+    quantiles), identical to ``model.render``, with t_coarse and t_fine timed."""
+    c = model.config
+    with timer.stage("t_coarse"):
+        edges = stratified_edges(rays.near, rays.far, c.n_coarse, jitter=False)
+        coarse = shade_dense(model.coarse, rays, edges, background)
+        w = coarse["weights"].reshape(len(rays), c.n_coarse)
+    with timer.stage("t_fine"):
+        fine_edges = merge_edges(edges, sample_from_pdf(edges, w, c.n_fine, deterministic=True))
+        fine = shade_dense(model.fine, rays, fine_edges, background)
+    return _outputs(fine)
+
+
+def activation_values_for(model, config: SamplerConfig, rays: RayBundle, n_samples: int) -> Tensor:
+    """[R, n_samples] reduced activations of ``config.net``'s trunk layer ``config.layer`` at
+    n_samples uniform bins over each ray's [near, far]."""
+    mlp: NeRFMLP = getattr(model, config.net)
+    edges = stratified_edges(rays.near, rays.far, n_samples, jitter=False)
+    return activation_values(lambda x: mlp.trunk_features(x, upto=config.layer), rays, edges, config.reduce)
+
+
+def render_rays_from_estimate(
+    model, rays: RayBundle, estimate: Tensor, background: Tensor, timer: StageTimer, padding: float = 0.01
+) -> dict[str, Tensor]:
+    """Fine pass (timed as t_fine) on the n_coarse uniform bins plus n_fine samples drawn from a
+    density estimate [R, n_coarse]."""
+    c = model.config
+    with timer.stage("t_fine"):
+        edges = stratified_edges(rays.near, rays.far, c.n_coarse, jitter=False)
+        fine_edges = activation_fine_edges(edges, estimate, c.n_fine, padding=padding, deterministic=True)
+        fine = shade_dense(model.fine, rays, fine_edges, background)
+    return _outputs(fine)
+
+
+def make_render_fn(model, config: SamplerConfig, timer: StageTimer, padding: float = 0.01) -> RenderFn:
+    """A ``(rays, background) -> {rgb, depth, opacity}`` function for ``config`` whose stages
+    accumulate into ``timer``. Spatial upsampling needs the whole image: use
+    :func:`render_image_timed` for ``config.upsample``."""
+    if config.sampler == "default":
+        return lambda rays, background: render_rays_base(model, rays, background, timer)
+    if config.upsample:
+        raise ValueError("upsampled activation configurations need the whole image: use render_image_timed")
+    n = model.config.n_coarse
+
+    def render_fn(rays: RayBundle, background: Tensor) -> dict[str, Tensor]:
+        with timer.stage("t_act"):
+            est = transform_along_ray(activation_values_for(model, config, rays, n), config.fct)
+        return render_rays_from_estimate(model, rays, est, background, timer, padding)
+
+    return render_fn
+
+
+def _upsampled_estimate(model, config: SamplerConfig, rays: RayBundle, height: int, width: int, chunk: int) -> Tensor:
+    """[H * W, n_coarse] estimate from an activation pass at every second pixel (both image
+    directions) and n_coarse // 2 samples per ray, nearest-upsampled (the reference's --upsample)."""
+    n = model.config.n_coarse
+    n_half = max(1, n // 2)
+    rows = torch.arange(0, height, 2, device=rays.origins.device)
+    cols = torch.arange(0, width, 2, device=rays.origins.device)
+    sub = rays[(rows[:, None] * width + cols[None, :]).reshape(-1)]
+    vals = torch.cat([activation_values_for(model, config, sub[i : i + chunk], n_half) for i in range(0, len(sub), chunk)])
+    vals = upsample_image(vals.reshape(len(rows), len(cols), n_half), height, width).reshape(height * width, n_half)
+    return transform_along_ray(upsample_along_ray(vals, n), config.fct)
+
+
+@torch.no_grad()
+def render_image_timed(
+    model,
+    config: SamplerConfig,
+    cameras: Cameras,
+    index: int,
+    near: float,
+    far: float,
+    ndc: bool,
+    background: Tensor,
+    chunk: int = 4096,
+    device: torch.device | str = "cpu",
+    padding: float = 0.01,
+) -> tuple[dict[str, Tensor], dict[str, float]]:
+    """Render camera ``index`` with ``config``.
+
+    Returns:
+        outputs rgb [H, W, 3] (clamped to [0, 1]), depth [H, W], opacity [H, W] on the CPU;
+        times {t, t_act, t_coarse, t_fine, t_other} in seconds (see the module docstring).
+    """
+    device = torch.device(device)
+    timer = StageTimer(device)
+    h, w = cameras.height, cameras.width
+    _sync(device)
+    t0 = time.perf_counter()
+    rays = image_ray_bundle(cameras, index, near, far, ndc).to(device)
+    bg = background.to(device)
+    if config.sampler == "activation" and config.upsample:
+        with timer.stage("t_act"):
+            est = _upsampled_estimate(model, config, rays, h, w, chunk)
+        parts = [
+            render_rays_from_estimate(model, rays[i : i + chunk], est[i : i + chunk], bg, timer, padding)
+            for i in range(0, len(rays), chunk)
+        ]
+        out = {k: torch.cat([p[k].float() for p in parts]) for k in ("rgb", "depth", "opacity")}
+    else:
+        out = render_rays_chunked(make_render_fn(model, config, timer, padding), rays, bg, chunk)
+    result = {
+        "rgb": out["rgb"].reshape(h, w, 3).clamp(0, 1).cpu(),
+        "depth": out["depth"].reshape(h, w).cpu(),
+        "opacity": out["opacity"].reshape(h, w).cpu(),
+    }
+    _sync(device)
+    times = {"t": time.perf_counter() - t0, **timer.totals()}
+    times["t_other"] = times["t"] - sum(timer.totals().values())
+    return result, times
+
+
+def evaluations_per_ray(model, config: SamplerConfig) -> dict[str, float]:
+    """Network evaluations per rendered ray: ``act`` points through ``act_layers`` trunk layers,
+    ``coarse`` and ``fine`` points through the whole MLP (the upsampled pass evaluates one ray in
+    four at half the samples)."""
+    c = model.config
+    if config.sampler == "default":
+        return {"act": 0.0, "act_layers": 0, "coarse": float(c.n_coarse), "fine": float(c.n_coarse + c.n_fine)}
+    act = (max(1, c.n_coarse // 2) / 4.0) if config.upsample else float(c.n_coarse)
+    return {"act": act, "act_layers": config.layer + 1, "coarse": 0.0, "fine": float(c.n_coarse + c.n_fine)}
+
+
+def _ranks(x: Tensor) -> Tensor:
+    """[R, S] -> per-row ranks 0..S-1, ties sharing their average rank."""
+    less = (x[:, None, :] < x[:, :, None]).sum(-1).float()
+    equal = (x[:, None, :] == x[:, :, None]).sum(-1).float()
+    return less + 0.5 * (equal - 1.0)
+
+
+def _row_pearson(a: Tensor, b: Tensor) -> Tensor:
+    """[R, S] x [R, S] -> [R] Pearson correlation per row (0 where a row is constant)."""
+    a = a - a.mean(-1, keepdim=True)
+    b = b - b.mean(-1, keepdim=True)
+    den = a.norm(dim=-1) * b.norm(dim=-1)
+    return torch.where(den > 0, (a * b).sum(-1) / den.clamp(min=1e-30), torch.zeros_like(den))
+
+
+@torch.no_grad()
+def estimate_diagnostics(
+    model,
+    config: SamplerConfig,
+    cameras: Cameras,
+    index: int,
+    near: float,
+    far: float,
+    ndc: bool,
+    chunk: int = 4096,
+    device: torch.device | str = "cpu",
+    max_rays: int = 2048,
+    min_opacity: float = 0.5,
+) -> dict[str, float | int]:
+    """How well a configuration's density estimate matches the fine network, along the rays of
+    camera ``index`` that hit something.
+
+    The estimate is the one the sampler uses (for ``base``: the coarse network's density) at the
+    n_coarse uniform bins; the truth is the fine network's density at the same bin midpoints.
+    Rays: every k-th pixel (at most ``max_rays``) whose fine opacity over the bins exceeds
+    ``min_opacity``.
+
+    Returns:
+        n_rays: rays scored; pearson, spearman: per-ray correlation of estimate and fine
+        density, averaged over rays (Spearman with tied ranks averaged); pdf_overlap: mean over
+        rays of sum_i min(w_est_i, w_fine_i), the overlap of the normalised weight
+        distributions (1: identical, no padding included); pdf_overlap_uniform: the same for
+        uniform weights, the floor any useful estimate must beat.
+    """
+    device = torch.device(device)
+    n = model.config.n_coarse
+    h, w = cameras.height, cameras.width
+    rays = image_ray_bundle(cameras, index, near, far, ndc).to(device)
+    stride = max(1, math.ceil(h * w / max_rays))
+    pick = torch.arange(0, h * w, stride, device=device)
+    sub = rays[pick]
+    edges = stratified_edges(sub.near, sub.far, n, jitter=False)
+    t_mid = 0.5 * (edges[:, :-1] + edges[:, 1:])
+    pts = (sub.origins[:, None, :] + t_mid[..., None] * sub.directions[:, None, :]).reshape(-1, 3)
+    truth = model.fine.density(pts).float().reshape(len(sub), n)
+    if config.sampler == "default":
+        est = model.coarse.density(pts).float().reshape(len(sub), n)
+    elif config.upsample:
+        est = _upsampled_estimate(model, config, rays, h, w, chunk)[pick]
+    else:
+        est = transform_along_ray(activation_values_for(model, config, sub, n), config.fct)
+    opacity = 1.0 - torch.exp(-(truth * (edges[:, 1:] - edges[:, :-1])).sum(-1))
+    hit = opacity > min_opacity
+    truth, est, edges = truth[hit], est[hit].float(), edges[hit]
+    if not bool(hit.any()):
+        return {"n_rays": 0, "pearson": None, "spearman": None, "pdf_overlap": None, "pdf_overlap_uniform": None}
+    w_true = weights_from_estimate(edges, truth)
+    w_est = weights_from_estimate(edges, est)
+    deltas = edges[:, 1:] - edges[:, :-1]
+    w_uni = deltas / deltas.sum(-1, keepdim=True)
+    return {
+        "n_rays": int(hit.sum()),
+        "pearson": float(_row_pearson(est, truth).mean()),
+        "spearman": float(_row_pearson(_ranks(est), _ranks(truth)).mean()),
+        "pdf_overlap": float(torch.minimum(w_est, w_true).sum(-1).mean()),
+        "pdf_overlap_uniform": float(torch.minimum(w_uni, w_true).sum(-1).mean()),
+    }
+
+
+def _mean(values: list) -> float | None:
+    vals = [v for v in values if v is not None]
+    return sum(vals) / len(vals) if vals and len(vals) == len(values) else None
+
+
+def evaluate_sampler_configs(
+    run_dir: Path,
+    configs: Sequence[SamplerConfig],
+    split: str = "test",
+    limit: int | None = None,
+    every: int = 1,
+    downscale: int | None = None,
+    device: str = "auto",
+    chunk: int = 4096,
+    bf16: bool = True,
+    progress: bool = True,
+    padding: float = 0.01,
+    save_images: bool = False,
+    diagnostics: bool = True,
+    drop_missing_layers: bool = False,
+    out_name: str = "eval",
+) -> dict:
+    """Render ``split`` of a coarse-to-fine run once per configuration, score it and time it; write
+    ``RUN/<out_name>/stats.json`` and return its contents.
+
+    ``drop_missing_layers``: leave out (and list under ``skipped``) configurations reading a
+    layer the network does not have, instead of failing (for sweeps over small networks).
+
+    Every image is rendered with all configurations in turn (so load on a shared machine hits
+    them alike), after one untimed warm-up render of each configuration on a small chunk.
+    With ``diagnostics``, each configuration's density estimate is also compared with the fine
+    network along the rays of the first image (:func:`estimate_diagnostics`, untimed).
+
+    stats.json: run metadata plus ``configs``: {key: {the config's fields, psnr, ssim, lpips,
+    t (mean seconds per image), t_act, t_coarse, t_fine, t_other (means), totals (sums over
+    images), speedup_vs_base (base t / t), evals_per_ray, estimate_vs_fine (or None),
+    per_image: [...]}}.
+    """
+    run_dir = Path(run_dir)
+    dev = runtime.resolve_device(device)
+    runtime.configure(dev)
+    model, spec, meta = load_trained(run_dir, dev)
+    check_supported(model, spec.method)
+    configs = list(dict.fromkeys(configs))  # drop duplicates, keep order
+    skipped = []
+    if drop_missing_layers:
+        depth = {net: len(getattr(model, net).trunk) for net in ("coarse", "fine")}
+        skipped = [c.key for c in configs if c.sampler == "activation" and c.layer >= depth[c.net]]
+        configs = [c for c in configs if c.key not in skipped]
+    if not configs:
+        raise TurboNerfError("no sampler configuration to evaluate")
+    for cfg in configs:
+        check_layer(model, cfg)
+    ds = downscale or spec.scene.downscale
+    scene = load_scene(spec.scene.data, downscale=ds, splits=(split,))
+    data = scene.split(split)
+    indices = list(range(0, len(data), max(1, every)))[:limit]
+    if not indices:
+        raise TurboNerfError(f"nothing to evaluate: split '{split}' has {len(data)} images", spec.scene.data)
+    out_dir = run_dir / out_name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lpips = LpipsScorer()
+
+    def render(cfg: SamplerConfig, i: int):
+        with runtime.autocast(dev, bf16):
+            return render_image_timed(
+                model, cfg, data.cameras, i, scene.near, scene.far, scene.ndc, scene.background, chunk, dev, padding
+            )
+
+    # warm-up: one small render per configuration, untimed (lazy initialisation, allocator)
+    warm = image_ray_bundle(data.cameras, indices[0], scene.near, scene.far, scene.ndc)[:64]
+    with torch.no_grad(), runtime.autocast(dev, bf16):
+        for cfg in configs:
+            fn = make_render_fn(model, SamplerConfig(**{**asdict(cfg), "upsample": False}), StageTimer(dev), padding)
+            fn(warm.to(dev), scene.background.to(dev))
+
+    diag = {}
+    if diagnostics:
+        with runtime.autocast(dev, bf16):
+            for cfg in configs:
+                diag[cfg.key] = estimate_diagnostics(
+                    model, cfg, data.cameras, indices[0], scene.near, scene.far, scene.ndc, chunk, dev
+                )
+
+    per: dict[str, list[dict]] = {cfg.key: [] for cfg in configs}
+    bar = tqdm(total=len(indices) * len(configs), desc=f"samplers {split}", disable=not progress, unit="render")
+    for i in indices:
+        target = data.images[i].float() / 255.0
+        name = Path(data.paths[i]).stem
+        for cfg in configs:
+            out, times = render(cfg, i)
+            if save_images:
+                save_png(out_dir / "samplers" / cfg.key / f"{name}.png", out["rgb"])
+            scores = {"psnr": psnr(out["rgb"], target), "ssim": ssim(out["rgb"], target), "lpips": lpips.score(out["rgb"], target)}
+            per[cfg.key].append({"name": name, **scores, **times})
+            bar.update(1)
+    bar.close()
+
+    entries = {}
+    for cfg in configs:
+        rows = per[cfg.key]
+        timing = ("t", *STAGES, "t_other")
+        entries[cfg.key] = {
+            **asdict(cfg),
+            "psnr": _mean([r["psnr"] for r in rows]),
+            "ssim": _mean([r["ssim"] for r in rows]),
+            "lpips": _mean([r["lpips"] for r in rows]),
+            **{k: _mean([r[k] for r in rows]) for k in timing},
+            "totals": {k: sum(r[k] for r in rows) for k in timing},
+            "evals_per_ray": evaluations_per_ray(model, cfg),
+            "estimate_vs_fine": diag.get(cfg.key),
+            "per_image": rows,
+        }
+    if "base" in entries:
+        base_t = entries["base"]["t"]
+        for e in entries.values():
+            e["speedup_vs_base"] = base_t / e["t"] if e["t"] > 0 else math.nan
+    stats = {
+        "method": spec.method,
+        "run": str(run_dir),
+        "step": meta.get("step"),
+        "split": split,
+        "n_images": len(indices),
+        "width": data.cameras.width,
+        "height": data.cameras.height,
+        "device": device_name(dev),
+        "bf16": bf16,
+        "chunk": chunk,
+        "pdf_padding": padding,
+        "lpips_reason": lpips.reason,
+        "skipped": skipped,
+        "configs": entries,
+    }
+    atomic_write_text(out_dir / "stats.json", json.dumps(stats, indent=2))
+    return stats
+
+
+def format_table(stats: dict) -> str:
+    """A markdown table of a stats.json: configuration, time per image with its split, quality,
+    speed-up against ``base``."""
+    lines = [
+        "| configuration | t / image [s] | t_act | t_coarse | t_fine | t_other | PSNR | SSIM | LPIPS | speed-up vs base |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def f(v, fmt):
+        return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+
+    for key, e in stats["configs"].items():
+        lines.append(
+            f"| {key} | {f(e['t'], '.3f')} | {f(e['t_act'], '.3f')} | {f(e['t_coarse'], '.3f')} | {f(e['t_fine'], '.3f')} "
+            f"| {f(e['t_other'], '.3f')} | {f(e['psnr'], '.2f')} | {f(e['ssim'], '.4f')} | {f(e['lpips'], '.4f')} "
+            f"| {f(e.get('speedup_vs_base'), '.2f')}x |"
+        )
+    return "\n".join(lines)
