@@ -15,9 +15,11 @@ single gather. Two implementations:
 * ``hash_encode_numba``: numba kernels for F = 2 (forward parallel over level x point-chunk
   jobs, backward parallel over levels, whose table slices are disjoint, so no atomics are
   needed) behind a ``torch.autograd.Function``; gradients flow to the table only. Parity with
-  the reference is tested. On the 2-core development CPU (100 k ray-coherent points) it runs
-  ~1.8 M points/s forward and ~0.6 M points/s forward+backward, against ~0.15 / ~0.09 for the
-  reference.
+  the reference is tested. On the 2-core development CPU (100 k points along rays, paper
+  defaults) it ran 0.8-1.8 M points/s forward and 0.4-0.6 M points/s forward+backward (the
+  spread is other load on the shared cores), against ~0.15 / ~0.11 for the reference.
+  Level-major loops keep one level's 4 MB slice of the table hot; that and keeping the two
+  features in registers each gave ~2x over the point-major loop.
 """
 
 from __future__ import annotations
@@ -93,7 +95,7 @@ def hash_encode_torch(x: Tensor, table: Tensor, layout: HashGridLayout) -> Tenso
     """Plain-torch hash encoding (the reference).
 
     Args:
-        x: [N, 3] points in [0, 1]^3 (clamped).
+        x: [N, 3] points in [0, 1]^3 (clamped; NaN -> 0).
         table: [E, F] feature table, E = layout.n_entries.
         layout: the levels.
     Returns:
@@ -102,7 +104,7 @@ def hash_encode_torch(x: Tensor, table: Tensor, layout: HashGridLayout) -> Tenso
     n = x.shape[0]
     f = table.shape[1]
     res, mult, hashed, offsets = _level_tensors(layout, x.device)
-    x = x.to(table.dtype).clamp(0.0, 1.0)
+    x = x.to(table.dtype).nan_to_num(0.0).clamp(0.0, 1.0)
     pos = x[:, None, :] * res[None, :, None]  # [N, L, 3]
     cell = torch.minimum(pos.detach().floor(), (res - 1)[None, :, None])
     frac = pos - cell  # [N, L, 3], in [0, 1]
@@ -135,11 +137,19 @@ def _corner_index(cx, cy, cz, res, size, hashed, offset):
 
 
 @numba.njit(cache=True, inline="always")
+def _unit_clamp(v):
+    """Clamp to [0, 1], NaN -> 0 (a NaN must never become an index)."""
+    if not v > np.float32(0.0):
+        return np.float32(0.0)
+    return min(v, np.float32(1.0))
+
+
+@numba.njit(cache=True, inline="always")
 def _cell_and_frac(x, i, res):
     fres = np.float32(res)
-    px = min(max(x[i, 0], np.float32(0.0)), np.float32(1.0)) * fres
-    py = min(max(x[i, 1], np.float32(0.0)), np.float32(1.0)) * fres
-    pz = min(max(x[i, 2], np.float32(0.0)), np.float32(1.0)) * fres
+    px = _unit_clamp(x[i, 0]) * fres
+    py = _unit_clamp(x[i, 1]) * fres
+    pz = _unit_clamp(x[i, 2]) * fres
     cx = min(np.int64(math.floor(px)), res - 1)
     cy = min(np.int64(math.floor(py)), res - 1)
     cz = min(np.int64(math.floor(pz)), res - 1)
@@ -219,9 +229,16 @@ def _layout_arrays(layout: HashGridLayout) -> tuple[np.ndarray, ...]:
     )
 
 
+def _match_torch_threads() -> None:
+    """Run the numba kernels on as many threads as torch uses (a setting, not a constant: on a
+    shared 2-core machine one thread can be several times faster than two)."""
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+
+
 class _HashEncodeNumba(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, table: Tensor, layout: HashGridLayout) -> Tensor:
+        _match_torch_threads()
         xs = x.detach().to(torch.float32).contiguous()
         tab = table.detach().contiguous()
         out = torch.empty((xs.shape[0], layout.n_levels * tab.shape[1]), dtype=torch.float32)
@@ -234,6 +251,7 @@ class _HashEncodeNumba(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
+        _match_torch_threads()
         (xs,) = ctx.saved_tensors
         grad_table = torch.zeros(ctx.table_shape, dtype=torch.float32)
         if xs.shape[0]:

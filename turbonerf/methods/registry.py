@@ -5,11 +5,17 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from turbonerf.distill.nelf import R2L, R2LConfig
 from turbonerf.errors import TurboNerfError
+from turbonerf.methods.efficient_nerf import EfficientNeRF, EfficientNeRFConfig
+from turbonerf.methods.instant_ngp import InstantNGP, InstantNGPConfig
 from turbonerf.methods.vanilla_nerf import VanillaNeRF, VanillaNeRFConfig
 
 METHODS: dict[str, tuple[type, type]] = {
+    "efficient-nerf": (EfficientNeRFConfig, EfficientNeRF),
     "vanilla-nerf": (VanillaNeRFConfig, VanillaNeRF),
+    "instant-ngp": (InstantNGPConfig, InstantNGP),
+    "r2l": (R2LConfig, R2L),
 }
 
 

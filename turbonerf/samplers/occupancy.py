@@ -1,0 +1,282 @@
+"""Occupancy grid (Instant-NGP / nerfacc): skip empty space when marching rays.
+
+The grid is a module of its own, outside any field: it holds, per cell of a resolution^3 grid
+over an axis-aligned box, an exponential moving maximum of the density (``density``) and a bool
+``occupied`` field, both registered buffers (so they are checkpointed). It learns from a
+callable ``density_fn: points [N, 3] -> sigma [N]`` and never imports a field.
+
+Cells are indexed x-major: flat index = ix * res^2 + iy * res + iz.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from turbonerf.rays import PackedSamples, RayBundle
+from turbonerf.render.volrend import accumulate_along_rays, render_weight_from_density
+
+DensityFn = Callable[[Tensor], Tensor]
+"""points [N, 3] -> sigma [N]"""
+FieldFn = Callable[[Tensor, Tensor], "tuple[Tensor, Tensor]"]
+"""(points [N, 3], unit directions [N, 3]) -> (sigma [N], rgb [N, 3])"""
+
+
+def opacity_to_density(opacity: float, step_size: float) -> float:
+    """The density whose opacity over one marching step is ``opacity``: -ln(1 - opacity) / step."""
+    return -math.log1p(-opacity) / step_size
+
+
+def ray_aabb_intersect(origins: Tensor, directions: Tensor, aabb: Tensor) -> tuple[Tensor, Tensor]:
+    """Slab test of rays against a box.
+
+    Args:
+        origins, directions: [R, 3].
+        aabb: [2, 3] (min, max).
+    Returns:
+        t_enter, t_exit: [R]; a ray misses the box when t_exit <= t_enter (t_enter may be
+        negative when the origin is inside).
+    """
+    inv = 1.0 / torch.where(directions.abs() < 1e-12, torch.full_like(directions, 1e-12), directions)
+    t_a = (aabb[0] - origins) * inv
+    t_b = (aabb[1] - origins) * inv
+    t_enter = torch.minimum(t_a, t_b).amax(dim=-1)
+    t_exit = torch.maximum(t_a, t_b).amin(dim=-1)
+    return t_enter, t_exit
+
+
+class OccupancyGrid(nn.Module):
+    """A binary occupancy grid over ``aabb`` with an EMA (moving max) of density per cell.
+
+    Args:
+        aabb: [2, 3] box (min, max).
+        resolution: cells per axis (Instant-NGP: 128).
+        density_threshold: a cell is occupied when its density EMA exceeds
+            min(density_threshold, mean density EMA) (see :func:`opacity_to_density`).
+        update_every: ``update`` refreshes the grid every this many steps (Instant-NGP: 16).
+        warmup_steps: before this step every cell is re-evaluated; after it a random
+            ``sample_fraction`` of all cells plus (up to as many) occupied ones.
+        decay: EMA decay per update (0.95): density <- max(density * decay, new).
+        sample_fraction: fraction of all cells drawn uniformly per update after warm-up.
+        chunk: points per call of ``density_fn``.
+    """
+
+    def __init__(
+        self,
+        aabb: Tensor,
+        resolution: int = 128,
+        density_threshold: float = 2.0,
+        update_every: int = 16,
+        warmup_steps: int = 256,
+        decay: float = 0.95,
+        sample_fraction: float = 0.25,
+        chunk: int = 1 << 18,
+    ):
+        super().__init__()
+        self.resolution = resolution
+        self.density_threshold = density_threshold
+        self.update_every = update_every
+        self.warmup_steps = warmup_steps
+        self.decay = decay
+        self.sample_fraction = sample_fraction
+        self.chunk = chunk
+        n = resolution**3
+        self.register_buffer("aabb", aabb.detach().clone().float().reshape(2, 3))
+        self.register_buffer("density", torch.zeros(n))
+        # everything is occupied until the first update has looked at the field
+        self.register_buffer("occupied", torch.ones(n, dtype=torch.bool))
+
+    @property
+    def n_cells(self) -> int:
+        return self.resolution**3
+
+    def occupied_fraction(self) -> float:
+        return float(self.occupied.float().mean())
+
+    def cell_index(self, points: Tensor) -> Tensor:
+        """points [N, 3] (clamped to the box) -> flat cell index [N] (long)."""
+        res = self.resolution
+        ijk = ((points - self.aabb[0]) * (res / (self.aabb[1] - self.aabb[0]))).floor().long().clamp(0, res - 1)
+        return (ijk[:, 0] * res + ijk[:, 1]) * res + ijk[:, 2]
+
+    def is_occupied(self, points: Tensor) -> Tensor:
+        """points [N, 3] -> [N] bool: inside the box and in an occupied cell."""
+        u = (points - self.aabb[0]) / (self.aabb[1] - self.aabb[0])
+        inside = ((u >= 0.0) & (u <= 1.0)).all(dim=-1)
+        return self.occupied[self.cell_index(points)] & inside
+
+    def cell_points(self, cells: Tensor, jitter: bool = True) -> Tensor:
+        """A point in each cell: uniformly random inside it (``jitter``) or its centre. cells: [M] -> [M, 3]."""
+        res = self.resolution
+        ijk = torch.stack([cells // (res * res), (cells // res) % res, cells % res], dim=-1).float()
+        off = torch.rand_like(ijk) if jitter else torch.full_like(ijk, 0.5)
+        return self.aabb[0] + (ijk + off) / res * (self.aabb[1] - self.aabb[0])
+
+    def cells_to_update(self, step: int) -> Tensor:
+        """[M] cell indices to re-evaluate at ``step``: all during warm-up, else m = sample_fraction
+        * n_cells uniformly random cells plus every occupied cell, or m random occupied ones when
+        there are more (duplicates allowed). Instant-NGP always draws m occupied cells; taking
+        each once when there are fewer saves CPU time for the same coverage."""
+        dev = self.density.device
+        if step < self.warmup_steps:
+            return torch.arange(self.n_cells, device=dev)
+        m = max(1, int(self.n_cells * self.sample_fraction))
+        uniform = torch.randint(self.n_cells, (m,), device=dev)
+        occ = self.occupied.nonzero()[:, 0]
+        if occ.numel() > m:
+            occ = occ[torch.randint(occ.numel(), (m,), device=dev)]
+        return torch.cat([uniform, occ])
+
+    @torch.no_grad()
+    def update(self, step: int, density_fn: DensityFn, force: bool = False) -> bool:
+        """Refresh the grid from ``density_fn`` if ``step`` is a multiple of ``update_every``
+        (or ``force``). Returns whether it did.
+
+        Each chosen cell is evaluated at a random point inside it; density <- max(density *
+        decay, new) over all cells (unvisited cells decay), then occupied <- density >
+        min(threshold, mean density). A freshly initialised field has an almost constant
+        density, so the first refresh marks about half of the cells occupied at random; the
+        next refreshes prune them (as in Instant-NGP and nerfacc).
+        """
+        if not force and step % self.update_every != 0:
+            return False
+        cells = self.cells_to_update(step)
+        pts = self.cell_points(cells, jitter=True)
+        sigma = torch.cat([density_fn(pts[i : i + self.chunk]).float().reshape(-1) for i in range(0, len(pts), self.chunk)])
+        sigma = torch.nan_to_num(sigma, nan=0.0, posinf=1e6)
+        fresh = torch.zeros_like(self.density).scatter_reduce_(0, cells, sigma, "amax")
+        self.density.copy_(torch.maximum(self.density * self.decay, fresh))
+        threshold = min(self.density_threshold, float(self.density.mean()))
+        self.occupied.copy_(self.density > threshold)
+        return True
+
+    @torch.no_grad()
+    def march(
+        self,
+        rays: RayBundle,
+        step_size: float,
+        max_samples: int = 1024,
+        jitter: bool = False,
+        max_candidates: int = 1 << 22,
+    ) -> PackedSamples:
+        """Fixed-step ray marching that keeps only samples in occupied cells.
+
+        Each ray is clipped to [max(near, box entry), min(far, box exit)] = [t0, t1] and cut into
+        intervals of length dt = step_size / |direction| (``step_size`` is a distance in sample
+        space, so NDC rays with non-unit directions march alike). Sample k covers
+        [t0 + (k + u) dt, t0 + (k + u + 1) dt] (u ~ U[0, 1) per ray with ``jitter``, else 0), is
+        kept when its midpoint is before t1 and in an occupied cell, and ends no later than t1.
+        Vectorised: a dense [R, K] candidate set per chunk of rays (at most ``max_candidates``),
+        compacted with a boolean mask.
+
+        Returns:
+            PackedSamples sorted by ray (and by t within a ray).
+        """
+        n_rays = len(rays)
+        t_in, t_out = ray_aabb_intersect(rays.origins, rays.directions, self.aabb)
+        t0 = torch.maximum(rays.near, t_in)
+        t1 = torch.minimum(rays.far, t_out)
+        dt = step_size / rays.directions.norm(dim=-1).clamp_min(1e-12)
+        n_steps = torch.ceil((t1 - t0) / dt).clamp(0, max_samples).long()
+        k_max = int(n_steps.max()) if n_rays else 0
+        empty = torch.zeros(0, device=rays.origins.device)
+        if k_max == 0:
+            return PackedSamples(empty.long(), empty, empty, n_rays)
+        res = self.resolution
+        scale = res / (self.aabb[1] - self.aabb[0])
+        origins_g = (rays.origins - self.aabb[0]) * scale  # rays in grid units
+        dirs_g = rays.directions * scale
+        chunk = max(1, max_candidates // k_max)
+        ray_parts, start_parts, end_parts = [], [], []
+        steps = torch.arange(k_max, device=rays.origins.device, dtype=torch.float32)
+        for r0 in range(0, n_rays, chunk):
+            sl = slice(r0, r0 + chunk)
+            k = int(n_steps[sl].max())
+            if k == 0:
+                continue
+            u = torch.rand_like(t0[sl])[:, None] if jitter else 0.0
+            ts = t0[sl, None] + (steps[:k] + u) * dt[sl, None]  # [r, k]
+            mids = ts + 0.5 * dt[sl, None]
+            keep = (steps[:k] < n_steps[sl, None]) & (mids < t1[sl, None])
+            cell = None  # flat cell index of every midpoint, built axis by axis (int32, in place)
+            for axis in range(3):
+                c = torch.addcmul(origins_g[sl, axis, None], mids, dirs_g[sl, axis, None])
+                c = c.floor_().clamp_(0, res - 1).to(torch.int32)
+                cell = c if cell is None else cell.mul_(res).add_(c)
+            keep &= self.occupied[cell]
+            rows, cols = keep.nonzero(as_tuple=True)
+            ray_parts.append(rows + r0)
+            starts = ts[rows, cols]
+            start_parts.append(starts)
+            end_parts.append(torch.minimum(starts + dt[sl][rows], t1[sl][rows]))
+        if not ray_parts:
+            return PackedSamples(empty.long(), empty, empty, n_rays)
+        return PackedSamples(torch.cat(ray_parts), torch.cat(start_parts), torch.cat(end_parts), n_rays)
+
+
+def render_with_early_stop(
+    rays: RayBundle,
+    samples: PackedSamples,
+    field_fn: FieldFn,
+    background: Tensor | None = None,
+    early_stop_eps: float = 1e-4,
+    samples_per_round: int = 1 << 17,
+    min_per_ray: int = 4,
+) -> tuple[dict[str, Tensor], int]:
+    """Inference compositing that stops evaluating a ray once its transmittance is below
+    ``early_stop_eps`` (the compacting renderer of ngp_pl, over packed samples).
+
+    Rounds: every ray still alive contributes its next m samples (m = samples_per_round /
+    alive rays, at least ``min_per_ray``), the field is evaluated on them in one batch, colour,
+    depth and transmittance are accumulated, and rays whose transmittance fell below the
+    threshold, or whose samples are used up, leave the alive set. As rays die, m grows.
+
+    Args:
+        rays: the R rays the samples belong to.
+        samples: packed samples sorted by ray (e.g. from :meth:`OccupancyGrid.march`).
+        field_fn: (points, dirs) -> (sigma [N], rgb [N, 3]).
+        background: [3] or [R, 3], or None for black.
+    Returns:
+        ({rgb [R, 3], depth [R], opacity [R]}, number of samples evaluated).
+    """
+    n_rays = samples.n_rays
+    dev = rays.origins.device
+    counts = torch.bincount(samples.ray_indices, minlength=n_rays)
+    offsets = torch.cumsum(counts, 0) - counts
+    trans = torch.ones(n_rays, device=dev)
+    rgb = torch.zeros(n_rays, 3, device=dev)
+    depth = torch.zeros(n_rays, device=dev)
+    opacity = torch.zeros(n_rays, device=dev)
+    done = torch.zeros(n_rays, dtype=torch.long, device=dev)
+    alive = (counts > 0).nonzero()[:, 0]
+    max_count = int(counts.max()) if n_rays else 0
+    evaluated = 0
+    while alive.numel() > 0:
+        a = alive.numel()
+        m = min(max(samples_per_round // a, min_per_ray), max_count)
+        j = done[alive, None] + torch.arange(m, device=dev)  # [A, m]
+        valid = j < counts[alive, None]
+        rows, cols = valid.nonzero(as_tuple=True)
+        idx = offsets[alive][rows] + j[rows, cols]
+        ray = alive[rows]
+        t_s, t_e = samples.t_starts[idx], samples.t_ends[idx]
+        mids = 0.5 * (t_s + t_e)
+        x = rays.origins[ray] + mids[:, None] * rays.directions[ray]
+        sigma, col = field_fn(x, rays.viewdirs[ray])
+        sigma, col = sigma.float(), col.float()
+        evaluated += idx.numel()
+        w, _, _ = render_weight_from_density(t_s, t_e, sigma, rows, a)
+        w = w * trans[ray]
+        rgb.index_add_(0, ray, w[:, None] * col)
+        depth.index_add_(0, ray, w * mids)
+        opacity.index_add_(0, ray, w)
+        optical = accumulate_along_rays(sigma * (t_e - t_s), None, rows, a)[:, 0]
+        trans[alive] = trans[alive] * torch.exp(-optical)
+        done[alive] += m
+        alive = alive[(trans[alive] > early_stop_eps) & (done[alive] < counts[alive])]
+    if background is not None:
+        rgb = rgb + (1.0 - opacity)[:, None] * background
+    return {"rgb": rgb, "depth": depth, "opacity": opacity}, evaluated
