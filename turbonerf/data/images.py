@@ -30,6 +30,14 @@ from turbonerf.errors import TurboNerfError
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".exr", ".bmp", ".tif", ".tiff")
 """Extensions tried, in order, for a ``file_path`` given without one (and listed in LLFF folders)."""
 
+PILLOW_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
+"""Read with imageio's pillow plugin directly (others: imageio's plugin search, e.g. for EXR)."""
+
+
+def _plugin(path: Path) -> str | None:
+    """Pin the pillow plugin for common formats, so a corrupt file is not offered to every plugin."""
+    return "pillow" if path.suffix.lower() in PILLOW_EXTENSIONS else None
+
 
 # --------------------------------------------------------------------------------------------
 # JSON and poses
@@ -118,7 +126,7 @@ def image_header(path: Path) -> tuple[int, int, bool]:
     if not path.is_file():
         raise TurboNerfError("image not found", path)
     try:
-        props = iio.improps(path)
+        props = iio.improps(path, plugin=_plugin(path))
     except Exception as err:  # imageio / pillow raise many types for a corrupt header
         raise TurboNerfError(f"cannot read image header: {err}", path) from None
     shape = props.shape
@@ -138,7 +146,7 @@ def read_image(path: Path) -> np.ndarray:
     if not path.is_file():
         raise TurboNerfError("image not found", path)
     try:
-        img = iio.imread(path)
+        img = iio.imread(path, plugin=_plugin(path))
     except Exception as err:  # imageio / pillow raise many types for corrupt data
         raise TurboNerfError(f"cannot decode image: {err}", path) from None
     if img.ndim == 4:  # animated file: keep the first frame
@@ -255,7 +263,9 @@ def load_images(
         expected_size = image_header(paths[0])[:2]
     width, height = expected_size
     if width // downscale == 0 or height // downscale == 0:
-        raise TurboNerfError(f"image of size {width}x{height} is smaller than the downscale factor {downscale}", paths[0])
+        raise TurboNerfError(
+            f"image of size {width}x{height} is smaller than the downscale factor {downscale}", paths[0]
+        )
     out = np.empty((len(paths), height // downscale, width // downscale, 3), dtype=np.uint8)
 
     def work(i: int) -> None:

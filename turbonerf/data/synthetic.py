@@ -23,7 +23,9 @@ SPHERE_RADIUS = 1.0
 BLENDER_CAMERA_ANGLE_X = 0.6911112070083618  # the NeRF-synthetic field of view
 
 
-def look_at(eye: Sequence[float], target: Sequence[float] = (0.0, 0.0, 0.0), up: Sequence[float] = (0.0, 0.0, 1.0)) -> np.ndarray:
+def look_at(
+    eye: Sequence[float], target: Sequence[float] = (0.0, 0.0, 0.0), up: Sequence[float] = (0.0, 0.0, 1.0)
+) -> np.ndarray:
     """[3, 4] OpenGL camera-to-world for a camera at ``eye`` looking at ``target`` (+z up by default)."""
     eye, target, up = (np.asarray(v, dtype=np.float64) for v in (eye, target, up))
     back = eye - target
@@ -146,7 +148,8 @@ def write_tiny_transforms_scene(
     if camera_angle_only:
         data["camera_angle_x"] = 2.0 * math.atan(0.5 * width / base_focal)
     elif not per_frame_intrinsics:
-        data.update(fl_x=base_focal, fl_y=base_focal * 1.05, cx=width / 2 + 0.5, cy=height / 2 - 0.25, w=width, h=height)
+        data.update(fl_x=base_focal, fl_y=base_focal * 1.05, cx=width / 2 + 0.5, cy=height / 2 - 0.25)
+        data.update(w=width, h=height)
     if distortion is not None:
         data.update(dict(zip(("k1", "k2", "p1", "p2"), (float(x) for x in distortion))))
     if aabb_scale is not None:

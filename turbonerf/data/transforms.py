@@ -127,7 +127,9 @@ def parse_frame(frame: dict, scene: dict, root: Path, path: Path, index: int) ->
     sources = (frame, scene)
     model = str(_lookup("camera_model", sources) or "").lower()
     if "fisheye" in model or "equirect" in model:
-        raise TurboNerfError(f"frame '{name}': camera_model '{model.upper()}' is not supported (pinhole/OpenCV only)", path)
+        raise TurboNerfError(
+            f"frame '{name}': camera_model '{model.upper()}' is not supported (pinhole / OpenCV only)", path
+        )
     w, h = _lookup("w", sources), _lookup("h", sources)
     if w is None or h is None:
         hw, hh, _ = image_header(image_path)

@@ -55,7 +55,7 @@ class TrainOptions:
     overwrite: bool = False
     overrides: list[str] = field(default_factory=list)
     bf16: bool = True
-    precrop_steps: int = 500
+    precrop_steps: int = 100
     precrop_fraction: float = 0.5
     progress: bool = True
     log_every: int = 10
