@@ -176,6 +176,66 @@ def render(
 
 
 @app.command()
+def distill(
+    teacher: Path = typer.Option(..., help="run folder of the trained teacher"),
+    out: Path = typer.Option(..., help="run folder to create for the student"),
+    student: str = typer.Option("r2l", help="student kind: r2l (a neural light field, one network evaluation per pixel)"),
+    preset: str = typer.Option("cpu", help="student size: cpu (W128 D16) or paper (W256 D88)"),
+    max_steps: int = typer.Option(100_000, help="stop after this many student steps"),
+    max_minutes: Optional[float] = typer.Option(None, help="budget for pseudo-data generation + training"),
+    num_pseudo_images: int = typer.Option(100, help="pseudo images (training resolution) rendered by the teacher"),
+    real_fraction: float = typer.Option(0.2, help="fraction of each batch taken from the real training images"),
+    hard_ratio: float = typer.Option(0.2, help="fraction of each batch that joins the hard-example pool (0: off)"),
+    batch_rays: int = typer.Option(4096, help="fresh rays per step (hard rays come on top)"),
+    pseudo_dir: Optional[Path] = typer.Option(None, help="pseudo-data folder (default OUT/pseudo); reuse it across students"),
+    pose_mode: str = typer.Option("auto", help="pseudo cameras: auto, box (R2L forward-facing) or sphere (R2L 360)"),
+    teacher_renderer: str = typer.Option("auto", help="model, nerftree (TEACHER/baked/nerftree.safetensors) or auto"),
+    set_: List[str] = typer.Option([], "--set", help="student option KEY=VALUE (repeatable), e.g. --set n_points=8"),
+    seed: int = typer.Option(0, help="random seed"),
+    device: str = typer.Option("auto", help="'auto', 'cpu' or 'cuda[:N]'"),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for torch (default: torch's choice)"),
+    resume: bool = typer.Option(False, help="continue the student in --out (and its pseudo data)"),
+    overwrite: bool = typer.Option(False, help="replace an existing student folder"),
+    fp32: bool = typer.Option(False, help="fp32 instead of bf16 autocast"),
+    progress: bool = typer.Option(True, help="show progress bars"),
+):
+    """Distil a trained run into a neural light field (R2L): teacher pseudo data + real rays + hard examples."""
+    from turbonerf.distill.trainer import DistillOptions
+    from turbonerf.distill.trainer import distill as run_distill
+
+    opts = DistillOptions(
+        teacher=teacher,
+        out=out,
+        student=student,
+        preset=preset,
+        overrides=list(set_),
+        max_steps=max_steps,
+        max_minutes=max_minutes,
+        num_pseudo_images=num_pseudo_images,
+        real_fraction=real_fraction,
+        hard_ratio=hard_ratio,
+        batch_rays=batch_rays,
+        pseudo_dir=pseudo_dir,
+        pose_mode=pose_mode,
+        teacher_renderer=teacher_renderer,
+        seed=seed,
+        device=device,
+        threads=threads,
+        bf16=not fp32,
+        resume=resume,
+        overwrite=overwrite,
+        progress=progress,
+    )
+    res = run_distill(opts)
+    for line in res.messages:
+        print(line)
+    print(
+        f"distilled {res.step} steps in {res.train_seconds / 60:.1f} min (+ {res.generation_seconds / 60:.1f} min of pseudo data, "
+        f"{res.pseudo.images} images) (last batch PSNR {res.last_psnr:.2f} dB) -> {res.run_dir}"
+    )
+
+
+@app.command()
 def methods():
     """List the registered methods."""
     from turbonerf.methods.registry import method_names

@@ -15,6 +15,7 @@ from turbonerf.engine import runtime
 from turbonerf.engine.checkpoint import atomic_write_text
 from turbonerf.engine.run import load_trained
 from turbonerf.errors import TurboNerfError
+from turbonerf.eval.flops import flops_per_ray, params
 from turbonerf.eval.media import depth_to_png, save_png
 from turbonerf.eval.metrics import LpipsScorer, psnr, ssim
 from turbonerf.render.renderer import render_image
@@ -97,7 +98,8 @@ def evaluate_run(
         "lpips_reason": lpips.reason,
         "ms_per_frame": mean("ms"),
         "samples_per_ray": float(model.samples_per_ray()),
-        "params": sum(p.numel() for p in model.parameters()),
+        "params": params(model),
+        "flops_per_ray": flops_per_ray(model),
         "per_image": per_image,
     }
     if lpips.reason:

@@ -1,0 +1,144 @@
+import json
+import math
+
+import pytest
+import torch
+
+from conftest import TINY_VANILLA
+from turbonerf.cli.main import main
+from turbonerf.data.scene import load_scene
+from turbonerf.data.synthetic import write_tiny_blender_scene
+from turbonerf.distill import trainer as dt
+from turbonerf.engine.checkpoint import read_checkpoint_meta
+from turbonerf.engine.run import CHECKPOINT, load_trained, read_run_spec
+from turbonerf.engine.trainer import TrainingInterrupted, TrainOptions, train
+from turbonerf.errors import TurboNerfError
+from turbonerf.eval.evaluate import evaluate_run
+from turbonerf.rays import image_ray_bundle
+
+TINY_STUDENT = ["width=64", "depth=4"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These tests train; on a shared 2-core machine one thread is several times faster."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    """A vanilla NeRF trained for a few seconds on a 16-view sphere scene: (scene, run)."""
+    root = tmp_path_factory.mktemp("teacher")
+    scene = write_tiny_blender_scene(root / "scene", n_train=16, n_test=4, size=16)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    opts = TrainOptions(method="vanilla-nerf", data=scene, out=root / "run", overrides=TINY_VANILLA + ["lr=5e-3"],
+                        batch_rays=256, max_steps=300, precrop_steps=0, progress=False)
+    train(opts)
+    torch.set_num_threads(before)
+    return scene, root / "run"
+
+
+def _opts(teacher_run, out, **kw):
+    base = dict(teacher=teacher_run, out=out, overrides=TINY_STUDENT, max_steps=300, num_pseudo_images=16,
+                batch_rays=512, progress=False, log_every=50)
+    return dt.DistillOptions(**(base | kw))
+
+
+def _psnr(mse: float) -> float:
+    return -10.0 * math.log10(mse)
+
+
+def test_distilled_student_beats_a_constant_colour_on_held_out_views(teacher, tmp_path):
+    scene, run = teacher
+    res = dt.distill(_opts(run, tmp_path / "student"))
+    assert res.step == 300 and res.pseudo.images == 16 and res.pseudo.rays == 16 * 256
+    assert any("rays/s" in m for m in res.messages)
+
+    spec = read_run_spec(tmp_path / "student")
+    assert spec.method == "r2l" and spec.config["width"] == 64 and spec.scene == read_run_spec(run).scene
+    meta = read_checkpoint_meta(tmp_path / "student" / CHECKPOINT)
+    assert meta["method"] == "r2l" and meta["step"] == 300 and meta["pseudo_images"] == 16
+
+    student, _, _ = load_trained(tmp_path / "student", torch.device("cpu"))
+    sc = load_scene(scene)
+    train_rgb = sc.split("train").images.float() / 255.0
+    test = sc.split("test")
+    mean_colour = train_rgb.reshape(-1, 3).mean(0)
+    mse_student, mse_const = 0.0, 0.0
+    for i in range(len(test)):
+        rays = image_ray_bundle(test.cameras, i, sc.near, sc.far)
+        with torch.no_grad():
+            rgb = student.render(rays, sc.background)["rgb"]
+        target = test.images[i].reshape(-1, 3).float() / 255.0
+        mse_student += float(((rgb - target) ** 2).mean()) / len(test)
+        mse_const += float(((mean_colour - target) ** 2).mean()) / len(test)
+    assert _psnr(mse_student) > _psnr(mse_const) + 5.0
+
+    # the student run is an ordinary run: `turbonerf eval` works and reports its cost
+    r = evaluate_run(tmp_path / "student", progress=False)
+    assert r["method"] == "r2l" and r["samples_per_ray"] == 1.0 and r["psnr"] > _psnr(mse_const)
+    assert r["flops_per_ray"] == student.in_dim * 64 * 2 + 2 * 64 * 64 * 2 + 64 * 3 * 2
+    assert r["params"] == sum(p.numel() for p in student.parameters())
+
+
+def test_cli_distill_then_eval_and_refuses_to_overwrite(teacher, tmp_path, capsys):
+    _, run = teacher
+    out = tmp_path / "student"
+    args = ["distill", "--teacher", str(run), "--out", str(out), "--max-steps", "5", "--num-pseudo-images", "2",
+            "--batch-rays", "128", "--set", "width=16", "--set", "depth=2", "--no-progress", "--threads", "1"]
+    assert main(args) == 0
+    assert "distilled 5 steps" in capsys.readouterr().out
+    assert json.loads((out / "distill.json").read_text())["num_pseudo_images"] == 2
+    assert main(["eval", "--run", str(out), "--no-progress"]) == 0
+    res = json.loads((out / "eval" / "results.json").read_text())
+    assert res["method"] == "r2l" and "flops_per_ray" in res and res["params"] > 0
+    assert main(args) == 2
+    assert "exists" in capsys.readouterr().err
+    assert main(args[:2] + ["--student", "image", *args[2:]] + ["--overwrite"]) == 2
+
+
+def test_interrupt_saves_a_checkpoint_and_resume_continues(teacher, tmp_path, monkeypatch):
+    _, run = teacher
+    out = tmp_path / "student"
+    real = dt.real_rows
+    calls = {"n": 0}
+
+    def interrupt_on_fourth(*args):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(dt, "real_rows", interrupt_on_fourth)
+    with pytest.raises(TrainingInterrupted):
+        dt.distill(_opts(run, out, max_steps=10, num_pseudo_images=2))
+    assert read_checkpoint_meta(out / CHECKPOINT)["step"] == 3
+    monkeypatch.setattr(dt, "real_rows", real)
+    res = dt.distill(_opts(run, out, max_steps=6, num_pseudo_images=2, resume=True))
+    assert res.step == 6 and res.pseudo.new_images == 0
+
+
+def test_generation_stops_early_under_a_tight_budget_and_real_rays_take_over(teacher, tmp_path):
+    _, run = teacher
+    res = dt.distill(_opts(run, tmp_path / "student", max_minutes=1e-9, num_pseudo_images=4))
+    assert res.pseudo.stopped_early and res.pseudo.images == 0
+    assert any("stopped early" in m for m in res.messages) and any("real rays only" in m for m in res.messages)
+    assert res.step == 0
+
+
+def test_pseudo_only_and_no_hard_examples_are_options(teacher, tmp_path):
+    _, run = teacher
+    res = dt.distill(_opts(run, tmp_path / "a", max_steps=3, num_pseudo_images=2, real_fraction=0.0, hard_ratio=0.0,
+                           pseudo_dir=tmp_path / "shared"))
+    assert res.step == 3
+    res = dt.distill(_opts(run, tmp_path / "b", max_steps=3, num_pseudo_images=2, pseudo_dir=tmp_path / "shared"))
+    assert res.pseudo.new_images == 0 and res.pseudo.images == 2  # reused
+    assert dt.split_batch(100, 0.25, True) == (75, 25) and dt.split_batch(100, 0.25, False) == (0, 100)
+    with pytest.raises(TurboNerfError, match="teacher renderer"):
+        dt.distill(_opts(run, tmp_path / "c", teacher_renderer="magic"))
+    with pytest.raises(TurboNerfError, match="NerfTree"):
+        dt.distill(_opts(run, tmp_path / "d", teacher_renderer="nerftree"))

@@ -1,0 +1,126 @@
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from turbonerf.cameras import Cameras
+from turbonerf.data.synthetic import look_at, ring_poses
+from turbonerf.distill import pseudo_data as pd
+from turbonerf.errors import TurboNerfError
+
+
+def _cameras(c2w: np.ndarray, size: int = 8) -> Cameras:
+    n = len(c2w)
+    f = torch.full((n,), 10.0)
+    c = torch.full((n,), size / 2)
+    return Cameras(torch.from_numpy(c2w).float(), f, f, c, c, size, size)
+
+
+def _ring(n=8):
+    return _cameras(ring_poses(n))
+
+
+def _fake_teacher(rays, background):
+    """An analytic 'teacher': colour from the ray direction and origin (deterministic)."""
+    rgb = torch.sigmoid(rays.directions * 3.0 + 0.1 * rays.origins)
+    n = rgb.shape[0]
+    return {"rgb": rgb, "depth": torch.zeros(n), "opacity": torch.ones(n)}
+
+
+def _spec(mode="sphere", seed=3, per_chunk=2, size=8):
+    return pd.PseudoDataSpec(seed=seed, pose_mode=mode, height=size, width=size, images_per_chunk=per_chunk,
+                             near=2.0, far=6.0, ndc=False, teacher="fake")
+
+
+def test_interrupted_and_resumed_generation_reads_back_identically(tmp_path):
+    cams, spec, bg = _ring(), _spec(), torch.ones(3)
+    full = pd.generate_pseudo_data(tmp_path / "full", _fake_teacher, cams, spec, 10, bg, progress=False)
+    assert full.images == 10 and full.rays == 10 * 64 and not full.stopped_early and full.rays_per_s > 0
+
+    calls = {"n": 0}
+
+    def dies_in_third_chunk(rays, background):
+        calls["n"] += 1
+        if calls["n"] == 5:  # images 1-4 (chunks 0 and 1) complete, chunk 2 dies mid-way
+            raise KeyboardInterrupt
+        return _fake_teacher(rays, background)
+
+    with pytest.raises(KeyboardInterrupt):
+        pd.generate_pseudo_data(tmp_path / "resumed", dies_in_third_chunk, cams, spec, 10, bg, chunk_rays=64, progress=False)
+    manifest = json.loads((tmp_path / "resumed" / pd.MANIFEST).read_text())
+    assert [c["index"] for c in manifest["chunks"]] == [0, 1]
+    assert sorted(p.name for p in (tmp_path / "resumed").iterdir()) == [
+        "chunk_000000_rays.npy", "chunk_000000_rgb.npy", "chunk_000001_rays.npy", "chunk_000001_rgb.npy", pd.MANIFEST]
+    partial = pd.PseudoRays(tmp_path / "resumed")
+    assert len(partial) == 4 * 64
+
+    calls["n"] = -1000
+    res = pd.generate_pseudo_data(tmp_path / "resumed", dies_in_third_chunk, cams, spec, 10, bg, chunk_rays=64, progress=False)
+    assert res.new_images == 6 and res.images == 10
+
+    a, b = pd.PseudoRays(tmp_path / "full"), pd.PseudoRays(tmp_path / "resumed")
+    ra, ca = a.read_all()
+    rb, cb = b.read_all()
+    assert np.array_equal(ra, rb) and np.array_equal(ca, cb)
+    assert ra.dtype == np.float32 and ra.shape == (640, 6) and ca.dtype == np.float16 and ca.shape == (640, 3)
+    assert isinstance(a.rays[0], np.memmap)  # read back memory-mapped, not loaded
+    # the stored colour is what the teacher says for the stored ray
+    d = torch.from_numpy(ra[:, 3:6])
+    o = torch.from_numpy(ra[:, 0:3])
+    expect = torch.sigmoid(d * 3.0 + 0.1 * o).numpy()
+    assert np.abs(ca.astype(np.float32) - expect).max() < 2e-3
+
+
+def test_resume_refuses_other_settings_and_sample_draws_from_many_chunks(tmp_path):
+    cams, bg = _ring(), torch.ones(3)
+    pd.generate_pseudo_data(tmp_path / "p", _fake_teacher, cams, _spec(per_chunk=1), 12, bg, progress=False)
+    with pytest.raises(TurboNerfError, match="other settings"):
+        pd.generate_pseudo_data(tmp_path / "p", _fake_teacher, cams, _spec(seed=4, per_chunk=1), 12, bg, progress=False)
+    data = pd.PseudoRays(tmp_path / "p")
+    rays, rgb = data.sample(100, torch.Generator().manual_seed(0), chunks_per_batch=4)
+    assert rays.shape == (100, 6) and rgb.shape == (100, 3) and rays.dtype == torch.float32
+    # each pseudo image has its own camera centre: 4 chunks -> 4 distinct origins
+    assert len({tuple(r) for r in rays[:, :3].numpy().round(5).tolist()}) == 4
+
+
+def test_time_budget_stops_generation_early(tmp_path):
+    res = pd.generate_pseudo_data(tmp_path / "p", _fake_teacher, _ring(), _spec(), 10, torch.ones(3), max_seconds=0.0, progress=False)
+    assert res.stopped_early and res.images == 0 and len(pd.PseudoRays(tmp_path / "p")) == 0
+
+
+def test_sphere_cameras_look_at_the_centre_from_the_training_ring():
+    c2w = torch.from_numpy(ring_poses(8)).float()
+    assert pd.resolve_pose_mode("auto", c2w, ndc=False) == "sphere"
+    assert pd.resolve_pose_mode("auto", c2w, ndc=True) == "box"
+    torch.testing.assert_close(pd.convergence_point(c2w), torch.zeros(3), atol=1e-4, rtol=0)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        pose = pd.sample_sphere_pose(c2w, g)
+        o = pose[:, 3]
+        assert o.norm() == pytest.approx(4.0, abs=1e-4)  # the ring's radius
+        assert o[2] == pytest.approx(2.0, abs=1e-4)  # and its elevation (30 degrees)
+        forward = -pose[:, 2]
+        torch.testing.assert_close(forward, -o / o.norm(), atol=1e-5, rtol=0)
+        torch.testing.assert_close(pose[:, :3].T @ pose[:, :3], torch.eye(3), atol=1e-5, rtol=0)
+
+
+def test_box_cameras_stay_in_the_boxes_of_the_training_cameras():
+    eyes = [(x, y, 3.0) for x in (-1.0, 0.0, 1.0) for y in (-0.5, 0.5)]
+    c2w = torch.from_numpy(np.stack([look_at(e, (0.2 * e[0], 0.0, 0.0), up=(0, 1, 0)) for e in eyes])).float()
+    assert pd.resolve_pose_mode("box", c2w, ndc=False) == "box"
+    g = torch.Generator().manual_seed(0)
+    centres, fwd = c2w[:, :, 3], -c2w[:, :, 2]
+    lo, hi = centres.min(0).values, centres.max(0).values
+    half = 0.5 * (hi - lo) * (1 + pd.BOX_MARGIN)
+    mid = 0.5 * (lo + hi)
+    for _ in range(50):
+        pose = pd.sample_box_pose(c2w, g)
+        assert torch.all(pose[:, 3] >= mid - half - 1e-5) and torch.all(pose[:, 3] <= mid + half + 1e-5)
+        f = -pose[:, 2]
+        assert f.norm() == pytest.approx(1.0, abs=1e-5)
+        assert f[2] < -0.9  # looks the way the training cameras look
+        assert pose[:, 1] @ torch.tensor([0.0, 1.0, 0.0]) > 0.9  # and is not rolled
+    assert math.isclose(float(pd._azimuth_arc(torch.tensor([0.0, 0.1, 0.2]))[1]), 0.2, abs_tol=1e-6)
+    assert pd._azimuth_arc(torch.linspace(0, 6, 12))[1] == pytest.approx(2 * math.pi)

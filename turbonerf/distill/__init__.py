@@ -1,0 +1,1 @@
+"""Distillation: students (NeLF / image students) trained on what a teacher renders."""

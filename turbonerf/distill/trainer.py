@@ -1,0 +1,346 @@
+"""``turbonerf distill``: train a NeLF student (R2L) from a trained teacher run.
+
+1. The student run folder is created like a training run (``run.json`` with method ``r2l`` and
+   the teacher's scene, ``checkpoints/latest.safetensors`` in the trainer's format), so
+   ``turbonerf eval`` / ``render`` work on it unchanged; ``distill.json`` records the options.
+2. Pseudo data (:mod:`turbonerf.distill.pseudo_data`) is rendered by the teacher into
+   ``OUT/pseudo`` (or a shared ``pseudo_dir``), resumably. Under a time budget, generation may use
+   at most ``generation_fraction`` of it and stops early (saying so) when it would use more.
+3. The student trains on batches of pseudo rays mixed with real training rays
+   (``real_fraction`` of the fresh rays), plus the rays of the hard-example pool
+   (:mod:`turbonerf.distill.hard_examples`): each step ``hard_ratio`` of the fresh rays with
+   the highest loss join the pool, and once the pool is full as many are drawn back into the
+   batch. Checkpoints are atomic; Ctrl-C / SIGTERM saves one; ``resume`` continues (the pool
+   starts empty again).
+
+The budget ``max_minutes`` covers this run's pseudo-data generation and its training together
+(pseudo data found already made in a shared ``pseudo_dir`` costs the run nothing).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from turbonerf.data.scene import load_scene
+from turbonerf.distill.hard_examples import HardExamplePool
+from turbonerf.distill.nelf import r2l_preset
+from turbonerf.distill.pseudo_data import (
+    PseudoDataResult,
+    PseudoDataSpec,
+    PseudoRays,
+    generate_pseudo_data,
+    resolve_pose_mode,
+)
+from turbonerf.engine import runtime
+from turbonerf.engine.checkpoint import (
+    atomic_write_text,
+    load_checkpoint,
+    load_optimizer_tensors,
+    optimizer_tensors,
+    read_checkpoint_meta,
+    save_checkpoint,
+)
+from turbonerf.engine.run import (
+    CHECKPOINT,
+    RunSpec,
+    build_model,
+    load_model_state,
+    load_trained,
+    prepare_run_dir,
+    read_run_spec,
+    write_run_spec,
+)
+from turbonerf.engine.trainer import TrainingInterrupted, sample_pixels, sigterm_as_keyboard_interrupt
+from turbonerf.errors import TurboNerfError
+from turbonerf.methods.registry import apply_overrides
+from turbonerf.rays import RayBundle, make_rays
+from turbonerf.render.renderer import RenderFn
+
+STUDENTS = ("r2l",)
+TEACHER_RENDERERS = ("auto", "model", "nerftree")
+BAKED_TREE = Path("baked") / "nerftree.safetensors"
+DISTILL_FILE = "distill.json"
+
+
+@dataclass
+class DistillOptions:
+    """Options of ``turbonerf distill``."""
+
+    teacher: Path
+    """the teacher's run folder"""
+    out: Path
+    """the student's run folder (created; refused if it exists and is not empty, unless overwrite/resume)"""
+    student: str = "r2l"
+    preset: str = "cpu"
+    """student size: cpu (W128 D16) or paper (W256 D88)"""
+    overrides: list[str] = field(default_factory=list)
+    """student config KEY=VALUE strings applied over the preset"""
+    max_steps: int = 100_000
+    max_minutes: float | None = None
+    """budget for pseudo-data generation + training"""
+    num_pseudo_images: int = 100
+    """pseudo images (of the training resolution) the teacher renders"""
+    real_fraction: float = 0.2
+    """fraction of each batch's fresh rays taken from the real training images"""
+    hard_ratio: float = 0.2
+    """fraction of each batch's fresh rays that join the hard-example pool (0: no pool)"""
+    hard_pool_batches: float = 20.0
+    """pool capacity in batches (R2L's hard_mul)"""
+    batch_rays: int = 4096
+    """fresh rays per step (hard rays come on top)"""
+    pseudo_dir: Path | None = None
+    """where pseudo data lives (default OUT/pseudo); share it between students of one teacher"""
+    pose_mode: str = "auto"
+    """pseudo cameras: auto | box | sphere (see turbonerf.distill.pseudo_data)"""
+    images_per_chunk: int = 1
+    generation_fraction: float = 0.5
+    """with a time budget, pseudo-data generation stops once it used this fraction of it"""
+    teacher_renderer: str = "auto"
+    """model (the teacher's render), nerftree (TEACHER/baked/nerftree.safetensors), auto (the tree when present)"""
+    render_chunk: int = 8192
+    """rays per teacher render call"""
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = None
+    """CPU threads for torch (None: torch's default); with other jobs on the machine, fewer can be faster"""
+    bf16: bool = True
+    checkpoint_every: int = 1000
+    checkpoint_minutes: float = 5.0
+    resume: bool = False
+    overwrite: bool = False
+    progress: bool = True
+    log_every: int = 10
+
+
+@dataclass
+class DistillResult:
+    run_dir: Path
+    step: int
+    train_seconds: float
+    generation_seconds: float
+    """teacher time this run spent on pseudo data (this call and, when resuming, earlier ones)"""
+    pseudo: PseudoDataResult
+    last_psnr: float
+    messages: list[str]
+    """notes for the user (early stop of generation, fallbacks)"""
+
+
+def teacher_render_fn(run_dir: Path, model: torch.nn.Module, spec: RunSpec, device: torch.device, choice: str) -> tuple[RenderFn, str]:
+    """(render function, its name): the teacher's own ``render``, or its baked NerfTree when
+    ``choice`` is nerftree, or auto and ``RUN/baked/nerftree.safetensors`` exists."""
+    if choice not in TEACHER_RENDERERS:
+        raise TurboNerfError(f"unknown teacher renderer '{choice}' (choose from {', '.join(TEACHER_RENDERERS)})")
+    tree_path = Path(run_dir) / BAKED_TREE
+    if choice == "nerftree" or (choice == "auto" and tree_path.is_file()):
+        if not tree_path.is_file():
+            raise TurboNerfError("no baked NerfTree for this teacher", tree_path)
+        from turbonerf.bake.nerftree import load_tree
+        from turbonerf.bake.render import TreeRenderer
+
+        renderer = TreeRenderer(load_tree(tree_path), "auto", device, ndc=spec.scene.ndc)
+        return renderer, renderer.name
+    return model.render, spec.method
+
+
+def rays_from_rows(rows: Tensor, near: float, far: float) -> RayBundle:
+    """[N, 9+] rows (origin | direction | ...) -> a RayBundle with the scene's near / far
+    (viewdirs: the normalised directions; the R2L student does not read them)."""
+    o, d = rows[:, 0:3], rows[:, 3:6]
+    n = rows.shape[0]
+    vd = d / d.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+    return RayBundle(o, d, vd, torch.full((n,), float(near), device=rows.device), torch.full((n,), float(far), device=rows.device))
+
+
+def real_rows(images: Tensor, cameras, n: int, near: float, far: float, ndc: bool, generator: torch.Generator) -> Tensor:
+    """[n, 9] random real training rays (origin | direction | rgb) from ``images`` [N, H, W, 3] uint8."""
+    idx, u, v = sample_pixels(images.shape[0], images.shape[1], images.shape[2], n, 1.0, generator)
+    rays = make_rays(cameras, idx, u, v, near, far, ndc)
+    dev = images.device
+    rgb = images[idx.to(dev), v.to(dev), u.to(dev)].float() / 255.0
+    return torch.cat([rays.origins.to(dev), rays.directions.to(dev), rgb], dim=-1)
+
+
+def split_batch(batch_rays: int, real_fraction: float, have_pseudo: bool) -> tuple[int, int]:
+    """(pseudo, real) fresh rays per step."""
+    if not have_pseudo:
+        return 0, batch_rays
+    n_real = int(round(min(max(real_fraction, 0.0), 1.0) * batch_rays))
+    return batch_rays - n_real, n_real
+
+
+def _student_config(opts: DistillOptions):
+    if opts.student not in STUDENTS:
+        raise TurboNerfError(f"unknown student '{opts.student}' (available: {', '.join(STUDENTS)})")
+    return apply_overrides(r2l_preset(opts.preset), opts.overrides)
+
+
+def _student_spec(opts: DistillOptions, teacher_spec: RunSpec) -> RunSpec:
+    return RunSpec(method="r2l", config=asdict(_student_config(opts)), scene=teacher_spec.scene, seed=opts.seed)
+
+
+def make_pseudo_data(
+    opts: DistillOptions, out: Path, pseudo_root: Path, seed: int, teacher: torch.nn.Module, tspec: RunSpec, scene, device: torch.device
+) -> tuple[PseudoDataResult, float, list[str]]:
+    """Stage 1 of :func:`distill`: (what was generated, this run's generation seconds so far, notes)."""
+    messages = []
+    budget_s = math.inf if opts.max_minutes is None else 60.0 * opts.max_minutes
+    render_fn, teacher_name = teacher_render_fn(Path(opts.teacher), teacher, tspec, device, opts.teacher_renderer)
+    cams = scene.split("train").cameras
+    pspec = PseudoDataSpec(
+        seed=seed,
+        pose_mode=resolve_pose_mode(opts.pose_mode, cams.c2w, scene.ndc),
+        height=cams.height,
+        width=cams.width,
+        images_per_chunk=opts.images_per_chunk,
+        near=scene.near,
+        far=scene.far,
+        ndc=scene.ndc,
+        teacher=f"{teacher_name} {Path(opts.teacher).resolve()}",
+    )
+    ckpt_path = out / CHECKPOINT
+    gen_before = float(read_checkpoint_meta(ckpt_path).get("generation_seconds", 0.0)) if opts.resume and ckpt_path.is_file() else 0.0
+    gen_budget = None if math.isinf(budget_s) else max(opts.generation_fraction * budget_s - gen_before, 0.0)
+    try:
+        with sigterm_as_keyboard_interrupt():
+            pseudo = generate_pseudo_data(
+                pseudo_root, render_fn, cams, pspec, opts.num_pseudo_images, scene.background, device,
+                opts.render_chunk, opts.bf16, gen_budget, opts.progress,
+            )
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(
+            f"interrupted during pseudo-data generation; the finished chunks are kept in {pseudo_root} (continue with --resume)"
+        ) from None
+    if pseudo.new_images:
+        messages.append(f"teacher ({teacher_name}) rendered {pseudo.new_images} pseudo images at {pseudo.rays_per_s:,.0f} rays/s")
+    if pseudo.stopped_early:
+        messages.append(
+            f"pseudo-data generation stopped early at {pseudo.images} of {opts.num_pseudo_images} images: "
+            f"it had used {opts.generation_fraction:.0%} of the {opts.max_minutes:g}-minute budget"
+        )
+    return pseudo, gen_before + pseudo.seconds, messages
+
+
+def distill(opts: DistillOptions) -> DistillResult:
+    """Distil the teacher run ``opts.teacher`` into a student run ``opts.out``."""
+    device = runtime.resolve_device(opts.device)
+    runtime.configure(device, opts.threads)
+    out = Path(opts.out)
+    messages: list[str] = []
+    if not opts.resume:  # fail on a bad student option before loading anything
+        _student_config(opts)
+    teacher, tspec, _ = load_trained(Path(opts.teacher), device)
+    if opts.resume:
+        spec = read_run_spec(out)
+        if spec.method != "r2l":
+            raise TurboNerfError(f"run was trained with method '{spec.method}', not a distilled r2l student", out / "run.json")
+    else:
+        spec = _student_spec(opts, tspec)
+    scene = load_scene(tspec.scene.data, downscale=tspec.scene.downscale, splits=("train",))
+    train_split = scene.split("train")
+    if not opts.resume:
+        prepare_run_dir(out, opts.overwrite)
+        write_run_spec(out, spec)
+    pseudo_root = Path(opts.pseudo_dir) if opts.pseudo_dir else out / "pseudo"
+    if opts.resume and not opts.pseudo_dir and (out / DISTILL_FILE).is_file():
+        pseudo_root = Path(json.loads((out / DISTILL_FILE).read_text()).get("pseudo_dir", pseudo_root))
+    info = {"teacher": str(Path(opts.teacher).resolve()), "teacher_method": tspec.method, "pseudo_dir": str(pseudo_root.resolve()),
+            **{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items() if k not in ("teacher", "out", "pseudo_dir")}}
+    atomic_write_text(out / DISTILL_FILE, json.dumps(info, indent=2))
+
+    # --- pseudo data
+    pseudo, gen_seconds, notes = make_pseudo_data(opts, out, pseudo_root, spec.seed, teacher, tspec, scene, device)
+    messages += notes
+    del teacher
+    gc.collect()
+
+    # --- student
+    torch.manual_seed(spec.seed)
+    gen = torch.Generator().manual_seed(spec.seed)
+    model = build_model(spec, device)
+    model.train()
+    optimizer, lr_factor = model.make_optimizer()
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    step, elapsed = 0, 0.0
+    ckpt_path = out / CHECKPOINT
+    if opts.resume and ckpt_path.is_file():
+        tensors, meta = load_checkpoint(ckpt_path, device)
+        if meta.get("method") != spec.method:
+            raise TurboNerfError(f"checkpoint is from method '{meta.get('method')}', not '{spec.method}'", ckpt_path)
+        load_model_state(model, tensors, ckpt_path)
+        load_optimizer_tensors(optimizer, {k: v for k, v in tensors.items() if k.startswith("optim.")}, meta["optimizer_groups"])
+        step, elapsed = int(meta["step"]), float(meta["seconds"])
+        gen.manual_seed(spec.seed + step)
+
+    data = PseudoRays(pseudo_root)
+    n_pseudo, n_real = split_batch(opts.batch_rays, opts.real_fraction, len(data) > 0)
+    if len(data) == 0:
+        messages.append("no pseudo data: the student trains on real rays only")
+    images = train_split.images.to(device)
+    cameras = train_split.cameras.to(device)
+    near, far, ndc = scene.near, scene.far, scene.ndc
+    pool = HardExamplePool(max(1, int(opts.hard_pool_batches * opts.batch_rays)), 9, device) if opts.hard_ratio > 0 else None
+    n_hard = int(opts.hard_ratio * opts.batch_rays)
+
+    def checkpoint(psnr_value: float) -> None:
+        model_state = {f"model.{k}": v for k, v in model.state_dict().items()}
+        opt_state, groups = optimizer_tensors(optimizer)
+        meta = {"method": spec.method, "step": step, "seconds": elapsed, "psnr": psnr_value, "optimizer_groups": groups,
+                "generation_seconds": gen_seconds, "pseudo_images": pseudo.images, "teacher": str(Path(opts.teacher).resolve())}
+        save_checkpoint(ckpt_path, model_state | opt_state, meta)
+
+    budget_s = math.inf if opts.max_minutes is None else 60.0 * opts.max_minutes
+    last_psnr, last_ckpt_step, last_ckpt_time = float("nan"), step, time.monotonic()
+    bar = tqdm(total=opts.max_steps, initial=step, disable=not opts.progress, desc="distill r2l", unit="step", dynamic_ncols=True)
+    try:
+        with sigterm_as_keyboard_interrupt(), open(out / "train_log.jsonl", "a") as log:
+            while step < opts.max_steps and elapsed + gen_seconds < budget_s:
+                t0 = time.perf_counter()
+                parts = []
+                if n_pseudo:
+                    prays, prgb = data.sample(n_pseudo, gen)
+                    parts.append(torch.cat([prays, prgb], dim=-1).to(device))
+                if n_real:
+                    parts.append(real_rows(images, cameras, n_real, near, far, ndc, gen))
+                fresh = torch.cat(parts)
+                n_fresh = fresh.shape[0]
+                rows = torch.cat([fresh, pool.draw(n_hard, gen)]) if (pool is not None and pool.full) else fresh
+                rays = rays_from_rows(rows, near, far)
+                for g, base in zip(optimizer.param_groups, base_lrs):
+                    g["lr"] = base * lr_factor(step)
+                with runtime.autocast(device, opts.bf16):
+                    loss, per_ray = model.per_ray_loss(rays, rows[:, 6:9])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                if pool is not None:
+                    pool.add_hardest(fresh, per_ray[:n_fresh], opts.hard_ratio)
+                step += 1
+                elapsed += time.perf_counter() - t0
+                mse_fresh = float(per_ray[:n_fresh].detach().mean())
+                last_psnr = -10.0 * math.log10(max(mse_fresh, 1e-10))
+                bar.update(1)
+                if step % opts.log_every == 0 or step == 1:
+                    bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{last_psnr:.2f}")
+                    rec = {"step": step, "seconds": round(elapsed, 3), "loss": loss.item(), "psnr": last_psnr,
+                           "mse": mse_fresh, "hard_rays": rows.shape[0] - n_fresh, "lr": optimizer.param_groups[0]["lr"]}
+                    log.write(json.dumps(rec) + "\n")
+                    log.flush()
+                if step - last_ckpt_step >= opts.checkpoint_every or time.monotonic() - last_ckpt_time > 60 * opts.checkpoint_minutes:
+                    checkpoint(last_psnr)
+                    last_ckpt_step, last_ckpt_time = step, time.monotonic()
+    except KeyboardInterrupt:
+        bar.close()
+        checkpoint(last_psnr)
+        raise TrainingInterrupted(f"interrupted at step {step}; checkpoint saved to {ckpt_path} (continue with --resume)") from None
+    bar.close()
+    checkpoint(last_psnr)
+    return DistillResult(out, step, elapsed, gen_seconds, pseudo, last_psnr, messages)
