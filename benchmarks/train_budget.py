@@ -36,6 +36,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--out", required=True, type=Path, help="folder for the runs and the summary")
     p.add_argument("--set", action="append", default=[], metavar="METHOD:KEY=VALUE", help="a method option")
     p.add_argument("--resume", action="store_true", help="reuse finished runs found in --out")
+    p.add_argument("--threads", type=int, default=None, help="torch / numba threads (1 is steadier on a shared 2-core machine)")
     return p.parse_args()
 
 
@@ -99,6 +100,8 @@ def to_markdown(rows: list[dict]) -> str:
 
 def main() -> None:
     args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for method in args.methods:

@@ -119,6 +119,8 @@ def evaluate(
         False, help="evaluate base + every layer 0,1,2 x fct std,std_half,std_half_sq x upsample off/on (with --reduce, --act-net)"
     ),
     save_images: bool = typer.Option(False, help="activation sampler / sweep: also save RUN/eval/samplers/<config>/<image>.png"),
+    baked: bool = typer.Option(False, "--baked", help="render with the run's baked NerfTree (RUN/baked/nerftree.safetensors) instead of the model; writes RUN/eval_baked/results.json"),
+    tree: Optional[Path] = typer.Option(None, help="NerfTree file to render with (implies --baked)"),
 ):
     """Render a split of a trained run and write RUN/eval/results.json (PSNR, SSIM, LPIPS, ms per frame).
 
@@ -148,11 +150,18 @@ def evaluate(
         return
     from turbonerf.eval.evaluate import evaluate_run
 
-    r = evaluate_run(run, split, limit, every, downscale, device, chunk, progress=progress)
+    if baked or tree is not None:
+        from turbonerf.bake.run import evaluate_baked
+
+        r = evaluate_baked(run, tree, device=device, split=split, limit=limit, every=every, downscale=downscale, progress=progress)
+        where = Path(run) / "eval_baked" / "results.json"
+    else:
+        r = evaluate_run(run, split, limit, every, downscale, device, chunk, progress=progress)
+        where = Path(run) / "eval" / "results.json"
     ssim_txt = "n/a" if r["ssim"] is None else f"{r['ssim']:.4f}"
     print(
-        f"{r['method']} on {r['n_images']} {split} images at {r['width']}x{r['height']}: "
-        f"PSNR {r['psnr']:.2f} dB, SSIM {ssim_txt}, {r['ms_per_frame']:.0f} ms/frame -> {Path(run) / 'eval' / 'results.json'}"
+        f"{r['method']} ({r['renderer']}) on {r['n_images']} {split} images at {r['width']}x{r['height']}: "
+        f"PSNR {r['psnr']:.2f} dB, SSIM {ssim_txt}, {r['ms_per_frame']:.0f} ms/frame, {r['storage_mb']:.1f} MiB -> {where}"
     )
 
 
@@ -167,12 +176,45 @@ def render(
     device: str = typer.Option("auto", help="'auto', 'cpu' or 'cuda[:N]'"),
     overwrite: bool = typer.Option(False, help="write into an existing non-empty output folder"),
     progress: bool = typer.Option(True, help="show a progress bar"),
+    baked: bool = typer.Option(False, "--baked", help="render with the run's baked NerfTree (RUN/baked/nerftree.safetensors)"),
+    tree: Optional[Path] = typer.Option(None, help="NerfTree file to render with (implies --baked)"),
 ):
     """Render RGB, depth and opacity along a camera path, and videos of it."""
     from turbonerf.render.sequence import render_sequence
 
-    res = render_sequence(run, path, out, frames, downscale, fps, device, overwrite, progress=progress)
+    render_fn, chunk = None, 4096
+    if baked or tree is not None:
+        from turbonerf.bake.run import tree_renderer_for_run
+
+        render_fn, _ = tree_renderer_for_run(run, tree, device)
+        chunk = 1 << 20
+    res = render_sequence(run, path, out, frames, downscale, fps, device, overwrite, chunk, progress=progress, render_fn=render_fn)
     print(f"frames in {res['frames']}; video {res['video']}; depth video {res['depth_video']}")
+
+
+@app.command()
+def bake(
+    run: Path = typer.Option(..., help="run folder made by `turbonerf train`"),
+    coarse_res: int = typer.Option(384, help="D_c: coarse cells per axis over the scene box"),
+    fine_res: int = typer.Option(4, help="D_f: fine voxels per axis inside each occupied coarse cell"),
+    sh_degree: int = typer.Option(3, help="SH bands of the colour (3 -> 9 coefficients per channel, the papers' 'degree 2')"),
+    out: Optional[Path] = typer.Option(None, help="tree file to write (default RUN/baked/nerftree.safetensors)"),
+    overwrite: bool = typer.Option(False, help="replace an existing tree file"),
+    device: str = typer.Option("auto", help="'auto', 'cpu' or 'cuda[:N]'"),
+    threshold: Optional[float] = typer.Option(None, help="density above which space is occupied (default: opacity 0.01 per fine voxel)"),
+    visibility: bool = typer.Option(True, help="drop cells no training camera sees"),
+    progress: bool = typer.Option(True, help="show progress bars"),
+):
+    """Bake a trained run into a NerfTree (EfficientNeRF): a network-free cache that `eval --baked` and `render --baked` use."""
+    from turbonerf.bake.run import bake_run
+
+    path, _, info = bake_run(
+        run, out, coarse_res, fine_res, sh_degree, overwrite, device, threshold, visibility, progress=progress
+    )
+    print(
+        f"baked {info['method']} into {info['n_blocks']} blocks ({100 * info['occupied_fraction']:.2f}% of {coarse_res}^3 cells, "
+        f"{info['storage_mb']:.1f} MiB) in {info['bake_seconds']:.0f} s -> {path}"
+    )
 
 
 @app.command()

@@ -39,10 +39,15 @@ def evaluate_run(
     progress: bool = True,
     checkpoint: Path | None = None,
     out_name: str = "eval",
+    render_fn=None,
+    extra_results=None,
 ) -> dict:
     """Render ``split`` (every ``every``-th image, at most ``limit`` of them), write ``RUN/<out_name>/results.json`` and images; return the results.
 
     ``checkpoint`` selects a checkpoint file of the run other than the latest (e.g. a snapshot).
+    ``render_fn`` (rays, background) -> {rgb, depth, opacity} replaces the model's ``render`` (e.g. a
+    baked NerfTree); ``extra_results`` () -> dict, called after rendering, overrides result fields.
+    ``storage_mb`` is the model's state (parameters and buffers) in MiB unless overridden.
     """
     dev = runtime.resolve_device(device)
     runtime.configure(dev)
@@ -61,7 +66,7 @@ def evaluate_run(
     for i in tqdm(indices, desc=f"eval {split}", disable=not progress, unit="img"):
         t0 = time.perf_counter()
         with runtime.autocast(dev, bf16):
-            out = render_image(model.render, data.cameras, i, scene.near, scene.far, scene.ndc, scene.background, chunk, dev)
+            out = render_image(render_fn or model.render, data.cameras, i, scene.near, scene.far, scene.ndc, scene.background, chunk, dev)
         times.append(time.perf_counter() - t0)
         target = data.images[i].float() / 255.0
         name = Path(data.paths[i]).stem
@@ -102,6 +107,10 @@ def evaluate_run(
         "flops_per_ray": flops_per_ray(model),
         "per_image": per_image,
     }
+    results["renderer"] = "model"
+    results["storage_mb"] = sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 2**20
+    if extra_results is not None:
+        results.update(extra_results())
     if lpips.reason:
         print(f"LPIPS not computed: {lpips.reason}")
     atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2))

@@ -45,8 +45,12 @@ def render_sequence(
     overwrite: bool = False,
     chunk: int = 4096,
     progress: bool = True,
+    render_fn=None,
 ) -> dict[str, Path]:
-    """Render ``n_frames`` along a path into ``out`` (rgb/, depth/, opacity/ PNGs, rgb and depth videos)."""
+    """Render ``n_frames`` along a path into ``out`` (rgb/, depth/, opacity/ PNGs, rgb and depth videos).
+
+    ``render_fn`` (rays, background) -> {rgb, depth, opacity} replaces the model's ``render`` (e.g. a baked NerfTree).
+    """
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise TurboNerfError("output folder exists and is not empty (use --overwrite)", out)
@@ -60,7 +64,7 @@ def render_sequence(
     s = spec.scene
     for i in tqdm(range(len(cams)), desc=f"render {kind}", disable=not progress, unit="frame"):
         with runtime.autocast(dev):
-            img = render_image(model.render, cams, i, s.near, s.far, s.ndc, s.background, chunk, dev)
+            img = render_image(render_fn or model.render, cams, i, s.near, s.far, s.ndc, s.background, chunk, dev)
         rgb = to_uint8(img["rgb"])
         depth = depth_to_png(img["depth"], img["opacity"])
         save_png(out / "rgb" / f"{i:04d}.png", rgb)

@@ -1,0 +1,258 @@
+"""NerfTree baking: quality and speed of a baked tree against the model it came from.
+
+For a trained run: bake it (or reuse RUN/baked/nerftree.safetensors with --reuse), evaluate the
+model and the tree on the same test views (PSNR / SSIM), time the numba marcher on the first
+test camera at 800x800 and 400x400 (rays generated once, outside the timing), time the model at
+a small size to get the speed ratio per pixel, and print a markdown table (also written to
+RUN/bench_bake.json).
+
+    python benchmarks/bake.py --run runs/lego_vanilla --limit 8
+    python benchmarks/bake.py --run runs/lego_vanilla --reuse --threads 2
+
+With --synthetic (no run needed) the marcher is timed on a procedural tree of surface-like
+occupancy instead: a sphere shell and a floor with a thin Gaussian density profile
+(peak 1000, 4 mm wide), inside a [-1.5, 1.5]^3 box at D_c = 384, D_f = 4, SH degree 3.
+
+    python benchmarks/bake.py --synthetic
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import time
+from pathlib import Path
+
+import numba
+import numpy as np
+import torch
+
+from turbonerf.bake.nerftree import NerfTree, density_threshold_for, index_from_cells, tile_order
+from turbonerf.bake.render import TreeRenderer
+from turbonerf.cameras import Cameras
+from turbonerf.rays import RayBundle, image_ray_bundle
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", type=Path, help="trained run folder")
+    p.add_argument("--synthetic", action="store_true", help="time the marcher on a procedural tree instead of a run")
+    p.add_argument("--coarse-res", type=int, default=384)
+    p.add_argument("--fine-res", type=int, default=4)
+    p.add_argument("--sh-degree", type=int, default=3, help="SH bands (3 -> 9 coefficients)")
+    p.add_argument("--reuse", action="store_true", help="use the existing RUN/baked/nerftree.safetensors")
+    p.add_argument("--limit", type=int, default=8, help="test views to score")
+    p.add_argument("--every", type=int, default=1, help="every K-th test view")
+    p.add_argument("--sizes", type=int, nargs="+", default=[800, 400], help="square sizes to time the marcher at")
+    p.add_argument("--model-size", type=int, default=100, help="square size to time the model at")
+    p.add_argument("--lookup", default="nearest", choices=["nearest", "trilinear"])
+    p.add_argument("--threads", type=int, default=None, help="numba threads (default: all)")
+    p.add_argument("--reps", type=int, default=5, help="timed renders per size (median reported)")
+    p.add_argument("--device", default="cpu")
+    return p.parse_args()
+
+
+def square_camera(cams: Cameras, index: int, size: int) -> Cameras:
+    """Camera ``index`` of ``cams`` resampled to a size x size image (same field of view)."""
+    cam = cams[torch.tensor([index])]
+    sx, sy = size / cam.width, size / cam.height
+    return Cameras(cam.c2w, cam.fx * sx, cam.fy * sy, cam.cx * sx, cam.cy * sy, size, size, cam.distortion)
+
+
+def time_renderer(render, rays: RayBundle, background: torch.Tensor, reps: int) -> float:
+    """Median milliseconds of ``render(rays, background)`` over ``reps`` calls (after one warm-up)."""
+    render(rays[:256], background)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        render(rays, background)
+        times.append(time.perf_counter() - t0)
+    return 1000.0 * float(np.median(times))
+
+
+def synthetic_shell_tree(coarse_res=384, fine_res=4, sh_degree=3, radius=0.6, width=0.004, peak=1000.0, half=1.5) -> NerfTree:
+    """A tree of surface-like occupancy: a sphere shell and a floor, Gaussian density profile
+    across the surface, smoothly varying view-dependent SH colour, stored as :func:`bake` would
+    (tile-ordered blocks, densities below the default floor set to 0, cells whose densities all
+    stay below the default threshold dropped)."""
+    dc, df = coarse_res, fine_res
+    cell = 2 * half / dc
+    centres = -half + (np.arange(dc) + 0.5) * cell
+    reach = 3 * width + 0.87 * cell
+    cells = []
+    for x in range(dc):
+        xx, yy, zz = centres[x], centres[:, None], centres[None, :]
+        r = np.sqrt(xx**2 + yy**2 + zz**2)
+        floor = (np.abs(zz + 0.62) < reach) & (abs(xx) < 1.2) & (np.abs(yy) < 1.2)
+        cells.append(x * dc * dc + np.flatnonzero((np.abs(r - radius) < reach) | floor))
+    cells = np.concatenate(cells)
+    cells = cells[tile_order(cells, dc)]
+    m, k = len(cells), sh_degree**2
+    floor_sigma = density_threshold_for(0.01, cell / df) / 10
+    ijk = np.stack(np.unravel_index(cells, (dc,) * 3), -1).astype(np.float64)
+    off = (np.arange(df) + 0.5) / df
+    loc = np.stack(np.meshgrid(off, off, off, indexing="ij"), -1).reshape(-1, 3)
+    dens = np.empty((m, df**3), np.float16)
+    sh = np.empty((m, df**3, 3 * k), np.float16)
+    for s in range(0, m, 65536):
+        p = -half + (ijk[s : s + 65536, None, :] + loc[None]) * cell
+        r = np.linalg.norm(p, axis=-1)
+        in_floor = (np.abs(p[..., 0]) < 1.2) & (np.abs(p[..., 1]) < 1.2)
+        sig = peak * np.exp(-0.5 * ((r - radius) / width) ** 2) + peak * np.exp(-0.5 * ((p[..., 2] + 0.62) / width) ** 2) * in_floor
+        dens[s : s + 65536] = np.where(sig < floor_sigma, 0.0, sig)
+        c = np.zeros(p.shape[:2] + (3, k))
+        c[..., 0] = 2.0 * np.sin(4 * p)
+        c[..., 1:] = 0.3 * np.cos(3 * p[..., None, :1] + np.arange(1, k))
+        sh[s : s + 65536] = c.reshape(c.shape[0], c.shape[1], -1)
+    keep = dens.max(axis=1).astype(np.float32) > 10 * floor_sigma  # bake drops cells below its threshold
+    cells, dens, sh = cells[keep], dens[keep], sh[keep]
+    shape = (len(cells), df, df, df)
+    aabb = np.array([[-half] * 3, [half] * 3], np.float32)
+    return NerfTree(index_from_cells(cells.astype(np.int32), dc), dens.reshape(shape), sh.reshape(shape + (3 * k,)), aabb, sh_degree)
+
+
+def look_at_camera(size: int, eye=(2.5, -2.5, 2.0), fov_x: float = 0.6911112070083618) -> Cameras:
+    from turbonerf.data.synthetic import look_at
+
+    f = 0.5 * size / math.tan(0.5 * fov_x)
+    t = lambda v: torch.tensor([float(v)])  # noqa: E731
+    return Cameras(torch.tensor(look_at(eye), dtype=torch.float32)[None], t(f), t(f), t(size / 2), t(size / 2), size, size)
+
+
+def bench_synthetic(args: argparse.Namespace) -> dict:
+    t0 = time.perf_counter()
+    tree = synthetic_shell_tree(args.coarse_res, args.fine_res, args.sh_degree)
+    build = time.perf_counter() - t0
+    renderer = TreeRenderer(tree, "numba", lookup=args.lookup, threads=args.threads)
+    rows = []
+    for size in args.sizes:
+        rays = image_ray_bundle(look_at_camera(size), 0, 2.0, 6.0)
+        renderer.samples = renderer.rays = 0
+        ms = time_renderer(renderer, rays, torch.ones(3), args.reps)
+        rows.append({"size": size, "ms": ms, "fps": 1000.0 / ms, "samples_per_ray": renderer.samples_per_ray()})
+    return {
+        "tree": "synthetic shell",
+        "coarse_res": tree.coarse_res,
+        "fine_res": tree.fine_res,
+        "blocks": tree.n_blocks,
+        "occupied_fraction": tree.occupied_fraction(),
+        "storage_mb": tree.nbytes() / 2**20,
+        "build_seconds": build,
+        "lookup": args.lookup,
+        "threads": args.threads or numba.get_num_threads(),
+        "marcher": rows,
+    }
+
+
+def bench_run(args: argparse.Namespace) -> dict:
+    from turbonerf.bake.run import bake_run, default_tree_path, evaluate_baked, tree_renderer_for_run
+    from turbonerf.data.scene import load_scene
+    from turbonerf.engine import runtime
+    from turbonerf.engine.run import load_trained
+    from turbonerf.eval.evaluate import evaluate_run
+
+    run = args.run
+    path = default_tree_path(run)
+    if args.reuse and path.exists():
+        from turbonerf.bake.nerftree import read_tree_header
+
+        bake_seconds = read_tree_header(path).get("info", {}).get("bake_seconds")
+    else:
+        path, _, info = bake_run(run, None, args.coarse_res, args.fine_res, args.sh_degree, overwrite=True, device=args.device)
+        bake_seconds = info["bake_seconds"]
+    common = dict(split="test", limit=args.limit, every=args.every, device=args.device, progress=True)
+    model_res = evaluate_run(run, out_name="bench_model", **common)
+    tree_res = evaluate_baked(run, path, lookup=args.lookup, out_name="bench_baked", **common)
+
+    dev = runtime.resolve_device(args.device)
+    model, spec, _ = load_trained(run, dev)
+    s = spec.scene
+    cams = load_scene(s.data, downscale=s.downscale, splits=("test",)).split("test").cameras
+    renderer, _ = tree_renderer_for_run(run, path, args.device, "numba", args.lookup)
+    if args.threads:
+        renderer.threads = args.threads
+    rows = []
+    for size in sorted(set(args.sizes + [args.model_size]), reverse=True):
+        rays = image_ray_bundle(square_camera(cams, 0, size), 0, s.near, s.far, s.ndc)
+        renderer.samples = renderer.rays = 0
+        ms = time_renderer(renderer, rays, s.background, args.reps)
+        rows.append({"size": size, "ms": ms, "fps": 1000.0 / ms, "samples_per_ray": renderer.samples_per_ray()})
+    rays = image_ray_bundle(square_camera(cams, 0, args.model_size), 0, s.near, s.far, s.ndc).to(dev)
+    with torch.no_grad(), runtime.autocast(dev):
+        model_ms = time_renderer(model.render, rays, s.background.to(dev), max(1, args.reps // 2))
+    tree_small = next(r["ms"] for r in rows if r["size"] == args.model_size)
+    return {
+        "run": str(run),
+        "method": spec.method,
+        "tree": str(path),
+        "bake_seconds": bake_seconds,
+        "storage_mb": tree_res["storage_mb"],
+        "model_storage_mb": model_res["storage_mb"],
+        "eval_views": model_res["n_images"],
+        "eval_size": f"{model_res['width']}x{model_res['height']}",
+        "model_psnr": model_res["psnr"],
+        "model_ssim": model_res["ssim"],
+        "tree_psnr": tree_res["psnr"],
+        "tree_ssim": tree_res["ssim"],
+        "model_ms_per_frame_eval": model_res["ms_per_frame"],
+        "tree_ms_per_frame_eval": tree_res["ms_per_frame"],
+        "model_size": args.model_size,
+        "model_ms": model_ms,
+        "tree_ms_same_size": tree_small,
+        "speedup": model_ms / tree_small,
+        "lookup": args.lookup,
+        "threads": args.threads or numba.get_num_threads(),
+        "marcher": rows,
+    }
+
+
+def markdown(res: dict) -> str:
+    lines = []
+    if "model_psnr" in res:
+        fmt = lambda v, p=2: "n/a" if v is None else f"{v:.{p}f}"  # noqa: E731
+        lines += [
+            f"NerfTree bake of `{res['run']}` ({res['method']}), {res['eval_views']} test views at {res['eval_size']}",
+            "",
+            "| renderer | PSNR | SSIM | storage MB | bake s |",
+            "|---|---|---|---|---|",
+            f"| model | {fmt(res['model_psnr'])} | {fmt(res['model_ssim'], 4)} | {res['model_storage_mb']:.1f} | |",
+            f"| NerfTree ({res['lookup']}) | {fmt(res['tree_psnr'])} | {fmt(res['tree_ssim'], 4)} | {res['storage_mb']:.1f} | {fmt(res['bake_seconds'], 0)} |",
+            "",
+            f"Model at {res['model_size']}x{res['model_size']}: {res['model_ms']:.0f} ms/frame; tree at the same size "
+            f"{res['tree_ms_same_size']:.1f} ms/frame ({res['speedup']:.0f}x faster).",
+            "",
+        ]
+    else:
+        lines += [
+            f"Synthetic tree: {res['blocks']} blocks ({100 * res['occupied_fraction']:.2f}% of {res['coarse_res']}^3 cells, "
+            f"D_f = {res['fine_res']}), {res['storage_mb']:.0f} MiB",
+            "",
+        ]
+    lines += [
+        f"numba marcher ({res['lookup']}, {res['threads']} threads, {platform.processor() or platform.machine()}):",
+        "",
+        "| size | ms/frame | FPS | samples/ray |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {r['size']}x{r['size']} | {r['ms']:.1f} | {r['fps']:.1f} | {r['samples_per_ray']:.2f} |" for r in res["marcher"]]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        numba.set_num_threads(args.threads)
+    if args.synthetic:
+        res = bench_synthetic(args)
+    elif args.run is None:
+        raise SystemExit("give --run RUN_DIR or --synthetic")
+    else:
+        res = bench_run(args)
+        (args.run / "bench_bake.json").write_text(json.dumps(res, indent=2))
+    print(markdown(res))
+
+
+if __name__ == "__main__":
+    main()

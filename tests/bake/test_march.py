@@ -1,0 +1,109 @@
+import numpy as np
+import pytest
+import torch
+
+from tree_helpers import random_rays, random_tree
+from turbonerf.bake.march_cpu import march_cpu, prepare_cpu, sh_basis_numba, tile_index
+from turbonerf.bake.march_numpy import march_numpy
+from turbonerf.bake.march_torch import march_torch
+from turbonerf.bake.render import TreeRenderer, render_tree
+from turbonerf.encodings.sh import sh_basis
+from turbonerf.rays import RayBundle
+
+STEP = 0.01
+
+
+@pytest.fixture
+def tree():
+    return random_tree()
+
+
+def _reference(tree, o, d, lookup, near=1.0, far=5.0, bg=(1.0, 0.5, 0.0)):
+    n = len(o)
+    return march_numpy(tree, o, d, d, np.full(n, near, np.float32), np.full(n, far, np.float32), np.array(bg), STEP, lookup)
+
+
+@pytest.mark.parametrize("lookup", ["nearest", "trilinear"])
+def test_numba_matches_numpy_reference(tree, lookup):
+    o, d = random_rays()
+    ref = _reference(tree, o, d, lookup)
+    assert 0.2 < ref["opacity"].mean() < 0.95 and ref["samples"].max() > 5  # the scene is neither empty nor trivial
+    out = march_cpu(tree, o, d, d, 1.0, 5.0, np.array([1.0, 0.5, 0.0]), STEP, lookup)
+    np.testing.assert_array_equal(out["samples"], ref["samples"])
+    for key in ("rgb", "depth", "opacity"):
+        np.testing.assert_allclose(out[key], ref[key], atol=1e-5, rtol=0)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Many small ops: on a shared 2-core machine OpenMP barriers dominate with 2 threads."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("lookup", ["nearest", "trilinear"])
+def test_torch_matches_numpy_reference(tree, lookup, one_torch_thread):
+    o, d = random_rays(800)
+    ref = _reference(tree, o, d, lookup)
+    t = lambda a: torch.from_numpy(a)  # noqa: E731
+    n = len(o)
+    args = (t(o), t(d), t(d), torch.full((n,), 1.0), torch.full((n,), 5.0), torch.tensor([1.0, 0.5, 0.0]), STEP, lookup)
+    exact = march_torch(tree, *args, dtype=torch.float64, samples_per_round=48)
+    np.testing.assert_array_equal(exact["samples"].numpy(), ref["samples"])
+    for key in ("rgb", "depth", "opacity"):
+        np.testing.assert_allclose(exact[key].numpy(), ref[key], atol=1e-5, rtol=0)
+    # float32 (the GPU setting) differs only where a sample sits within rounding of a voxel face
+    fast = march_torch(tree, *args)
+    assert np.abs(fast["rgb"].numpy() - ref["rgb"]).mean() < 1e-4
+    assert np.quantile(np.abs(fast["rgb"].numpy() - ref["rgb"]).max(1), 0.99) < 1e-4
+
+
+def test_render_tree_backends_agree_and_return_like_input(tree):
+    o, d = random_rays(300)
+    outs = {b: render_tree(tree, o, d, 1.0, 5.0, np.ones(3), STEP, backend=b) for b in ("numpy", "numba", "torch")}
+    for b in ("numba", "torch"):
+        assert isinstance(outs[b][0], np.ndarray) and outs[b][0].shape == (300, 3)
+        np.testing.assert_allclose(outs[b][0], outs["numpy"][0], atol=2e-3)
+    rgb, depth, opac = render_tree(tree, torch.from_numpy(o), torch.from_numpy(d), 1.0, 5.0, torch.ones(3), STEP, backend="auto")
+    assert isinstance(rgb, torch.Tensor) and depth.shape == (300,) and opac.shape == (300,)
+
+
+def test_tile_layout_and_empty_tree_and_missing_rays():
+    tree = random_tree(coarse_res=10, occupancy=0.05, seed=3)  # 10 is not a multiple of the 8-cell tile
+    macro_tile, tiles = tile_index(tree.index)
+    dense = np.full((16, 16, 16), -1, np.int32)
+    for a, b, c in np.argwhere(macro_tile >= 0):
+        dense[8 * a : 8 * a + 8, 8 * b : 8 * b + 8, 8 * c : 8 * c + 8] = tiles[macro_tile[a, b, c]]
+    np.testing.assert_array_equal(dense[:10, :10, :10], tree.index)
+    # rays that miss the box, and a tree with no blocks at all, give the background
+    o = np.array([[3.0, 3.0, 3.0], [0.0, 0.0, 3.0]], np.float32)
+    d = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0]], np.float32)
+    empty = random_tree(occupancy=0.0)
+    assert empty.n_blocks == 0
+    out = march_cpu(empty, o, d, d, 0.0, 10.0, np.array([0.2, 0.3, 0.4]), STEP)
+    np.testing.assert_allclose(out["rgb"], [[0.2, 0.3, 0.4]] * 2, atol=1e-6)
+    assert out["opacity"].max() == 0 and out["samples"].max() == 0
+    out = march_cpu(tree, o[:1], d[:1], d[:1], 0.0, 10.0, np.zeros(3), STEP)
+    assert out["opacity"][0] == 0
+
+
+def test_numba_sh_basis_matches_torch():
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(64, 3))
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    for degree in range(1, 6):
+        np.testing.assert_allclose(sh_basis_numba(v, degree), sh_basis(torch.from_numpy(v), degree).numpy(), atol=1e-12)
+
+
+def test_tree_renderer_is_a_render_fn_and_counts_samples(tree):
+    o, d = random_rays(200)
+    rays = RayBundle(torch.from_numpy(o), torch.from_numpy(d), torch.from_numpy(d), torch.full((200,), 1.0), torch.full((200,), 5.0))
+    rend = TreeRenderer(tree, "numba", step=STEP)
+    out = rend(rays, torch.ones(3))
+    assert set(out) == {"rgb", "depth", "opacity"} and out["rgb"].shape == (200, 3)
+    assert rend.name == "nerftree-numba" and rend.samples_per_ray() > 0
+    prepared = prepare_cpu(tree)  # a prepared tree can be reused directly
+    again = march_cpu(prepared, o, d, d, 1.0, 5.0, np.ones(3), STEP)
+    np.testing.assert_allclose(again["rgb"], out["rgb"].numpy(), atol=1e-6)

@@ -1,0 +1,161 @@
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from tree_helpers import random_tree
+from turbonerf.bake.nerftree import (
+    BakingFields,
+    bake,
+    cells_from_index,
+    load_tree,
+    read_tree_header,
+    save_tree,
+    tile_order,
+    visible_cells,
+)
+from turbonerf.bake.render import TreeRenderer, render_tree
+from turbonerf.cameras import Cameras
+from turbonerf.data.synthetic import look_at
+from turbonerf.encodings.sh import sh_basis
+from turbonerf.errors import TurboNerfError
+from turbonerf.rays import image_ray_bundle
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_save_load_round_trip_is_bit_exact(tmp_path, dtype):
+    tree = random_tree(dtype=dtype)
+    path = tmp_path / "t.safetensors"
+    save_tree(path, tree, info={"note": "test"})
+    back = load_tree(path)
+    for name in ("index", "density", "sh", "aabb"):
+        a, b = getattr(tree, name), getattr(back, name)
+        assert a.dtype == b.dtype and a.shape == b.shape
+        assert a.tobytes() == b.tobytes()
+    assert back.sh_degree == tree.sh_degree and back.version == 1
+    header = read_tree_header(path)
+    assert header["info"] == {"note": "test"} and header["n_blocks"] == tree.n_blocks
+    assert not list(tmp_path.glob(".*tmp*"))  # the atomic write left nothing behind
+    # the sparse on-disk index holds 4 bytes per block, not a dense grid
+    assert path.stat().st_size < tree.nbytes() + 4096
+
+
+def test_truncated_or_foreign_or_newer_files_are_refused(tmp_path):
+    tree = random_tree()
+    path = tmp_path / "t.safetensors"
+    save_tree(path, tree)
+    data = path.read_bytes()
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(data[: len(data) - 100])
+    with pytest.raises(TurboNerfError, match="cut.safetensors"):
+        load_tree(cut)
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a tree at all")
+    with pytest.raises(TurboNerfError, match="junk.safetensors"):
+        load_tree(junk)
+    with pytest.raises(TurboNerfError, match="not found"):
+        load_tree(tmp_path / "missing.safetensors")
+    # a header from the future, and a header whose shapes lie
+    from safetensors.numpy import load_file, save_file
+
+    arrays = load_file(str(path))
+    for change, message in ((dict(version=99), "newer"), (dict(fine_res=3), "do not match")):
+        header = {**read_tree_header(path), **change}
+        bad = tmp_path / "bad.safetensors"
+        save_file(arrays, str(bad), metadata={"turbonerf_nerftree": json.dumps(header)})
+        with pytest.raises(TurboNerfError, match=message):
+            load_tree(bad)
+
+
+def test_validate_catches_inconsistent_trees():
+    tree = random_tree()
+    tree.validate()
+    bad = random_tree()
+    bad.index[bad.index >= 0] = 0  # every cell points at block 0
+    with pytest.raises(TurboNerfError, match="one-to-one|occupied cells"):
+        bad.validate()
+    with pytest.raises(TurboNerfError, match="SH pool"):
+        type(tree)(tree.index, tree.density, tree.sh[..., :-1], tree.aabb, tree.sh_degree).validate()
+
+
+def test_tile_order_groups_cells_by_tile():
+    cells = np.arange(16**3)
+    order = tile_order(cells, 16)
+    ijk = np.stack(np.unravel_index(cells[order], (16,) * 3), -1)
+    tiles = (ijk // 8) @ np.array([4, 2, 1])
+    assert np.all(np.diff(tiles) >= 0)  # tile by tile
+    assert np.array_equal(np.sort(cells[order]), cells)
+    tree = random_tree()
+    assert np.array_equal(np.sort(cells_from_index(tree.index)), np.flatnonzero(tree.index.reshape(-1) >= 0))
+
+
+def _camera(res: int, eye=(0.0, -3.0, 0.0)) -> Cameras:
+    f = 0.5 * res / math.tan(0.5 * 0.69)
+    c2w = torch.tensor(look_at(eye), dtype=torch.float32)[None]
+    t = lambda v: torch.tensor([float(v)])  # noqa: E731
+    return Cameras(c2w, t(f), t(f), t(res / 2), t(res / 2), res, res)
+
+
+def _red_sphere_fields(radius=0.5) -> BakingFields:
+    """An analytic field: density 100 inside a sphere, colour pure red from every direction."""
+    red_logit = torch.tensor([8.0, -8.0, -8.0]) / sh_basis(torch.zeros(1, 3), 1)[0, 0]
+
+    def density_fn(x):
+        return 100.0 * (x.norm(dim=-1) < radius).float()
+
+    def voxel_fn(x):
+        return density_fn(x), red_logit.to(x.device).expand(x.shape[0], 3)[:, :, None].clone()
+
+    return BakingFields(density_fn, voxel_fn, sh_degree=1, description="red sphere")
+
+
+def test_baked_analytic_sphere_renders_a_red_disc():
+    aabb = torch.tensor([[-1.0] * 3, [1.0] * 3])
+    tree = bake(_red_sphere_fields(), aabb, coarse_res=16, fine_res=4, progress=False)
+    assert 0 < tree.occupied_fraction() < 0.2
+    res = 48
+    cams = _camera(res)
+    rays = image_ray_bundle(cams, 0, 1.0, 5.0)
+    bg = torch.ones(3)
+    for lookup in ("nearest", "trilinear"):
+        rend = TreeRenderer(tree, "numba", lookup=lookup)
+        out = rend(rays, bg)
+        rgb = out["rgb"].reshape(res, res, 3)
+        centre = rgb[res // 2, res // 2]
+        assert centre[0] > 0.95 and centre[1] < 0.05 and centre[2] < 0.05
+        assert torch.allclose(rgb[0, 0], bg) and torch.allclose(rgb[-1, -1], bg)
+        # silhouette: projected radius f * r / sqrt(d^2 - r^2) of the true sphere
+        r_px = float(cams.fx[0]) * 0.5 / math.sqrt(3.0**2 - 0.5**2)
+        area = float((out["opacity"] > 0.5).sum())
+        assert abs(math.sqrt(area / math.pi) - r_px) < 0.1 * r_px
+        depth = out["depth"].reshape(res, res)[res // 2, res // 2]
+        assert abs(float(depth) - 2.5) < 0.05  # the front of the sphere
+
+
+def _looking(eye, target, like: Cameras) -> Cameras:
+    c2w = torch.tensor(look_at(eye, target), dtype=torch.float32)[None]
+    return Cameras(c2w, like.fx, like.fy, like.cx, like.cy, like.width, like.height)
+
+
+def test_visibility_culling_drops_cells_no_camera_sees():
+    aabb = np.array([[-1.0] * 3, [1.0] * 3], np.float32)
+    cams = _camera(32, eye=(0.0, -3.0, 0.0))
+    assert visible_cells(aabb, 8, cams).all()  # the whole box is in view
+    assert not visible_cells(aabb, 8, _looking((0.0, -3.0, 0.0), (0.0, -6.0, 0.0), cams)).any()  # looking away
+    inside = visible_cells(aabb, 8, _looking((0.0, -0.9, 0.0), (0.0, -5.0, 0.0), cams))
+    assert inside[:, :2, :].any() and not inside[:, 4:, :].any()  # only what lies in front of it
+    culled = bake(_red_sphere_fields(), torch.as_tensor(aabb), coarse_res=8, fine_res=2, cameras=_looking((0.0, -3.0, 0.0), (0.0, -6.0, 0.0), cams), progress=False)
+    assert culled.n_blocks == 0
+    kept = bake(_red_sphere_fields(), torch.as_tensor(aabb), coarse_res=8, fine_res=2, cameras=cams, progress=False)
+    full = bake(_red_sphere_fields(), torch.as_tensor(aabb), coarse_res=8, fine_res=2, progress=False)
+    assert kept.n_blocks == full.n_blocks > 0
+
+
+def test_render_tree_matches_between_backends_on_the_baked_sphere():
+    tree = bake(_red_sphere_fields(), torch.tensor([[-1.0] * 3, [1.0] * 3]), coarse_res=8, fine_res=2, progress=False)
+    rays = image_ray_bundle(_camera(16), 0, 1.0, 5.0)
+    a = render_tree(tree, rays.origins, rays.directions, 1.0, 5.0, torch.zeros(3), backend="numba")
+    b = render_tree(tree, rays.origins, rays.directions, 1.0, 5.0, torch.zeros(3), backend="torch")
+    assert torch.allclose(a[0], b[0], atol=1e-3) and torch.allclose(a[2], b[2], atol=1e-3)

@@ -1,0 +1,198 @@
+"""What a trained method hands to the baker: ``baking_fields(model, sh_degree) -> BakingFields``.
+
+Dispatch is on what the model has, not on its class, so methods need no baking code:
+
+==========================  ===========================================================  ===================
+model has                   colour in the tree                                           example
+==========================  ===========================================================  ===================
+``fine.sh_head``            the network's own SH coefficients (truncated or zero-padded   efficient-nerf
+                            to ``sh_degree``); density = softplus(raw)
+``fine.color_hidden``       SH projection of the colour logits (NeRF MLP; the trunk runs  vanilla-nerf
+                            once per point, the view branch once per direction)
+``field.color_mlp``         SH projection of the colour logits (hash field; the encoding  instant-ngp
+                            runs once per point)
+``density`` + ``forward``   SH projection of logit(rgb) (generic, slowest)                any other field
+==========================  ===========================================================  ===================
+
+SH projection: the colour logit (pre-sigmoid value) of each voxel is evaluated at
+``n_dirs`` fixed directions spread over the sphere (a Fibonacci lattice) and the K = sh_degree^2
+coefficients are the least-squares fit, c = pinv(Y) @ logits with Y the [n_dirs, K] basis
+matrix. Cost: one trunk pass plus ``n_dirs`` passes of the view-dependent head per voxel; for
+the NeRF MLP the head's first layer is split (feature part once per point, direction part once
+per direction), so 32 directions add about 10% to the trunk's cost, while the generic path costs
+``n_dirs`` full network evaluations per voxel.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from turbonerf.bake.nerftree import BakingFields
+from turbonerf.encodings.sh import sh_basis
+from turbonerf.errors import TurboNerfError
+
+LOGIT_EPS = 1e-3
+"""rgb is clamped to [eps, 1 - eps] before the logit in the generic projection"""
+
+
+def fibonacci_directions(n: int) -> Tensor:
+    """[n, 3] unit vectors spread evenly over the sphere (Fibonacci lattice), float64."""
+    i = torch.arange(n, dtype=torch.float64) + 0.5
+    z = 1.0 - 2.0 * i / n
+    r = torch.sqrt((1.0 - z * z).clamp(min=0.0))
+    phi = math.pi * (3.0 - math.sqrt(5.0)) * i
+    return torch.stack([r * torch.cos(phi), r * torch.sin(phi), z], -1)
+
+
+def sh_projection_matrix(dirs: Tensor, sh_degree: int) -> Tensor:
+    """[K, D] least-squares projection: coefficients = P @ values-at-dirs. dirs: [D, 3]."""
+    basis = sh_basis(dirs.double(), sh_degree)  # [D, K]
+    return torch.linalg.pinv(basis)
+
+
+def project_logits(logits: Tensor, proj: Tensor) -> Tensor:
+    """Colour logits at D directions [N, D, 3] -> SH coefficients [N, 3, K] (proj: [K, D])."""
+    return torch.einsum("kd,ndc->nck", proj.to(logits.device, torch.float32), logits.float())
+
+
+def resize_sh(coeffs: Tensor, k_out: int) -> Tensor:
+    """[N, 3, K_in] -> [N, 3, k_out]: drop the highest bands (the L2 projection, since the basis
+    is orthonormal) or pad them with zeros."""
+    k_in = coeffs.shape[-1]
+    if k_out <= k_in:
+        return coeffs[..., :k_out]
+    return F.pad(coeffs, (0, k_out - k_in))
+
+
+def nerf_mlp_color_logits(mlp: nn.Module, h: Tensor, dirs: Tensor) -> Tensor:
+    """Colour logits of a NeRFMLP for every point at every direction.
+
+    The view branch's first layer is split: its feature half runs once per point, its direction
+    half once per direction. Args: h [N, width] trunk features, dirs [D, 3] unit directions.
+    Returns: [N, D, 3] (rgb = sigmoid of it).
+    """
+    width = mlp.feature.out_features
+    feat = mlp.feature(h)
+    w, b = mlp.color_hidden.weight, mlp.color_hidden.bias
+    a = F.linear(feat, w[:, :width], b)  # [N, C]
+    bd = F.linear(mlp.dir_enc(dirs), w[:, width:])  # [D, C]
+    hid = F.relu(a[:, None, :] + bd[None, :, :].to(a.dtype))
+    return mlp.color_head(hid)
+
+
+def hash_field_color_logits(field: nn.Module, h: Tensor, dirs: Tensor) -> Tensor:
+    """Colour logits of a HashField: h [N, geo_features] from ``_geo``, dirs [D, 3] -> [N, D, 3]."""
+    enc = sh_basis(dirs.float(), field.sh_degree).to(h.dtype)  # [D, Ks]
+    n, d = h.shape[0], enc.shape[0]
+    inp = torch.cat([h[:, None, :].expand(n, d, h.shape[1]), enc[None].expand(n, d, enc.shape[1])], -1)
+    return field.color_mlp(inp.reshape(n * d, -1)).reshape(n, d, 3)
+
+
+def _nerf_mlp_fields(mlp: nn.Module, sh_degree: int, n_dirs: int) -> BakingFields:
+    """NeRFMLP (turbonerf.fields.nerf_mlp): ReLU density, sigmoid colour through a view branch."""
+    dirs = fibonacci_directions(n_dirs)
+    proj = sh_projection_matrix(dirs, sh_degree)
+
+    def voxel_fn(x: Tensor) -> tuple[Tensor, Tensor]:
+        h = mlp.trunk_features(x)
+        sigma = F.relu(mlp.sigma_head(h)[:, 0]).float()
+        logits = nerf_mlp_color_logits(mlp, h, dirs.to(x.device, torch.float32))
+        return sigma, project_logits(logits, proj)
+
+    return BakingFields(mlp.density, voxel_fn, sh_degree, description=f"NeRF MLP, SH projection from {n_dirs} directions")
+
+
+def _sh_field_fields(field: nn.Module, sh_degree: int) -> BakingFields:
+    """EfficientNeRF's SHField: raw density through softplus, native SH colour."""
+    from turbonerf.methods.efficient_nerf import activate_density
+
+    k = sh_degree**2
+
+    def density_fn(x: Tensor) -> Tensor:
+        return activate_density(field.sigma_head(field.features(x))[:, 0].float(), 0.0)
+
+    def voxel_fn(x: Tensor) -> tuple[Tensor, Tensor]:
+        h = field.features(x)
+        sigma = activate_density(field.sigma_head(h)[:, 0].float(), 0.0)
+        coeffs = field.sh_head(h).float().reshape(x.shape[0], 3, -1)
+        return sigma, resize_sh(coeffs, k)
+
+    native = int(field.sh_degree)
+    note = "native SH" + ("" if native == sh_degree else f" ({native} bands resized to {sh_degree})")
+    return BakingFields(density_fn, voxel_fn, sh_degree, description=note)
+
+
+def _hash_field_fields(field: nn.Module, sh_degree: int, n_dirs: int) -> BakingFields:
+    """Instant-NGP's HashField: the encoding and density MLP once per point, the colour MLP per direction."""
+    dirs = fibonacci_directions(n_dirs)
+    proj = sh_projection_matrix(dirs, sh_degree)
+
+    def voxel_fn(x: Tensor) -> tuple[Tensor, Tensor]:
+        sigma, h = field._geo(x)
+        logits = hash_field_color_logits(field, h, dirs.to(x.device, torch.float32))
+        return sigma.float(), project_logits(logits, proj)
+
+    return BakingFields(field.density, voxel_fn, sh_degree, description=f"hash field, SH projection from {n_dirs} directions")
+
+
+def _generic_fields(field: nn.Module, sh_degree: int, n_dirs: int) -> BakingFields:
+    """Any field with density(x) and forward(x, d) -> (sigma, rgb): n_dirs full evaluations per voxel."""
+    dirs = fibonacci_directions(n_dirs)
+    proj = sh_projection_matrix(dirs, sh_degree)
+
+    def voxel_fn(x: Tensor) -> tuple[Tensor, Tensor]:
+        n, d = x.shape[0], dirs.shape[0]
+        dd = dirs.to(x.device, torch.float32)
+        sigma, rgb = field(x.repeat_interleave(d, 0), dd.repeat(n, 1))
+        rgb = rgb.float().reshape(n, d, 3).clamp(LOGIT_EPS, 1.0 - LOGIT_EPS)
+        return sigma.float().reshape(n, d)[:, 0], project_logits(torch.logit(rgb), proj)
+
+    return BakingFields(field.density, voxel_fn, sh_degree, description=f"generic field, SH projection of logit(rgb) from {n_dirs} directions")
+
+
+def _candidate_fn(model: nn.Module):
+    """The method's own occupancy test (points [N, 3] -> bool [N]), if it has one."""
+    grid = getattr(model, "grid", None)
+    for name in ("is_occupied", "valid_mask"):  # instant-ngp OccupancyGrid, efficient-nerf DensityGrid
+        fn = getattr(grid, name, None)
+        if callable(fn):
+            return fn
+    return None
+
+
+def baking_fields(model: nn.Module, sh_degree: int = 3, n_dirs: int = 32, use_method_grid: bool = True) -> BakingFields:
+    """Density, SH-colour and (optionally) candidate functions of a trained method.
+
+    Args:
+        model: a trained method (vanilla-nerf, efficient-nerf, instant-ngp) or any field with
+            ``density(x)`` and ``forward(x, d) -> (sigma, rgb)``.
+        sh_degree: SH bands of the tree.
+        n_dirs: directions per voxel for the SH projection (must be >= sh_degree^2).
+        use_method_grid: skip cells the method's occupancy / density grid calls empty.
+    """
+    if n_dirs < sh_degree**2:
+        raise TurboNerfError(f"SH projection needs at least {sh_degree ** 2} directions for {sh_degree} bands, got {n_dirs}")
+    fine = getattr(model, "fine", None)
+    field = getattr(model, "field", None)
+    if fine is not None and all(hasattr(fine, a) for a in ("sh_head", "features", "sigma_head", "sh_degree")):
+        out = _sh_field_fields(fine, sh_degree)
+    elif fine is not None and all(hasattr(fine, a) for a in ("trunk_features", "sigma_head", "feature", "color_hidden", "color_head", "dir_enc")):
+        out = _nerf_mlp_fields(fine, sh_degree, n_dirs)
+    elif field is not None and all(hasattr(field, a) for a in ("_geo", "color_mlp", "sh_degree")):
+        out = _hash_field_fields(field, sh_degree, n_dirs)
+    else:
+        for cand in (fine, field, model):
+            if cand is not None and callable(getattr(cand, "density", None)) and callable(cand):
+                out = _generic_fields(cand, sh_degree, n_dirs)
+                break
+        else:
+            raise TurboNerfError(f"cannot bake a {type(model).__name__}: it has no field with density(x) and forward(x, d)")
+    if use_method_grid:
+        cand_fn = _candidate_fn(model)
+        if cand_fn is not None:
+            out = BakingFields(out.density_fn, out.voxel_fn, out.sh_degree, cand_fn, out.description + "; cells limited to the method's grid")
+    return out

@@ -1,0 +1,143 @@
+"""Reference NerfTree marcher in plain numpy: slow, obvious, the ground truth of the parity tests.
+
+Marching rule shared by every backend (see :func:`turbonerf.bake.render.render_tree`):
+
+- Samples sit on a fixed lattice along each ray, t_k = near + (k + 1/2) * step for k = 0, 1, ...
+  while t_k < far; each stands for an interval of length ``step``.
+- A sample's position in coarse-grid units is g = (o - aabb_min) * s + t_k * (d * s) with
+  s = D_c / (aabb_max - aabb_min). Its fine voxel is F = floor(g * D_f) (per axis, in
+  [0, D_c * D_f) or the sample is outside), its coarse cell F // D_f. Samples in empty coarse
+  cells (or outside the box) contribute nothing.
+- ``nearest``: density and SH of voxel F. ``trilinear``: density interpolated between the 8
+  fine-voxel centres around g (voxels of empty cells or outside count as density 0); SH
+  interpolated the same way but normalised over the voxels that exist.
+- rgb_c = sigmoid(sum_k sh[c * K + k] * Y_k(viewdir)); alpha = 1 - exp(-sigma * step);
+  front-to-back compositing; a ray stops after the sample that brings its transmittance below
+  ``t_min``. Outputs: rgb = sum w c + (1 - opacity) * background, depth = sum w t_k,
+  opacity = sum w, samples = number of samples taken in occupied cells.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from turbonerf.bake.nerftree import NerfTree
+from turbonerf.encodings.sh import sh_basis
+
+CORNERS = [(a, b, c) for a in (0, 1) for b in (0, 1) for c in (0, 1)]
+
+
+def grid_rays(tree: NerfTree, origins: np.ndarray, dirs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rays in coarse-grid units: (g0 [R, 3], gd [R, 3]) float64, g(t) = g0 + t * gd."""
+    lo = tree.aabb[0].astype(np.float64)
+    scale = tree.coarse_res / (tree.aabb[1].astype(np.float64) - lo)
+    return (origins.astype(np.float64) - lo) * scale, dirs.astype(np.float64) * scale
+
+
+def unit_viewdirs_basis(viewdirs: np.ndarray, sh_degree: int) -> np.ndarray:
+    """[R, 3] view directions -> [R, K] SH basis at the normalised directions (float64)."""
+    v = torch.from_numpy(np.asarray(viewdirs, dtype=np.float64))
+    v = v / v.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+    return sh_basis(v, sh_degree).numpy()
+
+
+def lookup_nearest(tree: NerfTree, g: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Samples g [S, 3] (grid units) -> occupied [S] bool, sigma [S], sh [S, 3K] (zeros where empty)."""
+    dc, df = tree.coarse_res, tree.fine_res
+    n = dc * df
+    f = np.floor(g * df).astype(np.int64)
+    inside = np.all((f >= 0) & (f < n), axis=1)
+    fc = np.where(inside[:, None], f, 0)
+    c = fc // df
+    m = np.where(inside, tree.index[c[:, 0], c[:, 1], c[:, 2]], -1)
+    occ = m >= 0
+    loc = fc - c * df
+    mm = np.where(occ, m, 0)
+    sigma = tree.density[mm, loc[:, 0], loc[:, 1], loc[:, 2]].astype(np.float64) * occ
+    sh = tree.sh[mm, loc[:, 0], loc[:, 1], loc[:, 2]].astype(np.float64) * occ[:, None]
+    return occ, sigma, sh
+
+
+def lookup_trilinear(tree: NerfTree, g: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Like :func:`lookup_nearest` with trilinear interpolation between fine-voxel centres."""
+    occ, _, _ = lookup_nearest(tree, g)
+    dc, df = tree.coarse_res, tree.fine_res
+    n = dc * df
+    q = g * df - 0.5
+    i0 = np.floor(q).astype(np.int64)
+    w = q - i0
+    sigma = np.zeros(g.shape[0])
+    sh = np.zeros((g.shape[0], tree.sh.shape[-1]))
+    wsum = np.zeros(g.shape[0])
+    for corner in CORNERS:
+        f = i0 + np.array(corner)
+        ok = np.all((f >= 0) & (f < n), axis=1)
+        f = np.where(ok[:, None], f, 0)
+        c = f // df
+        m = np.where(ok, tree.index[c[:, 0], c[:, 1], c[:, 2]], -1)
+        ok &= m >= 0
+        loc = f - c * df
+        mm = np.where(ok, m, 0)
+        wc = np.ones(g.shape[0])
+        for axis in range(3):
+            wc = wc * (w[:, axis] if corner[axis] else 1.0 - w[:, axis])
+        wc = wc * ok
+        sigma += wc * tree.density[mm, loc[:, 0], loc[:, 1], loc[:, 2]].astype(np.float64)
+        sh += wc[:, None] * tree.sh[mm, loc[:, 0], loc[:, 1], loc[:, 2]].astype(np.float64)
+        wsum += wc
+    sh = sh / np.where(wsum > 0, wsum, 1.0)[:, None]
+    return occ, sigma * occ, sh * occ[:, None]
+
+
+def march_numpy(
+    tree: NerfTree,
+    origins: np.ndarray,
+    dirs: np.ndarray,
+    viewdirs: np.ndarray,
+    near: np.ndarray,
+    far: np.ndarray,
+    background: np.ndarray,
+    step: float,
+    lookup: str = "nearest",
+    t_min: float = 1e-3,
+) -> dict[str, np.ndarray]:
+    """March R rays through ``tree`` (rule in the module docstring).
+
+    Args:
+        origins, dirs: [R, 3] in the tree's space; viewdirs: [R, 3] colour directions.
+        near, far: [R]; background: [3].
+    Returns:
+        rgb [R, 3], depth [R], opacity [R] float32, samples [R] int32.
+    """
+    lut = {"nearest": lookup_nearest, "trilinear": lookup_trilinear}[lookup]
+    r = origins.shape[0]
+    g0, gd = grid_rays(tree, origins, dirs)
+    near = np.broadcast_to(np.asarray(near, np.float64), (r,))
+    far = np.broadcast_to(np.asarray(far, np.float64), (r,))
+    basis = unit_viewdirs_basis(viewdirs, tree.sh_degree)
+    k = tree.n_coeffs
+    trans = np.ones(r)
+    rgb, depth, opac = np.zeros((r, 3)), np.zeros(r), np.zeros(r)
+    samples = np.zeros(r, dtype=np.int32)
+    n_steps = int(np.ceil(np.max((far - near) / step, initial=0.0))) + 1
+    for i in range(n_steps):
+        t = near + (i + 0.5) * step
+        act = np.flatnonzero((trans >= t_min) & (t < far))
+        if act.size == 0:
+            if np.all(t >= far) or np.all(trans < t_min):
+                break
+            continue
+        g = g0[act] + t[act, None] * gd[act]
+        occ, sigma, sh = lut(tree, g)
+        act, sigma, sh, ta = act[occ], sigma[occ], sh[occ], t[act][occ]
+        alpha = 1.0 - np.exp(-sigma * step)
+        w = trans[act] * alpha
+        col = 1.0 / (1.0 + np.exp(-(sh.reshape(-1, 3, k) * basis[act, None, :]).sum(-1)))
+        rgb[act] += w[:, None] * col
+        depth[act] += w * ta
+        opac[act] += w
+        trans[act] *= 1.0 - alpha
+        samples[act] += 1
+    rgb = rgb + (1.0 - opac)[:, None] * np.asarray(background, np.float64)[None]
+    return {"rgb": rgb.astype(np.float32), "depth": depth.astype(np.float32), "opacity": opac.astype(np.float32), "samples": samples}

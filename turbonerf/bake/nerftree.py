@@ -1,0 +1,556 @@
+"""NerfTree (EfficientNeRF, Hu et al. CVPR 2022): a two-level cache of a trained radiance field.
+
+Level 1 is a dense grid of D_c^3 coarse cells over the scene box; each cell holds -1 (empty) or
+the number of a block in a pool. Level 2 is that pool: M blocks of D_f^3 fine voxels, one per
+occupied cell, each voxel holding a density and 3 x K spherical-harmonics coefficients
+(K = sh_degree^2). Colour along view direction d is ``sigmoid(sum_k c_k Y_k(d))`` per channel
+(the activation of EfficientNeRF and PlenOctrees), so a renderer needs no network at all.
+
+Conventions:
+- Coarse cell (i, j, k) covers ``aabb[0] + ([i, i+1] x [j, j+1] x [k, k+1]) * (aabb[1] - aabb[0]) / D_c``;
+  fine voxel (a, b, c) of that cell covers the (a, b, c)-th sub-cube of D_f^3, and its values
+  were taken at the voxel's centre.
+- Densities are activated (>= 0) and, as in the rest of turbonerf, per unit of the ray
+  parameter t: alpha = 1 - exp(-sigma * step). For forward-facing scenes the box and the rays
+  are in NDC space.
+- ``sh_degree`` counts bands, as :mod:`turbonerf.encodings.sh` does (3 -> 9 coefficients, the
+  "SH degree 2" of the EfficientNeRF and PlenOctrees papers).
+
+Baking (:func:`bake`) never builds a dense fine grid: the coarse pass works on slabs of the
+coarse grid, the fine pass on batches of occupied cells, so memory is the coarse index grid
+(4 bytes per cell: 226 MB at D_c = 384) plus the pool itself.
+
+The file format (:func:`save_tree`, :func:`load_tree`) is safetensors: plain arrays plus a JSON
+header, no pickle. On disk the coarse grid is stored sparsely, as the flat index of the cell of
+each block, so the file holds little more than the pool.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from turbonerf.errors import TurboNerfError
+
+TREE_FORMAT_VERSION = 1
+"""version of the NerfTree file format written by :func:`save_tree`"""
+HEADER_KEY = "turbonerf_nerftree"
+POOL_DTYPES = ("float16", "float32")
+FLOAT16_MAX = 65000.0
+TILE = 8
+"""edge, in coarse cells, of the tiles :func:`bake` orders the pool by (and the CPU marcher's macro blocks)"""
+
+DensityFn = Callable[[Tensor], Tensor]
+VoxelFn = Callable[[Tensor], "tuple[Tensor, Tensor]"]
+CandidateFn = Callable[[Tensor], Tensor]
+
+
+@dataclass
+class NerfTree:
+    """A baked scene.
+
+    Attributes:
+        index: int32 [Dc, Dc, Dc] (x, y, z order): the pool block of each coarse cell, -1 where empty.
+        density: [M, Df, Df, Df] float16 (or float32) activated density at each fine voxel.
+        sh: [M, Df, Df, Df, 3 * K] same dtype, SH coefficients per voxel, channel-major
+            (K of red, then K of green, then K of blue).
+        aabb: float32 [2, 3] the box (min corner, max corner) the coarse grid covers.
+        sh_degree: SH bands; K = sh_degree ** 2.
+        version: file-format version the tree was read from or will be written as.
+    """
+
+    index: np.ndarray
+    density: np.ndarray
+    sh: np.ndarray
+    aabb: np.ndarray
+    sh_degree: int
+    version: int = TREE_FORMAT_VERSION
+
+    @property
+    def coarse_res(self) -> int:
+        return int(self.index.shape[0])
+
+    @property
+    def fine_res(self) -> int:
+        return int(self.density.shape[1])
+
+    @property
+    def n_blocks(self) -> int:
+        return int(self.density.shape[0])
+
+    @property
+    def n_coeffs(self) -> int:
+        return int(self.sh_degree) ** 2
+
+    def voxel_size(self) -> float:
+        """Edge of a fine voxel along the box's shortest axis, in sample-space units."""
+        ext = np.asarray(self.aabb[1], np.float64) - np.asarray(self.aabb[0], np.float64)
+        return float(ext.min()) / (self.coarse_res * self.fine_res)
+
+    def occupied_fraction(self) -> float:
+        """Fraction of coarse cells that point into the pool."""
+        return self.n_blocks / float(self.coarse_res**3)
+
+    def nbytes(self) -> int:
+        """Bytes of the arrays as stored on disk (sparse coarse grid + pool)."""
+        return 4 * self.n_blocks + self.density.nbytes + self.sh.nbytes + self.aabb.nbytes
+
+    def validate(self, path: str | Path | None = None) -> None:
+        """Raise TurboNerfError (naming ``path``) unless shapes, dtypes and the index are consistent."""
+        idx, dens, sh = self.index, self.density, self.sh
+        if idx.ndim != 3 or idx.shape[0] != idx.shape[1] or idx.shape[1] != idx.shape[2] or idx.dtype != np.int32:
+            raise TurboNerfError(f"coarse index must be int32 [Dc, Dc, Dc], got {idx.dtype} {idx.shape}", path)
+        if dens.ndim != 4 or not (dens.shape[1] == dens.shape[2] == dens.shape[3]) or dens.shape[1] < 1:
+            raise TurboNerfError(f"fine densities must be [M, Df, Df, Df], got {dens.shape}", path)
+        if dens.dtype.name not in POOL_DTYPES or sh.dtype != dens.dtype:
+            raise TurboNerfError(f"pool dtype must be one of {POOL_DTYPES} for both arrays, got {dens.dtype} / {sh.dtype}", path)
+        if not 1 <= int(self.sh_degree) <= 5:
+            raise TurboNerfError(f"SH degree must be in 1..5, got {self.sh_degree}", path)
+        if sh.shape != dens.shape + (3 * self.n_coeffs,):
+            raise TurboNerfError(f"SH pool must be {dens.shape + (3 * self.n_coeffs,)}, got {sh.shape}", path)
+        if self.aabb.shape != (2, 3) or not np.all(np.asarray(self.aabb[1]) > np.asarray(self.aabb[0])):
+            raise TurboNerfError(f"aabb must be [2, 3] with max > min, got {self.aabb.tolist()}", path)
+        occupied = idx[idx >= 0]
+        if idx.min(initial=0) < -1 or occupied.size != dens.shape[0]:
+            raise TurboNerfError(f"coarse index has {occupied.size} occupied cells but the pool {dens.shape[0]} blocks", path)
+        if occupied.size and (occupied.max() >= dens.shape[0] or np.unique(occupied).size != occupied.size):
+            raise TurboNerfError("coarse index does not map occupied cells one-to-one onto pool blocks", path)
+
+
+def empty_index(coarse_res: int) -> np.ndarray:
+    """int32 [Dc, Dc, Dc] filled with -1."""
+    return np.full((coarse_res,) * 3, -1, dtype=np.int32)
+
+
+def index_from_cells(cells: np.ndarray, coarse_res: int) -> np.ndarray:
+    """Dense index grid from the flat cell index of each block: cells [M] -> int32 [Dc, Dc, Dc]."""
+    index = empty_index(coarse_res)
+    index.reshape(-1)[cells.astype(np.int64)] = np.arange(cells.shape[0], dtype=np.int32)
+    return index
+
+
+def cells_from_index(index: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`index_from_cells`: int32 [M], the flat cell of block m at position m."""
+    flat = index.reshape(-1)
+    nz = np.flatnonzero(flat >= 0)
+    cells = np.empty(nz.shape[0], dtype=np.int32)
+    cells[flat[nz]] = nz
+    return cells
+
+
+# --------------------------------------------------------------------------------------------
+# save / load
+
+
+def save_tree(path: str | Path, tree: NerfTree, info: dict | None = None) -> None:
+    """Write ``tree`` atomically (temporary file + rename) as safetensors + a JSON header.
+
+    ``info``: JSON-able facts about the bake (source run, time, settings), kept in the header
+    under "info" (see :func:`read_tree_header`)."""
+    from safetensors.numpy import save_file
+
+    tree.validate(path)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = {
+        "version": TREE_FORMAT_VERSION,
+        "coarse_res": tree.coarse_res,
+        "fine_res": tree.fine_res,
+        "n_blocks": tree.n_blocks,
+        "sh_degree": int(tree.sh_degree),
+        "dtype": tree.density.dtype.name,
+        "color_activation": "sigmoid",
+        "info": info or {},
+    }
+    arrays = {
+        "cells": cells_from_index(tree.index),
+        "density": np.ascontiguousarray(tree.density),
+        "sh": np.ascontiguousarray(tree.sh),
+        "aabb": np.ascontiguousarray(tree.aabb, dtype=np.float32),
+    }
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        save_file(arrays, str(tmp), metadata={HEADER_KEY: json.dumps(header)})
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def read_tree_header(path: str | Path) -> dict:
+    """The JSON header of a NerfTree file, without reading its arrays."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise TurboNerfError("NerfTree file not found (bake one with `turbonerf bake`)", path)
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            raw = (f.metadata() or {}).get(HEADER_KEY)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise TurboNerfError(f"not a readable NerfTree file ({e})", path) from None
+    if raw is None:
+        raise TurboNerfError("not a NerfTree file (no turbonerf_nerftree header)", path)
+    try:
+        header = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise TurboNerfError(f"corrupt NerfTree header ({e})", path) from None
+    version = header.get("version")
+    if not isinstance(version, int) or version < 1:
+        raise TurboNerfError(f"NerfTree header has no valid version ({version!r})", path)
+    if version > TREE_FORMAT_VERSION:
+        raise TurboNerfError(f"NerfTree format {version} is newer than this turbonerf reads ({TREE_FORMAT_VERSION})", path)
+    return header
+
+
+def load_tree(path: str | Path) -> NerfTree:
+    """Read a tree written by :func:`save_tree`; a corrupt, truncated or inconsistent file raises
+    TurboNerfError naming it."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    path = Path(path)
+    header = read_tree_header(path)
+    try:
+        arrays = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise TurboNerfError(f"corrupt or truncated NerfTree file ({e})", path) from None
+    missing = {"cells", "density", "sh", "aabb"} - set(arrays)
+    if missing:
+        raise TurboNerfError(f"NerfTree file lacks arrays {sorted(missing)}", path)
+    try:
+        dc, df, m, deg = (int(header[k]) for k in ("coarse_res", "fine_res", "n_blocks", "sh_degree"))
+    except (KeyError, TypeError, ValueError) as e:
+        raise TurboNerfError(f"NerfTree header is incomplete ({e})", path) from None
+    cells, dens, sh = arrays["cells"], arrays["density"], arrays["sh"]
+    if dens.shape != (m, df, df, df) or cells.shape != (m,) or cells.dtype != np.int32:
+        raise TurboNerfError(f"array shapes do not match the header (density {dens.shape}, cells {cells.shape}, header M={m} Df={df})", path)
+    if m and (cells.min() < 0 or cells.max() >= dc**3):
+        raise TurboNerfError("cell indices outside the coarse grid", path)
+    tree = NerfTree(index_from_cells(cells, dc), dens, sh, arrays["aabb"].astype(np.float32), deg, int(header["version"]))
+    tree.validate(path)
+    return tree
+
+
+# --------------------------------------------------------------------------------------------
+# baking
+
+
+@dataclass(frozen=True)
+class BakingFields:
+    """What :func:`bake` needs from a trained method (see :func:`turbonerf.bake.fields.baking_fields`).
+
+    Attributes:
+        density_fn: points [N, 3] -> activated density [N] (the coarse occupancy test).
+        voxel_fn: points [N, 3] -> (density [N], SH coefficients [N, 3, sh_degree**2]) whose
+            colour is sigmoid(sum_k c_k Y_k(d)).
+        sh_degree: SH bands of ``voxel_fn``'s coefficients.
+        candidate_fn: optional points [N, 3] -> bool [N], False where the method itself knows
+            space is empty (its occupancy / density grid): such cells are never evaluated.
+        description: how the colour is obtained (for logs and benchmark tables).
+    """
+
+    density_fn: DensityFn
+    voxel_fn: VoxelFn
+    sh_degree: int
+    candidate_fn: CandidateFn | None = None
+    description: str = ""
+
+
+def density_threshold_for(opacity: float, step: float) -> float:
+    """Density whose opacity over one step of length ``step`` is ``opacity``."""
+    return -math.log1p(-opacity) / step
+
+
+def _cell_geometry(aabb: np.ndarray, coarse_res: int) -> tuple[np.ndarray, np.ndarray]:
+    """(box min corner [3], coarse cell size [3]) in float64."""
+    lo = np.asarray(aabb[0], np.float64)
+    return lo, (np.asarray(aabb[1], np.float64) - lo) / coarse_res
+
+
+def visible_cells(aabb: np.ndarray, res: int, cameras, progress: bool = False) -> np.ndarray:
+    """bool [res, res, res]: cells of a res^3 grid over ``aabb`` seen by at least one camera.
+
+    A cell counts as seen when its bounding sphere overlaps a camera's image frustum (a
+    conservative test: the sphere's projection, widened by its radius in pixels, meets the image,
+    or the sphere reaches behind the image plane). Lens distortion is ignored.
+
+    Args:
+        cameras: :class:`turbonerf.cameras.Cameras` (OpenGL convention, world space).
+    """
+    lo, size = _cell_geometry(aabb, res)
+    radius = 0.5 * float(np.linalg.norm(size))
+    ax = [torch.as_tensor(lo[i] + (np.arange(res) + 0.5) * size[i]) for i in range(3)]
+    centres = torch.stack(torch.meshgrid(*ax, indexing="ij"), -1).reshape(-1, 3)
+    seen = torch.zeros(centres.shape[0], dtype=torch.bool)
+    c2w = cameras.c2w.double().cpu()
+    w, h = float(cameras.width), float(cameras.height)
+    for i in tqdm(range(len(cameras)), desc="visibility", disable=not progress, unit="cam", leave=False):
+        todo = torch.nonzero(~seen).squeeze(1)
+        if todo.numel() == 0:
+            break
+        rot, t = c2w[i, :, :3], c2w[i, :, 3]
+        p = (centres[todo] - t) @ rot  # world -> camera: R^T (x - t)
+        depth = -p[:, 2]
+        z = depth.clamp(min=1e-9)
+        fx, fy, cx, cy = (float(v[i]) for v in (cameras.fx, cameras.fy, cameras.cx, cameras.cy))
+        u = fx * p[:, 0] / z + cx
+        v = -fy * p[:, 1] / z + cy
+        ru, rv = fx * radius / z, fy * radius / z
+        inside = (u >= -ru) & (u <= w + ru) & (v >= -rv) & (v <= h + rv) & (depth > 0)
+        seen[todo[inside | (depth.abs() <= radius)]] = True
+    return seen.reshape(res, res, res).numpy()
+
+
+def _upsample_mask(mask: np.ndarray, factor: int, res: int) -> np.ndarray:
+    """Nearest upsampling of a bool [r, r, r] grid to [res, res, res] (r = ceil(res / factor))."""
+    up = mask.repeat(factor, 0).repeat(factor, 1).repeat(factor, 2)
+    return up[:res, :res, :res]
+
+
+def dilate_mask(mask: np.ndarray, radius: int) -> np.ndarray:
+    """bool [D, D, D] dilated by ``radius`` cells (26-neighbourhood), done axis by axis."""
+    out = mask.copy()
+    for axis in range(3):
+        src = out.copy()
+        for s in range(1, radius + 1):
+            sl_a = [slice(None)] * 3
+            sl_b = [slice(None)] * 3
+            sl_a[axis], sl_b[axis] = slice(s, None), slice(None, -s)
+            out[tuple(sl_a)] |= src[tuple(sl_b)]
+            out[tuple(sl_b)] |= src[tuple(sl_a)]
+    return out
+
+
+def _corner_need(cand: np.ndarray) -> np.ndarray:
+    """bool [s+1, D+1, D+1]: lattice corners touching at least one candidate cell of cand [s, D, D]."""
+    s, d, _ = cand.shape
+    need = np.zeros((s + 1, d + 1, d + 1), dtype=bool)
+    for a in (0, 1):
+        for b in (0, 1):
+            for c in (0, 1):
+                need[a : a + s, b : b + d, c : c + d] |= cand
+    return need
+
+
+def _eval_points(fn: Callable[[Tensor], Tensor], points: np.ndarray, batch: int, device) -> np.ndarray:
+    """fn over float64 points [N, 3] in batches -> float32 [N] numpy."""
+    out = np.empty(points.shape[0], dtype=np.float32)
+    for s in range(0, points.shape[0], batch):
+        x = torch.from_numpy(points[s : s + batch].astype(np.float32)).to(device)
+        out[s : s + batch] = fn(x).float().cpu().numpy()
+    return out
+
+
+@torch.no_grad()
+def coarse_occupancy(
+    density_fn: DensityFn,
+    aabb: np.ndarray,
+    coarse_res: int,
+    threshold: float,
+    candidates: np.ndarray | None = None,
+    batch: int = 1 << 16,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> np.ndarray:
+    """bool [Dc, Dc, Dc]: cells where the density at the cell's centre or at one of its 8
+    corners exceeds ``threshold`` (corners are shared between neighbours, so this costs about two
+    evaluations per cell). Only ``candidates`` (bool [Dc]^3, default all) are evaluated; the grid
+    is processed in slabs along x so memory stays O(Dc^2 * slab).
+    """
+    lo, size = _cell_geometry(aabb, coarse_res)
+    d = coarse_res
+    occ = np.zeros((d, d, d), dtype=bool)
+    slab = max(4, batch // (d * d))  # x-slices per slab
+    bar = tqdm(total=d, desc="bake: coarse occupancy", disable=not progress, unit="slice", leave=False)
+    for x0 in range(0, d, slab):
+        x1 = min(d, x0 + slab)
+        cand = np.ones((x1 - x0, d, d), dtype=bool) if candidates is None else candidates[x0:x1]
+        if not cand.any():
+            bar.update(x1 - x0)
+            continue
+        # centres
+        ci = np.argwhere(cand)
+        centres = lo + (ci + [x0 + 0.5, 0.5, 0.5]) * size
+        vals = np.zeros(cand.shape, dtype=np.float32)
+        vals[tuple(ci.T)] = _eval_points(density_fn, centres, batch, device)
+        # corners
+        need = _corner_need(cand)
+        ki = np.argwhere(need)
+        corners = lo + (ki + [x0, 0, 0]) * size
+        cv = np.zeros(need.shape, dtype=np.float32)
+        cv[tuple(ki.T)] = _eval_points(density_fn, corners, batch, device)
+        s = x1 - x0
+        for a in (0, 1):
+            for b in (0, 1):
+                for c in (0, 1):
+                    np.maximum(vals, cv[a : a + s, b : b + d, c : c + d], out=vals)
+        occ[x0:x1] = cand & (vals > threshold)
+        bar.update(x1 - x0)
+    bar.close()
+    return occ
+
+
+def _candidate_mask(candidate_fn: CandidateFn, aabb: np.ndarray, coarse_res: int, batch: int, device) -> np.ndarray:
+    """bool [Dc]^3: cells with at least one of their 8 (slightly inset) corners accepted by
+    ``candidate_fn``; exact for a method grid at most as fine as the coarse grid."""
+    lo, size = _cell_geometry(aabb, coarse_res)
+    d = coarse_res
+    out = np.zeros((d, d, d), dtype=bool)
+    inset = np.array([0.01, 0.99])
+    grid_yz = np.stack(np.meshgrid(np.arange(d), np.arange(d), indexing="ij"), -1).reshape(-1, 2)
+    for x in range(d):
+        ijk = np.concatenate([np.full((grid_yz.shape[0], 1), x), grid_yz], 1).astype(np.float64)
+        hit = np.zeros(ijk.shape[0], dtype=bool)
+        for a in inset:
+            for b in inset:
+                for c in inset:
+                    pts = lo + (ijk + [a, b, c]) * size
+                    for s in range(0, pts.shape[0], batch):
+                        x_t = torch.from_numpy(pts[s : s + batch].astype(np.float32)).to(device)
+                        hit[s : s + batch] |= candidate_fn(x_t).cpu().numpy().astype(bool)
+        out[x] = hit.reshape(d, d)
+    return out
+
+
+def tile_order(cells: np.ndarray, coarse_res: int, tile: int = TILE) -> np.ndarray:
+    """Permutation sorting flat coarse cells [M] tile by tile (tile^3 blocks of cells, x-major),
+    so that blocks of neighbouring cells lie close together in the pool."""
+    ijk = np.stack(np.unravel_index(cells.astype(np.int64), (coarse_res,) * 3), -1)
+    dm = -(-coarse_res // tile)
+    t = ijk // tile
+    loc = ijk % tile
+    key = ((t[:, 0] * dm + t[:, 1]) * dm + t[:, 2]) * tile**3 + (loc[:, 0] * tile + loc[:, 1]) * tile + loc[:, 2]
+    return np.argsort(key, kind="stable")
+
+
+def _fine_offsets(fine_res: int) -> np.ndarray:
+    """[Df^3, 3] voxel-centre offsets inside a cell in units of the cell, (a, b, c) C-order."""
+    r = (np.arange(fine_res) + 0.5) / fine_res
+    return np.stack(np.meshgrid(r, r, r, indexing="ij"), -1).reshape(-1, 3)
+
+
+@torch.no_grad()
+def bake(
+    fields: BakingFields,
+    aabb,
+    coarse_res: int = 384,
+    fine_res: int = 4,
+    cameras=None,
+    threshold: float | None = None,
+    batch: int = 1 << 16,
+    device: str | torch.device = "cpu",
+    dtype: str = "float16",
+    dilate: int = 0,
+    density_floor: float | None = None,
+    max_pool_gib: float = 16.0,
+    progress: bool = True,
+) -> NerfTree:
+    """Bake a field into a NerfTree.
+
+    1. Candidates: every coarse cell, minus cells no camera in ``cameras`` sees (tested on a
+       4x coarser grid, conservatively), minus cells the method's own grid calls empty
+       (``fields.candidate_fn``).
+    2. Occupancy: a candidate cell is occupied when the density at its centre or at one of its
+       corners exceeds ``threshold`` (:func:`coarse_occupancy`); then optionally dilated by
+       ``dilate`` cells (within the candidates).
+    3. Fine pass: ``fields.voxel_fn`` at the D_f^3 voxel centres of each occupied cell, in
+       batches of about ``batch`` points; densities below ``density_floor`` become exactly 0
+       (a renderer then skips them without reading their colour), and cells whose fine
+       densities all stay at or below ``threshold`` are dropped. Blocks are stored tile by tile
+       (:func:`tile_order`), which keeps neighbouring cells close in memory.
+
+    Args:
+        aabb: [2, 3] box (sample space: NDC for forward-facing scenes).
+        cameras: training cameras for visibility culling, or None (e.g. NDC scenes, where the
+            box already is the reference camera's frustum).
+        threshold: density above which space counts as occupied; default: the density with
+            opacity 0.01 over one fine voxel (for unit-length ray directions).
+        batch: points per call of the field functions.
+        dtype: "float16" (default; half the storage) or "float32" for the pool.
+        dilate: grow the occupied cells by this many cells before the fine pass (catches thin
+            structures the 9-point occupancy test missed; costs fine evaluations).
+        density_floor: fine densities below it are stored as 0; default threshold / 10 (an
+            opacity of about 0.001 per fine voxel).
+        max_pool_gib: refuse (before the fine pass) when the pool would exceed this size.
+    Returns:
+        the tree.
+    """
+    if dtype not in POOL_DTYPES:
+        raise TurboNerfError(f"pool dtype must be one of {POOL_DTYPES}, got {dtype!r}")
+    if coarse_res < 1 or fine_res < 1:
+        raise TurboNerfError(f"resolutions must be positive (coarse {coarse_res}, fine {fine_res})")
+    aabb = np.asarray(torch.as_tensor(aabb).detach().cpu().float().numpy(), dtype=np.float32).reshape(2, 3)
+    lo, size = _cell_geometry(aabb, coarse_res)
+    if threshold is None:
+        threshold = density_threshold_for(0.01, float(size.min()) / fine_res)
+    if density_floor is None:
+        density_floor = threshold / 10.0
+    k = fields.sh_degree**2
+
+    cand = np.ones((coarse_res,) * 3, dtype=bool)
+    if cameras is not None:
+        f = 4 if coarse_res >= 16 else 1
+        cand &= _upsample_mask(visible_cells(aabb, -(-coarse_res // f), cameras, progress), f, coarse_res)
+    if fields.candidate_fn is not None:
+        cand &= _candidate_mask(fields.candidate_fn, aabb, coarse_res, batch, device)
+    occ = coarse_occupancy(fields.density_fn, aabb, coarse_res, threshold, cand, batch, device, progress)
+    if dilate > 0:
+        occ = dilate_mask(occ, dilate) & cand
+
+    cells = np.flatnonzero(occ.reshape(-1))
+    cells = cells[tile_order(cells, coarse_res)]
+    del occ, cand
+    m0, nf = cells.shape[0], fine_res**3
+    np_dtype = np.dtype(dtype)
+    pool_gib = m0 * nf * (1 + 3 * k) * np_dtype.itemsize / 2**30
+    if pool_gib > max_pool_gib:
+        raise TurboNerfError(
+            f"{m0} occupied cells ({100 * m0 / coarse_res**3:.1f}% of the grid) would need a {pool_gib:.1f} GiB pool "
+            f"(limit {max_pool_gib:g} GiB): raise the threshold or lower the resolution"
+        )
+    density = np.empty((m0, nf), dtype=np_dtype)
+    sh = np.empty((m0, nf, 3 * k), dtype=np_dtype)
+    kept = np.empty(m0, dtype=np.int64)
+    offsets = _fine_offsets(fine_res)
+    per_batch = max(1, batch // nf)
+    w = 0  # blocks kept so far: empty cells are compacted away as we go, in place
+    bar = tqdm(total=m0, desc="bake: fine voxels", disable=not progress, unit="cell", leave=False)
+    for s in range(0, m0, per_batch):
+        c = cells[s : s + per_batch]
+        ijk = np.stack(np.unravel_index(c, (coarse_res,) * 3), -1).astype(np.float64)
+        pts = lo + (ijk[:, None, :] + offsets[None]) * size  # [B, nf, 3]
+        x = torch.from_numpy(pts.reshape(-1, 3).astype(np.float32)).to(device)
+        sigma, coeffs = fields.voxel_fn(x)
+        sigma = sigma.float().clamp(0.0, FLOAT16_MAX).reshape(len(c), nf)
+        keep = (sigma > threshold).any(dim=1).cpu().numpy()
+        sigma = torch.where(sigma < density_floor, torch.zeros_like(sigma), sigma).cpu().numpy()
+        coeffs = coeffs.float().clamp(-FLOAT16_MAX, FLOAT16_MAX).reshape(len(c), nf, 3 * k).cpu().numpy()
+        nk = int(keep.sum())
+        density[w : w + nk] = sigma[keep]
+        sh[w : w + nk] = coeffs[keep]
+        kept[w : w + nk] = c[keep]
+        w += nk
+        bar.update(len(c))
+    bar.close()
+    if w < m0:  # shrink in place (no second copy of the pool)
+        density.resize((w, nf), refcheck=False)
+        sh.resize((w, nf, 3 * k), refcheck=False)
+    cells = kept[:w]
+    shape = (cells.shape[0], fine_res, fine_res, fine_res)
+    return NerfTree(
+        index=index_from_cells(cells, coarse_res),
+        density=density.reshape(shape),
+        sh=sh.reshape(shape + (3 * k,)),
+        aabb=aabb,
+        sh_degree=fields.sh_degree,
+    )

@@ -1,0 +1,187 @@
+"""Render a NerfTree: one entry function over three backends, and a ``render_fn`` adapter.
+
+Backends (same image for the same step; the marching rule is in :mod:`turbonerf.bake.march_numpy`):
+
+=========  =====================================================================
+numba      :mod:`turbonerf.bake.march_cpu`, parallel CPU kernel with 3D-DDA skipping
+torch      :mod:`turbonerf.bake.march_torch`, vectorised, for CUDA (works on CPU)
+numpy      :mod:`turbonerf.bake.march_numpy`, the slow reference
+auto       torch when the rays are on CUDA, numba otherwise
+=========  =====================================================================
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from turbonerf.bake.nerftree import NerfTree
+from turbonerf.errors import TurboNerfError
+from turbonerf.rays import RayBundle
+
+BACKENDS = ("auto", "numba", "torch", "numpy")
+LOOKUPS = ("nearest", "trilinear")
+T_MIN = 1e-3
+"""a ray stops once its transmittance falls below this"""
+
+
+def resolve_backend(backend: str, device: torch.device | str) -> str:
+    """'auto' -> 'torch' on CUDA, 'numba' on the CPU; other names are checked and returned."""
+    if backend not in BACKENDS:
+        raise TurboNerfError(f"unknown NerfTree backend '{backend}' (choose from {', '.join(BACKENDS)})")
+    if backend == "auto":
+        return "torch" if torch.device(device).type == "cuda" else "numba"
+    return backend
+
+
+def default_step(tree: NerfTree, ndc: bool = False) -> float:
+    """Marching step in units of t: one fine voxel for unit-length directions. NDC rays have
+    direction norms of about 2 (z component 2 near / depth), so half of that there."""
+    return tree.voxel_size() / (2.0 if ndc else 1.0)
+
+
+class TreeRenderer:
+    """A tree prepared once for one backend and device; renders rays, or serves as a method's
+    ``render(rays, background)`` (a :data:`turbonerf.render.renderer.RenderFn`).
+
+    Args:
+        tree: the baked tree.
+        backend: see :data:`BACKENDS`.
+        device: where rays will come from ("auto" resolves against CUDA availability).
+        lookup: "nearest" or "trilinear".
+        step: marching step in t units (default: :func:`default_step`).
+        ndc: the scene is forward-facing (only changes the default step).
+        t_min: early-termination transmittance.
+        threads: numba threads (default: numba's setting).
+
+    Attributes:
+        samples, rays: samples taken in occupied cells and rays rendered so far (statistics).
+    """
+
+    def __init__(
+        self,
+        tree: NerfTree,
+        backend: str = "auto",
+        device: torch.device | str = "cpu",
+        lookup: str = "nearest",
+        step: float | None = None,
+        ndc: bool = False,
+        t_min: float = T_MIN,
+        threads: int | None = None,
+    ):
+        if lookup not in LOOKUPS:
+            raise TurboNerfError(f"unknown lookup '{lookup}' (choose from {', '.join(LOOKUPS)})")
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.backend = resolve_backend(backend, self.device)
+        self.tree = tree
+        self.lookup = lookup
+        self.step = float(step) if step else default_step(tree, ndc)
+        self.t_min = float(t_min)
+        self.threads = threads
+        self.samples = 0
+        self.rays = 0
+        if self.backend == "numba":
+            from turbonerf.bake.march_cpu import march_cpu, prepare_cpu
+
+            self._prepared = prepare_cpu(tree)
+            one = np.zeros((1, 3), np.float32)  # load (or compile) the kernel now, not in the first timed frame
+            march_cpu(self._prepared, one, one + 1, one + 1, 0.0, 0.0, np.zeros(3), self.step, lookup, self.t_min, threads)
+        elif self.backend == "torch":
+            from turbonerf.bake.march_torch import prepare_torch
+
+            self._prepared = prepare_torch(tree, self.device)
+        else:
+            self._prepared = tree
+
+    @property
+    def name(self) -> str:
+        """e.g. "nerftree-numba" (plus "-trilinear" for trilinear lookup)."""
+        return f"nerftree-{self.backend}" + ("-trilinear" if self.lookup == "trilinear" else "")
+
+    def samples_per_ray(self) -> float:
+        """Mean samples taken in occupied cells per ray rendered so far."""
+        return self.samples / max(self.rays, 1)
+
+    @torch.no_grad()
+    def render_rays(self, origins: Tensor, dirs: Tensor, viewdirs: Tensor, near: Tensor, far: Tensor, background: Tensor) -> dict[str, Tensor]:
+        """[R, 3] rays (+ [R] near / far, [3] background) -> rgb [R, 3], depth [R], opacity [R],
+        samples [R], as float32 tensors on the rays' device."""
+        dev = origins.device
+        r = origins.shape[0]
+        near = torch.broadcast_to(torch.as_tensor(near, dtype=torch.float32, device=dev), (r,))
+        far = torch.broadcast_to(torch.as_tensor(far, dtype=torch.float32, device=dev), (r,))
+        args = [x.float() for x in (origins, dirs, viewdirs, near, far)]
+        bg = torch.as_tensor(background, dtype=torch.float32)
+        if self.backend == "torch":
+            from turbonerf.bake.march_torch import march_torch
+
+            tt = self._prepared if self._prepared.device == dev else self._prepare_torch_on(dev)
+            out = march_torch(tt, *args, bg.to(dev), self.step, self.lookup, self.t_min)
+        else:
+            arrays = [x.detach().cpu().numpy() for x in args]
+            if self.backend == "numba":
+                from turbonerf.bake.march_cpu import march_cpu
+
+                res = march_cpu(self._prepared, *arrays, bg.cpu().numpy(), self.step, self.lookup, self.t_min, self.threads)
+            else:
+                from turbonerf.bake.march_numpy import march_numpy
+
+                res = march_numpy(self.tree, *arrays, bg.cpu().numpy(), self.step, self.lookup, self.t_min)
+            out = {k: torch.from_numpy(v).to(dev) for k, v in res.items()}
+        self.samples += int(out["samples"].sum())
+        self.rays += r
+        return out
+
+    def _prepare_torch_on(self, device: torch.device):
+        from turbonerf.bake.march_torch import prepare_torch
+
+        self._prepared = prepare_torch(self.tree, device)
+        self.device = device
+        return self._prepared
+
+    def __call__(self, rays: RayBundle, background: Tensor) -> dict[str, Tensor]:
+        """RenderFn: rays -> rgb [R, 3], depth [R], opacity [R]."""
+        out = self.render_rays(rays.origins, rays.directions, rays.viewdirs, rays.near, rays.far, background)
+        return {"rgb": out["rgb"], "depth": out["depth"], "opacity": out["opacity"]}
+
+
+def render_tree(
+    tree: NerfTree,
+    origins,
+    dirs,
+    near,
+    far,
+    background,
+    step: float | None = None,
+    backend: str = "auto",
+    lookup: str = "nearest",
+    viewdirs=None,
+    t_min: float = T_MIN,
+):
+    """Render rays through a NerfTree.
+
+    Args:
+        origins, dirs: [R, 3] rays in the tree's space (NDC for forward-facing scenes), torch
+            tensors or numpy arrays; sample k sits at origins + t_k * dirs.
+        near, far: scalars or [R].
+        background: [3].
+        step: lattice spacing in t (default: :func:`default_step` for unit directions).
+        backend: "auto" | "numba" | "torch" | "numpy".
+        lookup: "nearest" | "trilinear".
+        viewdirs: [R, 3] directions for the colour (default: ``dirs``; normalised inside).
+    Returns:
+        (rgb [R, 3], depth [R], opacity [R]) float32, numpy arrays for numpy input, else tensors
+        on the rays' device.
+    """
+    as_numpy = isinstance(origins, np.ndarray)
+    o = torch.as_tensor(origins)
+    dev = o.device
+    d = torch.as_tensor(dirs, device=dev)
+    v = d if viewdirs is None else torch.as_tensor(viewdirs, device=dev)
+    renderer = TreeRenderer(tree, backend, dev, lookup, step, t_min=t_min)
+    out = renderer.render_rays(o, d, v, torch.as_tensor(near, device=dev), torch.as_tensor(far, device=dev), torch.as_tensor(background))
+    res = (out["rgb"], out["depth"], out["opacity"])
+    return tuple(x.cpu().numpy() for x in res) if as_numpy else res

@@ -1,0 +1,130 @@
+"""Baking a trained run and evaluating / rendering its tree: what ``turbonerf bake``,
+``turbonerf eval --baked`` and ``turbonerf render --baked`` call."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from turbonerf.bake.fields import baking_fields
+from turbonerf.bake.nerftree import NerfTree, bake, load_tree, read_tree_header, save_tree
+from turbonerf.bake.render import TreeRenderer
+from turbonerf.engine import runtime
+from turbonerf.engine.run import load_trained, read_run_spec
+from turbonerf.errors import TurboNerfError
+
+DEFAULT_TREE = Path("baked") / "nerftree.safetensors"
+"""where ``turbonerf bake`` puts the tree of a run, relative to the run folder"""
+
+
+def default_tree_path(run_dir: Path) -> Path:
+    return Path(run_dir) / DEFAULT_TREE
+
+
+def bake_run(
+    run_dir: Path,
+    out: Path | None = None,
+    coarse_res: int = 384,
+    fine_res: int = 4,
+    sh_degree: int = 3,
+    overwrite: bool = False,
+    device: str = "auto",
+    threshold: float | None = None,
+    visibility: bool = True,
+    n_dirs: int = 32,
+    batch: int = 1 << 16,
+    bf16: bool = True,
+    dtype: str = "float16",
+    progress: bool = True,
+) -> tuple[Path, NerfTree, dict]:
+    """Bake the latest checkpoint of ``run_dir`` into a NerfTree file.
+
+    Visibility culling uses the run's training cameras (not for NDC scenes, whose box already is
+    the reference frustum). Returns (path, tree, info) where info holds the bake time and settings
+    (also stored in the file's header).
+    """
+    out = Path(out) if out else default_tree_path(run_dir)
+    if out.exists() and not overwrite:
+        raise TurboNerfError("NerfTree file exists (use --overwrite to replace it)", out)
+    dev = runtime.resolve_device(device)
+    runtime.configure(dev)
+    model, spec, meta = load_trained(Path(run_dir), dev)
+    fields = baking_fields(model, sh_degree, n_dirs)
+    cameras = None
+    if visibility and not spec.scene.ndc:
+        from turbonerf.data.scene import load_scene
+
+        scene = load_scene(spec.scene.data, downscale=spec.scene.downscale, splits=("train",))
+        cameras = scene.split("train").cameras
+    t0 = time.perf_counter()
+    with torch.no_grad(), runtime.autocast(dev, bf16):
+        tree = bake(
+            fields, spec.scene.aabb, coarse_res, fine_res, cameras, threshold, batch, dev, dtype, progress=progress
+        )
+    seconds = time.perf_counter() - t0
+    info = {
+        "run": str(run_dir),
+        "method": spec.method,
+        "step": meta.get("step"),
+        "bake_seconds": seconds,
+        "device": str(dev),
+        "colour": fields.description,
+        "visibility_culling": cameras is not None,
+        "bf16": bf16,
+        "ndc": spec.scene.ndc,
+    }
+    save_tree(out, tree, info)
+    info["storage_mb"] = out.stat().st_size / 2**20
+    info["n_blocks"] = tree.n_blocks
+    info["occupied_fraction"] = tree.occupied_fraction()
+    return out, tree, info
+
+
+def tree_renderer_for_run(
+    run_dir: Path, tree_path: Path | None = None, device: str = "auto", backend: str = "auto", lookup: str = "nearest", step: float | None = None
+) -> tuple[TreeRenderer, Path]:
+    """A renderer for the run's baked tree (default ``RUN/baked/nerftree.safetensors``)."""
+    path = Path(tree_path) if tree_path else default_tree_path(run_dir)
+    spec = read_run_spec(Path(run_dir))
+    tree = load_tree(path)
+    return TreeRenderer(tree, backend, runtime.resolve_device(device), lookup, step, ndc=spec.scene.ndc), path
+
+
+def evaluate_baked(
+    run_dir: Path,
+    tree_path: Path | None = None,
+    backend: str = "auto",
+    lookup: str = "nearest",
+    step: float | None = None,
+    device: str = "auto",
+    chunk: int = 1 << 20,
+    out_name: str = "eval_baked",
+    **eval_kwargs,
+) -> dict:
+    """``evaluate_run`` with the baked tree as the renderer: writes ``RUN/<out_name>/results.json``
+    with ``renderer`` (e.g. "nerftree-numba"), ``storage_mb`` (the tree file, MiB) and the tree's
+    mean samples per ray."""
+    from turbonerf.eval.evaluate import evaluate_run
+
+    renderer, path = tree_renderer_for_run(run_dir, tree_path, device, backend, lookup, step)
+    header = read_tree_header(path)
+
+    def extra() -> dict:
+        return {
+            "renderer": renderer.name,
+            "storage_mb": path.stat().st_size / 2**20,
+            "samples_per_ray": renderer.samples_per_ray(),
+            "params": None,
+            "flops_per_ray": None,
+            "tree": str(path),
+            "tree_coarse_res": header["coarse_res"],
+            "tree_fine_res": header["fine_res"],
+            "tree_sh_degree": header["sh_degree"],
+            "tree_blocks": header["n_blocks"],
+            "march_step": renderer.step,
+            "bake_seconds": header.get("info", {}).get("bake_seconds"),
+        }
+
+    return evaluate_run(run_dir, device=device, chunk=chunk, out_name=out_name, render_fn=renderer, extra_results=extra, **eval_kwargs)
