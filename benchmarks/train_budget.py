@@ -35,7 +35,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--split", default="test")
     p.add_argument("--out", required=True, type=Path, help="folder for the runs and the summary")
     p.add_argument("--set", action="append", default=[], metavar="METHOD:KEY=VALUE", help="a method option")
-    p.add_argument("--resume", action="store_true", help="reuse finished runs found in --out")
+    p.add_argument("--resume", action="store_true", help="reuse finished runs and evaluations found in --out")
     p.add_argument("--threads", type=int, default=None, help="torch / numba threads (1 is steadier on a shared 2-core machine)")
     return p.parse_args()
 
@@ -64,7 +64,11 @@ def run_method(args: argparse.Namespace, method: str) -> list[dict]:
         if not ckpt.is_file():
             print(f"{method}: no checkpoint for {m:g} min ({ckpt})")
             continue
-        res = evaluate_run(run, args.split, args.limit, args.every, checkpoint=ckpt, out_name=f"eval_{m:g}min")
+        done = run / f"eval_{m:g}min" / "results.json"
+        if args.resume and done.is_file():
+            res = json.loads(done.read_text())
+        else:
+            res = evaluate_run(run, args.split, args.limit, args.every, checkpoint=ckpt, out_name=f"eval_{m:g}min")
         rows.append(
             {
                 "method": method,

@@ -19,6 +19,7 @@ colour by evaluating the SH basis at the view direction and a sigmoid.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,7 @@ from torch import Tensor, nn
 from turbonerf.encodings.frequency import FrequencyEncoding
 from turbonerf.encodings.sh import sh_basis
 from turbonerf.rays import PackedSamples, RayBundle
+from turbonerf.render.renderer import eval_in_chunks
 from turbonerf.render.volrend import composite, render_weight_from_density
 from turbonerf.samplers.pivotal import pivotal_samples
 from turbonerf.samplers.uniform import stratified_edges
@@ -172,7 +174,7 @@ class EfficientNeRF(nn.Module):
         grid_raw = self.grid.query(pts) if c.pivots_from_grid else None
         coarse = None
         if train or not c.pivots_from_grid:
-            raw_c, rgb_c = self.coarse(pts, cs.viewdirs(rays))
+            raw_c, rgb_c = self.coarse(pts, cs.viewdirs(rays)) if train else eval_in_chunks(self.coarse, pts, cs.viewdirs(rays))
             sigma_c = activate_density(raw_c, noise)
             coarse = composite(cs.t_starts, cs.t_ends, sigma_c, rgb_c, cs.ray_indices, n_rays, background)
             if train:
@@ -190,7 +192,8 @@ class EfficientNeRF(nn.Module):
                 w = torch.where(random_subset(w > c.weight_threshold, cap), w, torch.zeros_like(w))
                 n_pivots = cap
         fs, _ = pivotal_samples(cs, w, c.n_per_pivot, c.delta_f if c.delta_f > 0 else None, c.weight_threshold, rays.near, rays.far)
-        raw_f, rgb_f = self.fine(fs.positions(rays), fs.viewdirs(rays))
+        field = self.fine if train else partial(eval_in_chunks, self.fine)
+        raw_f, rgb_f = field(fs.positions(rays), fs.viewdirs(rays))
         sigma_f = activate_density(raw_f, noise)
         fine = composite(fs.t_starts, fs.t_ends, sigma_f, rgb_f, fs.ray_indices, n_rays, background)
 

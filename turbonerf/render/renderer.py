@@ -13,6 +13,16 @@ from turbonerf.rays import RayBundle, image_ray_bundle
 RenderFn = Callable[[RayBundle, Tensor], dict[str, Tensor]]
 
 
+def eval_in_chunks(fn: Callable[..., tuple[Tensor, ...]], *inputs: Tensor, chunk: int = 1 << 18) -> tuple[Tensor, ...]:
+    """``fn(*inputs)`` evaluated on slices of ``chunk`` rows and concatenated, bounding peak memory
+    when a field is queried at millions of points without gradients. All inputs share dim 0."""
+    n = inputs[0].shape[0]
+    if n <= chunk:
+        return fn(*inputs)
+    parts = [fn(*(x[i : i + chunk] for x in inputs)) for i in range(0, n, chunk)]
+    return tuple(torch.cat(p, dim=0) for p in zip(*parts))
+
+
 @torch.no_grad()
 def render_rays_chunked(render_fn: RenderFn, rays: RayBundle, background: Tensor, chunk: int) -> dict[str, Tensor]:
     """Call ``render_fn`` on slices of ``chunk`` rays and concatenate its outputs along dim 0."""
