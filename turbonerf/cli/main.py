@@ -16,7 +16,7 @@ import typer
 from turbonerf.errors import TurboNerfError
 
 app = typer.Typer(
-    help="turbonerf: train neural radiance fields and make them render fast.",
+    help="turbonerf: train neural radiance fields and make them render fast. Add --debug anywhere for a full traceback on errors.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

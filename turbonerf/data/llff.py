@@ -34,10 +34,9 @@ from turbonerf.data.images import (
     image_header,
     load_images,
 )
-from turbonerf.data.scene import Scene, SceneInfo, Split
+from turbonerf.data.scene import Scene, SceneInfo, Split, holdout_split
 from turbonerf.errors import TurboNerfError
 
-HOLDOUT_EVERY = 8
 BD_FACTOR = 0.75
 ASPECT_TOLERANCE = 0.01
 
@@ -151,16 +150,6 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
-def split_indices(n: int) -> dict[str, list[int]]:
-    """Every 8th index (i % 8 == 0) is test, the rest train; with fewer than 2 images all are train."""
-    if n < 2:
-        return {"train": list(range(n)), "test": []}
-    return {
-        "train": [i for i in range(n) if i % HOLDOUT_EVERY != 0],
-        "test": [i for i in range(n) if i % HOLDOUT_EVERY == 0],
-    }
-
-
 def ndc_aabb() -> torch.Tensor:
     """[2, 3] the NDC cube."""
     return torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
@@ -206,7 +195,7 @@ def load(root: Path, downscale: int = 1, splits: tuple[str, ...] | None = None) 
     )
     cameras = downscale_cameras(folder_cams, extra)
     loaded = {}
-    for name, idx in split_indices(n).items():
+    for name, idx in holdout_split(n).items():
         if (splits is not None and name not in splits) or not idx:
             continue
         split_paths = [paths[i] for i in idx]
@@ -235,7 +224,7 @@ def info(root: Path) -> SceneInfo:
     return SceneInfo(
         format="llff",
         root=root,
-        splits={k: len(v) for k, v in split_indices(len(poses)).items()},
+        splits={k: len(v) for k, v in holdout_split(len(poses)).items()},
         width=int(round(full_w)),
         height=int(round(full_h)),
         fx=focal,

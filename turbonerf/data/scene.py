@@ -116,6 +116,14 @@ class SceneInfo:
         }
 
 
+def holdout_split(n: int, every: int = 8) -> dict[str, list[int]]:
+    """The NeRF convention for scenes without splits: every ``every``-th image (i % every == 0)
+    is test, the rest train; with fewer than 2 images all are train."""
+    if n < 2:
+        return {"train": list(range(n)), "test": []}
+    return {"train": [i for i in range(n) if i % every != 0], "test": [i for i in range(n) if i % every == 0]}
+
+
 def detect_format(path: str | Path) -> str:
     """Return "blender", "llff" or "transforms" for a scene folder, or raise TurboNerfError."""
     root = Path(path)

@@ -47,10 +47,9 @@ from turbonerf.data.images import (
     pose_from_json,
     resolve_image_path,
 )
-from turbonerf.data.scene import Scene, SceneInfo, Split
+from turbonerf.data.scene import Scene, SceneInfo, Split, holdout_split
 from turbonerf.errors import TurboNerfError
 
-HOLDOUT_EVERY = 8
 AABB_HALF_SIZE = 1.5
 NEAR_FRACTION = 0.05
 DISTORTION_KEYS = ("k1", "k2", "p1", "p2")
@@ -179,16 +178,6 @@ def read_meta(root: Path) -> SceneMeta:
     return SceneMeta(path, metas, aabb_scale)
 
 
-def split_indices(n: int) -> dict[str, list[int]]:
-    """Every 8th frame (i % 8 == 0) is test, the rest train; fewer than 2 frames: all train."""
-    if n < 2:
-        return {"train": list(range(n)), "test": []}
-    return {
-        "train": [i for i in range(n) if i % HOLDOUT_EVERY != 0],
-        "test": [i for i in range(n) if i % HOLDOUT_EVERY == 0],
-    }
-
-
 def scene_aabb(aabb_scale: float) -> torch.Tensor:
     """[2, 3] origin-centred box of half size 1.5 * aabb_scale."""
     half = AABB_HALF_SIZE * aabb_scale
@@ -253,7 +242,7 @@ def load(root: Path, downscale: int = 1, splits: tuple[str, ...] | None = None) 
     white = has_alpha(meta.frames)
     background = (1.0, 1.0, 1.0) if white else (0.0, 0.0, 0.0)
     loaded = {}
-    for name, idx in split_indices(len(meta.frames)).items():
+    for name, idx in holdout_split(len(meta.frames)).items():
         if (splits is not None and name not in splits) or not idx:
             continue
         paths = [meta.frames[i].image_path for i in idx]
@@ -285,7 +274,7 @@ def info(root: Path) -> SceneInfo:
     return SceneInfo(
         format="transforms",
         root=root,
-        splits={k: len(v) for k, v in split_indices(len(meta.frames)).items()},
+        splits={k: len(v) for k, v in holdout_split(len(meta.frames)).items()},
         width=first.width,
         height=first.height,
         fx=first.fx,
