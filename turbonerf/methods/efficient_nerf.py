@@ -159,7 +159,7 @@ class EfficientNeRF(nn.Module):
         self.coarse = SHField(c.coarse_depth, c.coarse_width, c.coarse_skip, c.sh_degree, c.pos_freqs)
         self.fine = SHField(c.fine_depth, c.fine_width, c.fine_skip, c.sh_degree, c.pos_freqs)
         self.grid = DensityGrid(aabb, c.grid_resolution, c.grid_init)
-        self.last_samples_per_ray: float | None = None
+        self.rendered = [0, 0]  # [network evaluations, rays] over all render calls
 
     def _forward(self, rays: RayBundle, background: Tensor, train: bool) -> tuple[dict, dict, dict[str, float]]:
         c = self.config
@@ -216,14 +216,15 @@ class EfficientNeRF(nn.Module):
 
     def render(self, rays: RayBundle, background: Tensor) -> dict[str, Tensor]:
         _, fine, stats = self._forward(rays, background, train=False)
-        self.last_samples_per_ray = stats["samples_per_ray"]
+        self.rendered[0] += round(stats["samples_per_ray"] * len(rays))
+        self.rendered[1] += len(rays)
         return {"rgb": fine["rgb"], "depth": fine["depth"], "opacity": fine["opacity"]}
 
     def samples_per_ray(self) -> float:
-        """Network evaluations per rendered ray: the average measured by the last ``render``
-        call (it depends on the scene and the grid), or the worst case before any render."""
-        if self.last_samples_per_ray is not None:
-            return self.last_samples_per_ray
+        """Network evaluations per rendered ray: the average over every ray rendered so far
+        (it depends on the scene and the grid), or the worst case before any render."""
+        if self.rendered[1] > 0:
+            return self.rendered[0] / self.rendered[1]
         c = self.config
         return float(c.n_coarse * (1 + c.n_per_pivot))
 
