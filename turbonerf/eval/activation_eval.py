@@ -481,8 +481,9 @@ def evaluate_sampler_configs(
                 model, cfg, data.cameras, i, scene.near, scene.far, scene.ndc, scene.background, chunk, dev, padding
             )
 
-    # warm-up: one small render per configuration, untimed (lazy initialisation, allocator)
-    warm = image_ray_bundle(data.cameras, indices[0], scene.near, scene.far, scene.ndc)[:64]
+    # warm-up: one full chunk per configuration, untimed (lazy initialisation, and the allocator
+    # growing to chunk-sized buffers: without it the first configuration measured pays ~2x)
+    warm = image_ray_bundle(data.cameras, indices[0], scene.near, scene.far, scene.ndc)[:chunk]
     with torch.no_grad(), runtime.autocast(dev, bf16):
         for cfg in configs:
             fn = make_render_fn(model, SamplerConfig(**{**asdict(cfg), "upsample": False}), StageTimer(dev), padding)
