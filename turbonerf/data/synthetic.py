@@ -127,7 +127,7 @@ def write_tiny_transforms_scene(
     """Write an instant-ngp / nerfstudio ``transforms.json`` scene of the sphere.
 
     Args:
-        root: scene folder (images go to ``root/images/frame_XXX.png``).
+        root: scene folder (images go to ``root/images/frame_NNN.png``).
         n_frames: number of frames (every 8th becomes a test view when loaded).
         size: image size, ``S`` or ``(width, height)``.
         distortion: OpenCV (k1, k2, p1, p2) written at scene level and used to render, or None.
