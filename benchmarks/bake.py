@@ -162,9 +162,10 @@ def bench_run(args: argparse.Namespace) -> dict:
     else:
         path, _, info = bake_run(run, None, args.coarse_res, args.fine_res, args.sh_degree, overwrite=True, device=args.device)
         bake_seconds = info["bake_seconds"]
-    common = dict(split="test", limit=args.limit, every=args.every, device=args.device, progress=True)
-    model_res = evaluate_run(run, out_name="bench_model", **common)
-    tree_res = evaluate_baked(run, path, lookup=args.lookup, out_name="bench_baked", **common)
+    model_res = evaluate_run(run, "test", args.limit, args.every, device=args.device, out_name="bench_model")
+    tree_res = evaluate_baked(
+        run, path, lookup=args.lookup, device=args.device, out_name="bench_baked", limit=args.limit, every=args.every
+    )
 
     dev = runtime.resolve_device(args.device)
     model, spec, _ = load_trained(run, dev)

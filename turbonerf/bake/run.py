@@ -101,7 +101,11 @@ def evaluate_baked(
     device: str = "auto",
     chunk: int = 1 << 20,
     out_name: str = "eval_baked",
-    **eval_kwargs,
+    split: str = "test",
+    limit: int | None = None,
+    every: int = 1,
+    downscale: int | None = None,
+    progress: bool = True,
 ) -> dict:
     """``evaluate_run`` with the baked tree as the renderer: writes ``RUN/<out_name>/results.json``
     with ``renderer`` (e.g. "nerftree-numba"), ``storage_mb`` (the tree file, MiB) and the tree's
@@ -127,4 +131,7 @@ def evaluate_baked(
             "bake_seconds": header.get("info", {}).get("bake_seconds"),
         }
 
-    return evaluate_run(run_dir, device=device, chunk=chunk, out_name=out_name, render_fn=renderer, extra_results=extra, **eval_kwargs)
+    return evaluate_run(
+        run_dir, split, limit, every, downscale, device, chunk, progress=progress,
+        out_name=out_name, render_fn=renderer, extra_results=extra,
+    )
