@@ -59,7 +59,7 @@ from turbonerf.engine.run import (
     read_run_spec,
     write_run_spec,
 )
-from turbonerf.engine.trainer import TrainingInterrupted, sample_pixels, sigterm_as_keyboard_interrupt
+from turbonerf.engine.trainer import TrainingInterrupted, checkpoint_due, sample_pixels, sigterm_as_keyboard_interrupt
 from turbonerf.errors import TurboNerfError
 from turbonerf.methods.registry import apply_overrides
 from turbonerf.rays import RayBundle, make_rays
@@ -334,7 +334,7 @@ def distill(opts: DistillOptions) -> DistillResult:
                            "mse": mse_fresh, "hard_rays": rows.shape[0] - n_fresh, "lr": optimizer.param_groups[0]["lr"]}
                     log.write(json.dumps(rec) + "\n")
                     log.flush()
-                if step - last_ckpt_step >= opts.checkpoint_every or time.monotonic() - last_ckpt_time > 60 * opts.checkpoint_minutes:
+                if checkpoint_due(step, last_ckpt_step, last_ckpt_time, opts.checkpoint_every, opts.checkpoint_minutes):
                     checkpoint(last_psnr)
                     last_ckpt_step, last_ckpt_time = step, time.monotonic()
     except KeyboardInterrupt:

@@ -86,6 +86,11 @@ def sample_pixels(
     return img, u, v
 
 
+def checkpoint_due(step: int, last_step: int, last_time: float, every_steps: int, every_minutes: float) -> bool:
+    """True when ``every_steps`` steps or ``every_minutes`` minutes have passed since the last checkpoint."""
+    return step - last_step >= every_steps or time.monotonic() - last_time > 60 * every_minutes
+
+
 @contextmanager
 def sigterm_as_keyboard_interrupt():
     """Turn SIGTERM into KeyboardInterrupt for the duration, so both save a checkpoint."""
@@ -199,7 +204,7 @@ def train(opts: TrainOptions) -> TrainResult:
                     log.flush()
                 if snapshots and elapsed >= 60.0 * snapshots[0]:
                     checkpoint(last_psnr, ckpt_path.with_name(f"snapshot_{snapshots.pop(0):g}min.safetensors"))
-                if step - last_ckpt_step >= opts.checkpoint_every or time.monotonic() - last_ckpt_time > 60 * opts.checkpoint_minutes:
+                if checkpoint_due(step, last_ckpt_step, last_ckpt_time, opts.checkpoint_every, opts.checkpoint_minutes):
                     checkpoint(last_psnr)
                     last_ckpt_step, last_ckpt_time = step, time.monotonic()
     except KeyboardInterrupt:
