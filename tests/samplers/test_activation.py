@@ -127,3 +127,61 @@ def test_fine_edges_merge_the_bins_and_follow_the_estimate():
     hist = torch.histc(new1, bins=s, min=2.0, max=6.0)
     assert hist.max() - hist.min() <= 1
     assert torch.equal(fine, activation_fine_edges(edges, est, n, padding=0.01))  # deterministic
+
+
+def _ball_density(x: torch.Tensor) -> torch.Tensor:
+    """A solid ball of radius 0.5 at the origin with density 20 and a soft edge: [N, 3] -> [N]."""
+    return 20.0 * torch.sigmoid((0.5 - x.norm(dim=-1)) * 40.0)
+
+
+def _spearman_per_ray(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """[R, S] x [R, S] -> [R] rank correlation per ray (ties get their average rank)."""
+
+    def ranks(x):
+        less = (x[:, None, :] < x[:, :, None]).sum(-1).float()
+        equal = (x[:, None, :] == x[:, :, None]).sum(-1).float()
+        r = less + 0.5 * (equal - 1.0)
+        return r - r.mean(-1, keepdim=True)
+
+    ra, rb = ranks(a), ranks(b)
+    return (ra * rb).sum(-1) / (ra.norm(dim=-1) * rb.norm(dim=-1)).clamp(min=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_trained_network_activations_correlate_with_density_along_rays(seed):
+    """A NeRF MLP trained to represent a known density (a ball) carries that density in its
+    trunk activations: along rays through the ball, the mean ReLU activation of trunk layer 2
+    must rank-correlate with the true density with Spearman > 0.4 on average (measured 0.71 and
+    0.59 for these seeds) and clearly more than an untrained network's.
+
+    The density is fitted directly rather than through photometric training, which on a tiny
+    scene is too unstable for a test; the paper's local-minimum reading (``fct='std'``) is a
+    property of photometrically trained networks and is measured on lego in BENCHMARKS.md."""
+    torch.manual_seed(seed)
+    mlp = NeRFMLP(pos_freqs=6, dir_freqs=2, depth=4, width=64, skip=2, color_width=32)
+    opt = torch.optim.Adam(mlp.parameters(), lr=5e-3)
+    for _ in range(400):
+        x = torch.rand(2048, 3) * 3.0 - 1.5
+        loss = ((mlp.density(x) - _ball_density(x)) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    g = torch.Generator().manual_seed(100 + seed)
+    n = 64
+    o = torch.tensor([0.0, 0.0, 3.0]).expand(n, 3).contiguous()
+    d = (torch.rand(n, 3, generator=g) - 0.5) * 0.6 - o  # aimed at points inside the ball
+    d = d / d.norm(dim=-1, keepdim=True)
+    rays = RayBundle(o, d, d, torch.full((n,), 1.5), torch.full((n,), 4.5))
+    edges = stratified_edges(rays.near, rays.far, 64, jitter=False)
+    t_mid = 0.5 * (edges[:, :-1] + edges[:, 1:])
+    truth = _ball_density((o[:, None] + t_mid[..., None] * d[:, None]).reshape(-1, 3)).reshape(n, 64)
+
+    with torch.no_grad():
+        est = activation_density(lambda p: mlp.trunk_features(p, 2), rays, edges, fct="none", reduce="mean")
+        untrained = NeRFMLP(pos_freqs=6, dir_freqs=2, depth=4, width=64, skip=2, color_width=32)
+        est0 = activation_density(lambda p: untrained.trunk_features(p, 2), rays, edges, fct="none", reduce="mean")
+    assert torch.isfinite(est).all()
+    rho = float(_spearman_per_ray(est, truth).mean())
+    assert rho > 0.4, rho
+    assert rho > float(_spearman_per_ray(est0, truth).mean()) + 0.2
