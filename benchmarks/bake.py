@@ -51,6 +51,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="numba threads (default: all)")
     p.add_argument("--reps", type=int, default=5, help="timed renders per size (median reported)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--prune-weight", type=float, default=0.0, help="prune blocks below this training-ray weight (see `turbonerf bake --help`)")
+    p.add_argument("--threshold", type=float, default=None, help="bake density threshold (default: opacity 0.01 per fine voxel)")
+    p.add_argument("--prune-from", type=Path, default=None, help="prune this existing tree (with --prune-weight) into --tree instead of baking")
+    p.add_argument("--tree", type=Path, default=None, help="tree file to write / reuse (default RUN/baked/nerftree.safetensors)")
+    p.add_argument("--tag", default="", help="suffix of the evaluation folders and of bench_bake<tag>.json")
+    p.add_argument("--vanilla", type=Path, default=None, help="a vanilla NeRF run timed at --model-size in the same run (the 1000x bar)")
     return p.parse_args()
 
 
@@ -150,21 +156,38 @@ def bench_run(args: argparse.Namespace) -> dict:
     from turbonerf.bake.run import bake_run, default_tree_path, evaluate_baked, tree_renderer_for_run
     from turbonerf.data.scene import load_scene
     from turbonerf.engine import runtime
-    from turbonerf.engine.run import load_trained
+    from turbonerf.engine.run import load_trained, read_run_spec
     from turbonerf.eval.evaluate import evaluate_run
 
     run = args.run
-    path = default_tree_path(run)
-    if args.reuse and path.exists():
+    path = args.tree or default_tree_path(run)
+    if args.prune_from is not None:  # prune an existing tree instead of baking again
+        from turbonerf.bake.nerftree import load_tree, read_tree_header, save_tree
+        from turbonerf.bake.run import prune_with_training_rays
+
+        s = read_run_spec(run).scene
+        src = load_tree(args.prune_from)
+        info = read_tree_header(args.prune_from).get("info", {})
+        t0 = time.perf_counter()
+        pruned = prune_with_training_rays(src, load_scene(s.data, downscale=s.downscale, splits=("train",)), args.prune_weight)
+        info.update(prune_weight=args.prune_weight, prune_seconds=time.perf_counter() - t0, blocks_before_pruning=src.n_blocks)
+        del src
+        save_tree(path, pruned, info)
+        del pruned
+        bake_seconds = info.get("bake_seconds", 0.0) + info["prune_seconds"]
+    elif args.reuse and path.exists():
         from turbonerf.bake.nerftree import read_tree_header
 
         bake_seconds = read_tree_header(path).get("info", {}).get("bake_seconds")
     else:
-        path, _, info = bake_run(run, None, args.coarse_res, args.fine_res, args.sh_degree, overwrite=True, device=args.device)
+        path, _, info = bake_run(
+            run, path, args.coarse_res, args.fine_res, args.sh_degree, overwrite=True, device=args.device,
+            threshold=args.threshold, prune_weight=args.prune_weight,
+        )
         bake_seconds = info["bake_seconds"]
     model_res = evaluate_run(run, "test", args.limit, args.every, device=args.device, out_name="bench_model")
     tree_res = evaluate_baked(
-        run, path, lookup=args.lookup, device=args.device, out_name="bench_baked", limit=args.limit, every=args.every
+        run, path, lookup=args.lookup, device=args.device, out_name="bench_baked" + args.tag, limit=args.limit, every=args.every
     )
 
     dev = runtime.resolve_device(args.device)
@@ -184,7 +207,19 @@ def bench_run(args: argparse.Namespace) -> dict:
     with torch.no_grad(), runtime.autocast(dev):
         model_ms = time_renderer(model.render, rays, s.background.to(dev), max(1, args.reps // 2))
     tree_small = next(r["ms"] for r in rows if r["size"] == args.model_size)
+    vanilla = None
+    if args.vanilla is not None:
+        vmodel, vspec, _ = load_trained(args.vanilla, dev)
+        vmodel.eval()
+        with torch.no_grad(), runtime.autocast(dev):
+            v_ms = time_renderer(vmodel.render, rays, s.background.to(dev), 1)
+        # vanilla NeRF's cost is the same for every ray (64 + 128 samples), so a frame scales with its pixels
+        big = max(args.sizes)
+        v_big = v_ms * (big / args.model_size) ** 2
+        tree_big = next(r["ms"] for r in rows if r["size"] == big)
+        vanilla = {"run": str(args.vanilla), "ms_model_size": v_ms, "size": big, "ms_extrapolated": v_big, "speedup": v_big / tree_big}
     return {
+        "vanilla": vanilla,
         "run": str(run),
         "method": spec.method,
         "tree": str(path),
@@ -225,6 +260,14 @@ def markdown(res: dict) -> str:
             f"{res['tree_ms_same_size']:.1f} ms/frame ({res['speedup']:.0f}x faster).",
             "",
         ]
+        v = res.get("vanilla")
+        if v:
+            lines += [
+                f"Vanilla NeRF (`{v['run']}`) in the same run: {v['ms_model_size']:.0f} ms per {res['model_size']}x{res['model_size']} frame, "
+                f"i.e. {v['ms_extrapolated'] / 1000:.0f} s per {v['size']}x{v['size']} frame (scaled by pixels); the tree is "
+                f"{v['speedup']:.0f}x faster at {v['size']}x{v['size']}.",
+                "",
+            ]
     else:
         lines += [
             f"Synthetic tree: {res['blocks']} blocks ({100 * res['occupied_fraction']:.2f}% of {res['coarse_res']}^3 cells, "
@@ -251,7 +294,7 @@ def main() -> None:
         raise SystemExit("give --run RUN_DIR or --synthetic")
     else:
         res = bench_run(args)
-        (args.run / "bench_bake.json").write_text(json.dumps(res, indent=2))
+        (args.run / f"bench_bake{args.tag}.json").write_text(json.dumps(res, indent=2))
     print(markdown(res))
 
 

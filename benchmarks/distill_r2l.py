@@ -64,6 +64,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--split", default="test")
     p.add_argument("--sizes", nargs="+", type=int, default=[400, 800], help="frame widths to time")
     p.add_argument("--timing-rays", type=int, default=8192, help="teacher rays timed per frame size (then scaled)")
+    p.add_argument("--compare", nargs="*", type=Path, default=[], help="more trained runs (e.g. a vanilla NeRF) timed and scored beside teacher and student")
+    p.add_argument("--compare-eval", default="eval_15min", help="a compare run's metrics come from RUN/<this>/results.json when present (e.g. the lego table's evaluation), else it is evaluated")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--resume", action="store_true", help="reuse students already finished in --out")
@@ -155,13 +157,19 @@ def main() -> None:
     facts = run_student(student_options(args, main_run, args.minutes, args.real_fraction, args.hard_ratio, args.num_pseudo_images), args.resume)
 
     rows = {}
-    for name, run in (("teacher", args.teacher), ("student", main_run)):
+    models = [("teacher", args.teacher), *((f"compare:{r}", r) for r in args.compare), ("student", main_run)]
+    for name, run in models:
         model, spec, _ = load_trained(run, device)
         model.eval()
-        ev = scored(run, args, "eval_distill_bench")
+        known = run / args.compare_eval / "results.json"
+        if name.startswith("compare:") and known.is_file():
+            r = json.loads(known.read_text())
+            ev = {k: r[k] for k in ("psnr", "ssim", "ms_per_frame", "n_images", "width", "height", "device", "flops_per_ray", "params")}
+        else:
+            ev = scored(run, args, "eval_distill_bench")
         timing = {}
         for w in args.sizes:
-            max_rays = args.timing_rays if name == "teacher" else None
+            max_rays = args.timing_rays if name != "student" else None
             ms, n = frame_ms(model, spec, w, device, max_rays, 8192, 3 if max_rays else 1)
             timing[w] = {"ms": ms, "rays_timed": n, "extrapolated": max_rays is not None and n < w * w}
         rows[name] = {
@@ -194,6 +202,7 @@ def main() -> None:
         "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads",
         "teacher": rows["teacher"],
         "student": rows["student"],
+        "compare": [rows[n] for n, _ in models if n.startswith("compare:")],
         "ablation": ablation,
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
     }
@@ -214,12 +223,13 @@ def markdown(s: dict, args) -> str:
         "|" + "---|" * (7 + len(sizes)),
     ]
     preset = args.preset + (" + " + " ".join(args.set) if args.set else "")
-    for name, r in (("teacher", t), (f"R2L student ({preset})", st)):
+    named = [("teacher", t), *((f"{c['method']} (`{c['run']}`)", c) for c in s["compare"]), (f"R2L student ({preset})", st)]
+    for name, r in named:
         frames = []
         for w in sizes:
             f = r["frames"][w]
             frames.append(f"{f['ms']:.0f}" + (f" (extrapolated from {f['rays_timed']} rays)" if f["extrapolated"] else ""))
-        if name == "teacher":
+        if r is not st:
             dist = "-"
         else:
             dist = (f"{(st['generation_s'] + st['train_s']) / 60:.1f} min ({st['generation_s'] / 60:.1f} pseudo data, "
@@ -230,6 +240,9 @@ def markdown(s: dict, args) -> str:
         )
     ratio = t["flops_per_ray"] / max(st["flops_per_ray"], 1)
     lines += ["", f"The student needs {ratio:.1f}x fewer FLOPs per ray than the teacher."]
+    for r in [t, *s["compare"]]:
+        speed = ", ".join(f"{r['frames'][w]['ms'] / st['frames'][w]['ms']:.1f}x at {w}px" for w in sizes)
+        lines.append(f"Per frame the student is faster than {r['method']} (`{r['run']}`) by {speed} (same run).")
     if s["ablation"]:
         minutes = s["ablation"][0]["minutes"]
         lines += ["", f"Ablation ({minutes:g} min of training each, same pseudo data):", "",

@@ -103,3 +103,8 @@ def test_bake_eval_and_render_a_tiny_vanilla_run(tiny_scene, tmp_path, capsys):
     assert len(list((out / "rgb").glob("*.png"))) == 2
     assert main(["eval", "--run", str(run), "--tree", str(tmp_path / "none.safetensors"), "--no-progress"]) == 2
     assert "none.safetensors" in capsys.readouterr().err
+
+    pruned_file = tmp_path / "pruned.safetensors"
+    assert main(bake_args + ["--out", str(pruned_file), "--prune-weight", "1e-6"]) == 0
+    pruned = load_tree(pruned_file)
+    assert 0 < pruned.n_blocks <= tree.n_blocks and pruned.coarse_res == 16

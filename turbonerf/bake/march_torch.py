@@ -186,6 +186,7 @@ def march_torch(
     t_min: float = 1e-3,
     samples_per_round: int = 64,
     dtype: torch.dtype = torch.float32,
+    block_weight: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """March R rays through the tree on the tensors' device (contract of
     :func:`turbonerf.bake.march_numpy.march_numpy`).
@@ -196,6 +197,9 @@ def march_torch(
         samples_per_round: lattice samples per ray and round.
         dtype: compute precision (float64 matches the CPU backends bit for bit in practice;
             float32 differs only for samples within rounding distance of a voxel face).
+        block_weight: optional float [M] on the rays' device, updated in place: each block's
+            entry becomes the largest compositing weight any sample in it received (what
+            :func:`turbonerf.bake.prune.block_max_weights` collects over training rays).
     Returns:
         rgb [R, 3], depth [R], opacity [R] float32, samples [R] int32, on the rays' device.
     """
@@ -266,6 +270,10 @@ def march_torch(
             col = torch.sigmoid(x)
             wc = w.reshape(-1)[csel]
             rgb.index_add_(0, live[ray_of], wc[:, None] * col)
+        if block_weight is not None:
+            bsel = torch.nonzero(included.reshape(-1)).squeeze(1)
+            blocks = torch.div(vox[bsel], tt.fine_res**3, rounding_mode="floor")
+            block_weight.scatter_reduce_(0, blocks, w.reshape(-1)[bsel].to(block_weight.dtype), "amax")
         depth[live] += (w * t).sum(1)
         opac[live] += w.sum(1)
         samples[live] += included.sum(1).to(torch.int32)

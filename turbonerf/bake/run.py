@@ -10,7 +10,8 @@ import torch
 
 from turbonerf.bake.fields import baking_fields
 from turbonerf.bake.nerftree import NerfTree, bake, load_tree, read_tree_header, save_tree
-from turbonerf.bake.render import TreeRenderer
+from turbonerf.bake.prune import block_max_weights, prune_blocks
+from turbonerf.bake.render import TreeRenderer, default_step
 from turbonerf.engine import runtime
 from turbonerf.engine.run import load_trained, read_run_spec
 from turbonerf.errors import TurboNerfError
@@ -37,13 +38,17 @@ def bake_run(
     batch: int = 1 << 16,
     bf16: bool = True,
     dtype: str = "float16",
+    prune_weight: float = 0.0,
+    prune_stride: int = 2,
     progress: bool = True,
 ) -> tuple[Path, NerfTree, dict]:
     """Bake the latest checkpoint of ``run_dir`` into a NerfTree file.
 
     Visibility culling uses the run's training cameras (not for NDC scenes, whose box already is
-    the reference frustum). Returns (path, tree, info) where info holds the bake time and settings
-    (also stored in the file's header).
+    the reference frustum). With ``prune_weight`` > 0 the tree is then pruned to the blocks in
+    which some sample of the training rays (every ``prune_stride``-th pixel) gets a compositing
+    weight of at least ``prune_weight`` (:mod:`turbonerf.bake.prune`). Returns (path, tree, info)
+    where info holds the bake time and settings (also stored in the file's header).
     """
     out = Path(out) if out else default_tree_path(run_dir)
     if out.exists() and not overwrite:
@@ -52,17 +57,21 @@ def bake_run(
     runtime.configure(dev)
     model, spec, meta = load_trained(Path(run_dir), dev)
     fields = baking_fields(model, sh_degree, n_dirs)
-    cameras = None
-    if visibility and not spec.scene.ndc:
+    train_cameras = None
+    if (visibility and not spec.scene.ndc) or prune_weight > 0:
         from turbonerf.data.scene import load_scene
 
         scene = load_scene(spec.scene.data, downscale=spec.scene.downscale, splits=("train",))
-        cameras = scene.split("train").cameras
+        train_cameras = scene.split("train").cameras
+    cameras = train_cameras if (visibility and not spec.scene.ndc) else None
     t0 = time.perf_counter()
     with torch.no_grad(), runtime.autocast(dev, bf16):
         tree = bake(
             fields, spec.scene.aabb, coarse_res, fine_res, cameras, threshold, batch, dev, dtype, progress=progress
         )
+    blocks_before_pruning = tree.n_blocks
+    if prune_weight > 0:
+        tree = prune_with_training_rays(tree, scene, prune_weight, prune_stride, progress)
     seconds = time.perf_counter() - t0
     info = {
         "run": str(run_dir),
@@ -74,12 +83,22 @@ def bake_run(
         "visibility_culling": cameras is not None,
         "bf16": bf16,
         "ndc": spec.scene.ndc,
+        "prune_weight": prune_weight,
+        "blocks_before_pruning": blocks_before_pruning,
     }
     save_tree(out, tree, info)
     info["storage_mb"] = out.stat().st_size / 2**20
     info["n_blocks"] = tree.n_blocks
     info["occupied_fraction"] = tree.occupied_fraction()
     return out, tree, info
+
+
+def prune_with_training_rays(tree: NerfTree, scene, prune_weight: float, stride: int = 2, progress: bool = True) -> NerfTree:
+    """``tree`` without the blocks in which no sample of the training rays of ``scene`` (every
+    ``stride``-th pixel) gets a compositing weight of at least ``prune_weight``."""
+    cams = scene.split("train").cameras
+    weights = block_max_weights(tree, cams, scene.near, scene.far, default_step(tree, scene.ndc), scene.ndc, stride, progress=progress)
+    return prune_blocks(tree, weights >= prune_weight)
 
 
 def tree_renderer_for_run(

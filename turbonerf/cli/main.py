@@ -203,13 +203,18 @@ def bake(
     device: str = typer.Option("auto", help="'auto', 'cpu' or 'cuda[:N]'"),
     threshold: Optional[float] = typer.Option(None, help="density above which space is occupied (default: opacity 0.01 per fine voxel)"),
     visibility: bool = typer.Option(True, help="drop cells no training camera sees"),
+    prune_weight: float = typer.Option(
+        0.0, help="after baking, march the training rays through the tree and drop blocks where no sample gets this compositing weight (0: off; e.g. 0.01 removes faint floaters)"
+    ),
+    prune_stride: int = typer.Option(2, help="pruning marches every N-th pixel of each training view in each axis"),
     progress: bool = typer.Option(True, help="show progress bars"),
 ):
     """Bake a trained run into a NerfTree (EfficientNeRF): a network-free cache that `eval --baked` and `render --baked` use."""
     from turbonerf.bake.run import bake_run
 
     path, _, info = bake_run(
-        run, out, coarse_res, fine_res, sh_degree, overwrite, device, threshold, visibility, progress=progress
+        run, out, coarse_res, fine_res, sh_degree, overwrite, device, threshold, visibility,
+        prune_weight=prune_weight, prune_stride=prune_stride, progress=progress,
     )
     print(
         f"baked {info['method']} into {info['n_blocks']} blocks ({100 * info['occupied_fraction']:.2f}% of {coarse_res}^3 cells, "

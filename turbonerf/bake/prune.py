@@ -1,0 +1,67 @@
+"""Prune a NerfTree by what the training views actually see (the visibility culling of SNeRG /
+PlenOctrees, applied to EfficientNeRF's tree).
+
+Baking keeps every block whose density passes a threshold, which includes faint haze ("floaters")
+and the hidden inside of solid objects. Marching the training rays through the tree and recording,
+per block, the largest compositing weight any sample in it received tells which blocks can
+matter in an image: blocks below ``min_weight`` are dropped. Rays then skip where haze was, so
+a frame needs fewer samples, and the file shrinks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from turbonerf.bake.march_torch import march_torch, prepare_torch
+from turbonerf.bake.nerftree import NerfTree, cells_from_index, index_from_cells
+from turbonerf.rays import image_ray_bundle
+
+
+@torch.no_grad()
+def block_max_weights(
+    tree: NerfTree,
+    cameras,
+    near: float,
+    far: float,
+    step: float,
+    ndc: bool = False,
+    stride: int = 2,
+    t_min: float = 1e-3,
+    rays_per_batch: int = 1 << 16,
+    progress: bool = True,
+) -> np.ndarray:
+    """float32 [M]: per block, the largest weight w = T * alpha a sample in it gets along the rays
+    of every ``stride``-th pixel (in both image axes) of every camera in ``cameras``.
+
+    Args:
+        tree: the baked tree.
+        cameras: :class:`turbonerf.cameras.Cameras` (the training cameras).
+        near, far: the scene's ray interval; step: marching step in t units (the renderer's).
+        ndc: rays in NDC (forward-facing scenes).
+    """
+    tt = prepare_torch(tree, "cpu")
+    best = torch.zeros(tree.n_blocks, dtype=torch.float32)
+    h, w = cameras.height, cameras.width
+    pick = (torch.arange(0, h, stride)[:, None] * w + torch.arange(0, w, stride)[None, :]).reshape(-1)
+    bg = torch.zeros(3)
+    for i in tqdm(range(len(cameras)), desc="prune: training rays", unit="view", disable=not progress, leave=False):
+        rays = image_ray_bundle(cameras, i, near, far, ndc)[pick]
+        for s in range(0, len(rays), rays_per_batch):
+            r = rays[s : s + rays_per_batch]
+            march_torch(tt, r.origins, r.directions, r.viewdirs, r.near, r.far, bg, step, t_min=t_min, block_weight=best)
+    return best.numpy()
+
+
+def prune_blocks(tree: NerfTree, keep: np.ndarray) -> NerfTree:
+    """The tree with only the blocks where ``keep`` (bool [M]) is True (pool order preserved)."""
+    keep = np.asarray(keep, dtype=bool)
+    cells = cells_from_index(tree.index)[keep]
+    return NerfTree(
+        index=index_from_cells(cells, tree.coarse_res),
+        density=np.ascontiguousarray(tree.density[keep]),
+        sh=np.ascontiguousarray(tree.sh[keep]),
+        aabb=tree.aabb,
+        sh_degree=tree.sh_degree,
+    )
