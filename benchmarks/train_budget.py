@@ -36,6 +36,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--out", required=True, type=Path, help="folder for the runs and the summary")
     p.add_argument("--set", action="append", default=[], metavar="METHOD:KEY=VALUE", help="a method option")
     p.add_argument("--resume", action="store_true", help="reuse finished runs and evaluations found in --out")
+    p.add_argument("--final-only", nargs="*", default=[], metavar="METHOD", help="score only the largest budget of these methods (their snapshots are kept)")
     p.add_argument("--threads", type=int, default=None, help="torch / numba threads (1 is steadier on a shared 2-core machine)")
     return p.parse_args()
 
@@ -60,6 +61,8 @@ def run_method(args: argparse.Namespace, method: str) -> list[dict]:
         train(opts)
     rows = []
     for m in budgets:
+        if method in args.final_only and m != budgets[-1]:
+            continue
         ckpt = run / CHECKPOINT if m == budgets[-1] else run / CHECKPOINT.with_name(f"snapshot_{m:g}min.safetensors")
         if not ckpt.is_file():
             print(f"{method}: no checkpoint for {m:g} min ({ckpt})")
