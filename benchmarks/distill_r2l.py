@@ -64,6 +64,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--split", default="test")
     p.add_argument("--sizes", nargs="+", type=int, default=[400, 800], help="frame widths to time")
     p.add_argument("--timing-rays", type=int, default=8192, help="teacher rays timed per frame size (then scaled)")
+    p.add_argument("--timing-chunk", type=int, default=8192, help="rays per render call when timing (lower it to save memory)")
     p.add_argument("--compare", nargs="*", type=Path, default=[], help="more trained runs (e.g. a vanilla NeRF) timed and scored beside teacher and student")
     p.add_argument("--compare-eval", default="eval_15min", help="a compare run's metrics come from RUN/<this>/results.json when present (e.g. the lego table's evaluation), else it is evaluated")
     p.add_argument("--device", default="auto")
@@ -170,7 +171,7 @@ def main() -> None:
         timing = {}
         for w in args.sizes:
             max_rays = args.timing_rays if name != "student" else None
-            ms, n = frame_ms(model, spec, w, device, max_rays, 8192, 3 if max_rays else 1)
+            ms, n = frame_ms(model, spec, w, device, max_rays, args.timing_chunk, 3 if max_rays else 1)
             timing[w] = {"ms": ms, "rays_timed": n, "extrapolated": max_rays is not None and n < w * w}
         rows[name] = {
             "run": str(run),
