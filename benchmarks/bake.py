@@ -163,13 +163,23 @@ def bench_run(args: argparse.Namespace) -> dict:
     path = args.tree or default_tree_path(run)
     if args.prune_from is not None:  # prune an existing tree instead of baking again
         from turbonerf.bake.nerftree import load_tree, read_tree_header, save_tree
-        from turbonerf.bake.run import prune_with_training_rays
+        from turbonerf.bake.prune import block_max_weights, prune_blocks
+        from turbonerf.bake.render import default_step
 
         s = read_run_spec(run).scene
         src = load_tree(args.prune_from)
         info = read_tree_header(args.prune_from).get("info", {})
+        cache = args.prune_from.with_suffix(".block_weights.npy")  # the weights do not depend on --prune-weight
         t0 = time.perf_counter()
-        pruned = prune_with_training_rays(src, load_scene(s.data, downscale=s.downscale, splits=("train",)), args.prune_weight)
+        if cache.is_file():
+            weights = np.load(cache)
+        else:
+            scene = load_scene(s.data, downscale=s.downscale, splits=("train",))
+            cams = scene.split("train").cameras
+            weights = block_max_weights(src, cams, scene.near, scene.far, default_step(src, scene.ndc), scene.ndc)
+            np.save(cache, weights)
+            info["prune_weights_seconds"] = time.perf_counter() - t0
+        pruned = prune_blocks(src, weights >= args.prune_weight)
         info.update(prune_weight=args.prune_weight, prune_seconds=time.perf_counter() - t0, blocks_before_pruning=src.n_blocks)
         del src
         save_tree(path, pruned, info)
@@ -225,6 +235,8 @@ def bench_run(args: argparse.Namespace) -> dict:
         "tree": str(path),
         "bake_seconds": bake_seconds,
         "storage_mb": tree_res["storage_mb"],
+        "tree_blocks": tree_res["tree_blocks"],
+        "prune_weight": args.prune_weight if args.prune_from or not args.reuse else None,
         "model_storage_mb": model_res["storage_mb"],
         "eval_views": model_res["n_images"],
         "eval_size": f"{model_res['width']}x{model_res['height']}",
@@ -251,10 +263,11 @@ def markdown(res: dict) -> str:
         lines += [
             f"NerfTree bake of `{res['run']}` ({res['method']}), {res['eval_views']} test views at {res['eval_size']}",
             "",
-            "| renderer | PSNR | SSIM | storage MB | bake s |",
-            "|---|---|---|---|---|",
-            f"| model | {fmt(res['model_psnr'])} | {fmt(res['model_ssim'], 4)} | {res['model_storage_mb']:.1f} | |",
-            f"| NerfTree ({res['lookup']}) | {fmt(res['tree_psnr'])} | {fmt(res['tree_ssim'], 4)} | {res['storage_mb']:.1f} | {fmt(res['bake_seconds'], 0)} |",
+            "| renderer | PSNR | SSIM | storage MB | blocks | bake s |",
+            "|---|---|---|---|---|---|",
+            f"| model | {fmt(res['model_psnr'])} | {fmt(res['model_ssim'], 4)} | {res['model_storage_mb']:.1f} | | |",
+            f"| NerfTree ({res['lookup']}, prune weight {res['prune_weight']}) | {fmt(res['tree_psnr'])} | {fmt(res['tree_ssim'], 4)} | "
+            f"{res['storage_mb']:.1f} | {res['tree_blocks']} | {fmt(res['bake_seconds'], 0)} |",
             "",
             f"Model at {res['model_size']}x{res['model_size']}: {res['model_ms']:.0f} ms/frame; tree at the same size "
             f"{res['tree_ms_same_size']:.1f} ms/frame ({res['speedup']:.0f}x faster).",

@@ -240,7 +240,7 @@ def markdown(s: dict, args) -> str:
             f"{r['params'] / 1e6:.2f} M | {r['weights_mb']:.3g} | " + " | ".join(frames) + f" | {dist} |"
         )
     ratio = t["flops_per_ray"] / max(st["flops_per_ray"], 1)
-    lines += ["", f"The student needs {ratio:.1f}x fewer FLOPs per ray than the teacher."]
+    lines += ["", f"FLOPs per ray, teacher / student: {ratio:.2f}."]
     for r in [t, *s["compare"]]:
         speed = ", ".join(f"{r['frames'][w]['ms'] / st['frames'][w]['ms']:.1f}x at {w}px" for w in sizes)
         lines.append(f"Per frame the student is faster than {r['method']} (`{r['run']}`) by {speed} (same run).")
