@@ -53,6 +53,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--prune-weight", type=float, default=0.0, help="prune blocks below this training-ray weight (see `turbonerf bake --help`)")
     p.add_argument("--threshold", type=float, default=None, help="bake density threshold (default: opacity 0.01 per fine voxel)")
+    p.add_argument("--prune-dilate", type=int, default=2, help="keep blocks within this many coarse cells of a kept one")
     p.add_argument("--prune-from", type=Path, default=None, help="prune this existing tree (with --prune-weight) into --tree instead of baking")
     p.add_argument("--tree", type=Path, default=None, help="tree file to write / reuse (default RUN/baked/nerftree.safetensors)")
     p.add_argument("--tag", default="", help="suffix of the evaluation folders and of bench_bake<tag>.json")
@@ -163,7 +164,7 @@ def bench_run(args: argparse.Namespace) -> dict:
     path = args.tree or default_tree_path(run)
     if args.prune_from is not None:  # prune an existing tree instead of baking again
         from turbonerf.bake.nerftree import load_tree, read_tree_header, save_tree
-        from turbonerf.bake.prune import block_max_weights, prune_blocks
+        from turbonerf.bake.prune import block_max_weights, blocks_to_keep, prune_blocks
         from turbonerf.bake.render import default_step
 
         s = read_run_spec(run).scene
@@ -179,8 +180,8 @@ def bench_run(args: argparse.Namespace) -> dict:
             weights = block_max_weights(src, cams, scene.near, scene.far, default_step(src, scene.ndc), scene.ndc)
             np.save(cache, weights)
             info["prune_weights_seconds"] = time.perf_counter() - t0
-        pruned = prune_blocks(src, weights >= args.prune_weight)
-        info.update(prune_weight=args.prune_weight, prune_seconds=time.perf_counter() - t0, blocks_before_pruning=src.n_blocks)
+        pruned = prune_blocks(src, blocks_to_keep(src, weights, args.prune_weight, args.prune_dilate))
+        info.update(prune_weight=args.prune_weight, prune_dilate=args.prune_dilate, prune_seconds=time.perf_counter() - t0, blocks_before_pruning=src.n_blocks)
         del src
         save_tree(path, pruned, info)
         del pruned
@@ -192,7 +193,7 @@ def bench_run(args: argparse.Namespace) -> dict:
     else:
         path, _, info = bake_run(
             run, path, args.coarse_res, args.fine_res, args.sh_degree, overwrite=True, device=args.device,
-            threshold=args.threshold, prune_weight=args.prune_weight,
+            threshold=args.threshold, prune_weight=args.prune_weight, prune_dilate=args.prune_dilate,
         )
         bake_seconds = info["bake_seconds"]
     model_res = evaluate_run(run, "test", args.limit, args.every, device=args.device, out_name="bench_model")
@@ -237,6 +238,7 @@ def bench_run(args: argparse.Namespace) -> dict:
         "storage_mb": tree_res["storage_mb"],
         "tree_blocks": tree_res["tree_blocks"],
         "prune_weight": args.prune_weight if args.prune_from or not args.reuse else None,
+        "prune_dilate": args.prune_dilate if args.prune_from or not args.reuse else None,
         "model_storage_mb": model_res["storage_mb"],
         "eval_views": model_res["n_images"],
         "eval_size": f"{model_res['width']}x{model_res['height']}",
@@ -266,7 +268,7 @@ def markdown(res: dict) -> str:
             "| renderer | PSNR | SSIM | storage MB | blocks | bake s |",
             "|---|---|---|---|---|---|",
             f"| model | {fmt(res['model_psnr'])} | {fmt(res['model_ssim'], 4)} | {res['model_storage_mb']:.1f} | | |",
-            f"| NerfTree ({res['lookup']}, prune weight {res['prune_weight']}) | {fmt(res['tree_psnr'])} | {fmt(res['tree_ssim'], 4)} | "
+            f"| NerfTree ({res['lookup']}, prune weight {res['prune_weight']}, dilate {res['prune_dilate']}) | {fmt(res['tree_psnr'])} | {fmt(res['tree_ssim'], 4)} | "
             f"{res['storage_mb']:.1f} | {res['tree_blocks']} | {fmt(res['bake_seconds'], 0)} |",
             "",
             f"Model at {res['model_size']}x{res['model_size']}: {res['model_ms']:.0f} ms/frame; tree at the same size "

@@ -45,3 +45,22 @@ def test_pruning_keeps_the_surviving_blocks_and_their_cells():
     np.testing.assert_array_equal(pruned.density, tree.density[keep])
     np.testing.assert_array_equal(pruned.sh, tree.sh[keep])
     pruned.validate()
+
+
+def test_dilation_keeps_the_neighbours_of_kept_blocks_and_nothing_far():
+    from turbonerf.bake.nerftree import NerfTree, index_from_cells
+    from turbonerf.bake.prune import blocks_to_keep
+
+    dc = 8
+    ijk = np.array([[1, 1, 1], [2, 2, 2], [4, 4, 4], [7, 7, 7]])  # blocks 0..3
+    cells = np.ravel_multi_index(ijk.T, (dc,) * 3).astype(np.int32)
+    tree = NerfTree(index_from_cells(cells, dc), np.ones((4, 1, 1, 1), np.float16), np.zeros((4, 1, 1, 1, 3), np.float16),
+                    np.array([[-1, -1, -1], [1, 1, 1]], np.float32), 1)
+    order = cells_from_index(tree.index)  # block m sits at cell order[m]
+    w = np.where(order == cells[0], 0.5, 0.0)  # only the block at (1, 1, 1) is weighted
+    kept_cells = set(order[blocks_to_keep(tree, w, 0.1, dilate=0)])
+    assert kept_cells == {cells[0]}
+    kept_cells = set(order[blocks_to_keep(tree, w, 0.1, dilate=1)])
+    assert kept_cells == {cells[0], cells[1]}  # (2, 2, 2) touches (1, 1, 1); (4, 4, 4) does not
+    kept_cells = set(order[blocks_to_keep(tree, w, 0.1, dilate=3)])
+    assert kept_cells == {cells[0], cells[1], cells[2]}

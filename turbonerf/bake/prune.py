@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from turbonerf.bake.march_torch import march_torch, prepare_torch
-from turbonerf.bake.nerftree import NerfTree, cells_from_index, index_from_cells
+from turbonerf.bake.nerftree import NerfTree, cells_from_index, dilate_mask, index_from_cells
 from turbonerf.rays import image_ray_bundle
 
 
@@ -52,6 +52,24 @@ def block_max_weights(
             r = rays[s : s + rays_per_batch]
             march_torch(tt, r.origins, r.directions, r.viewdirs, r.near, r.far, bg, step, t_min=t_min, block_weight=best)
     return best.numpy()
+
+
+def blocks_to_keep(tree: NerfTree, weights: np.ndarray, min_weight: float, dilate: int = 2) -> np.ndarray:
+    """bool [M]: blocks whose largest training-ray weight reaches ``min_weight``, plus every
+    block within ``dilate`` coarse cells of one (26-neighbourhood).
+
+    The dilation covers what sparse rays miss: training views at 200x200 with a pixel stride of 2
+    put neighbouring rays about 3-4 coarse cells apart on lego at D_c = 384, so a surface cell
+    between two rays never gets a weight although its neighbours do; dropping it would punch holes
+    in the surface (measured: -4.9 dB on lego without dilation at min_weight 0.02)."""
+    keep = np.asarray(weights) >= min_weight
+    if dilate <= 0:
+        return keep
+    dc = tree.coarse_res
+    cells = cells_from_index(tree.index)
+    grid = np.zeros(dc**3, dtype=bool)
+    grid[cells[keep]] = True
+    return dilate_mask(grid.reshape(dc, dc, dc), dilate).reshape(-1)[cells]
 
 
 def prune_blocks(tree: NerfTree, keep: np.ndarray) -> NerfTree:

@@ -10,7 +10,7 @@ import torch
 
 from turbonerf.bake.fields import baking_fields
 from turbonerf.bake.nerftree import NerfTree, bake, load_tree, read_tree_header, save_tree
-from turbonerf.bake.prune import block_max_weights, prune_blocks
+from turbonerf.bake.prune import block_max_weights, blocks_to_keep, prune_blocks
 from turbonerf.bake.render import TreeRenderer, default_step
 from turbonerf.engine import runtime
 from turbonerf.engine.run import load_trained, read_run_spec
@@ -40,6 +40,7 @@ def bake_run(
     dtype: str = "float16",
     prune_weight: float = 0.0,
     prune_stride: int = 2,
+    prune_dilate: int = 2,
     progress: bool = True,
 ) -> tuple[Path, NerfTree, dict]:
     """Bake the latest checkpoint of ``run_dir`` into a NerfTree file.
@@ -71,7 +72,7 @@ def bake_run(
         )
     blocks_before_pruning = tree.n_blocks
     if prune_weight > 0:
-        tree = prune_with_training_rays(tree, scene, prune_weight, prune_stride, progress)
+        tree = prune_with_training_rays(tree, scene, prune_weight, prune_stride, prune_dilate, progress)
     seconds = time.perf_counter() - t0
     info = {
         "run": str(run_dir),
@@ -84,6 +85,7 @@ def bake_run(
         "bf16": bf16,
         "ndc": spec.scene.ndc,
         "prune_weight": prune_weight,
+        "prune_dilate": prune_dilate,
         "blocks_before_pruning": blocks_before_pruning,
     }
     save_tree(out, tree, info)
@@ -93,12 +95,15 @@ def bake_run(
     return out, tree, info
 
 
-def prune_with_training_rays(tree: NerfTree, scene, prune_weight: float, stride: int = 2, progress: bool = True) -> NerfTree:
+def prune_with_training_rays(
+    tree: NerfTree, scene, prune_weight: float, stride: int = 2, dilate: int = 2, progress: bool = True
+) -> NerfTree:
     """``tree`` without the blocks in which no sample of the training rays of ``scene`` (every
-    ``stride``-th pixel) gets a compositing weight of at least ``prune_weight``."""
+    ``stride``-th pixel) gets a compositing weight of at least ``prune_weight``, except those
+    within ``dilate`` coarse cells of a kept block (:func:`turbonerf.bake.prune.blocks_to_keep`)."""
     cams = scene.split("train").cameras
     weights = block_max_weights(tree, cams, scene.near, scene.far, default_step(tree, scene.ndc), scene.ndc, stride, progress=progress)
-    return prune_blocks(tree, weights >= prune_weight)
+    return prune_blocks(tree, blocks_to_keep(tree, weights, prune_weight, dilate))
 
 
 def tree_renderer_for_run(

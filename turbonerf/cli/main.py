@@ -207,6 +207,7 @@ def bake(
         0.0, help="after baking, march the training rays through the tree and drop blocks where no sample gets this compositing weight (0: off; e.g. 0.01 removes faint floaters)"
     ),
     prune_stride: int = typer.Option(2, help="pruning marches every N-th pixel of each training view in each axis"),
+    prune_dilate: int = typer.Option(2, help="also keep blocks within this many coarse cells of a kept one (covers cells between the sparse rays)"),
     progress: bool = typer.Option(True, help="show progress bars"),
 ):
     """Bake a trained run into a NerfTree (EfficientNeRF): a network-free cache that `eval --baked` and `render --baked` use."""
@@ -214,7 +215,7 @@ def bake(
 
     path, _, info = bake_run(
         run, out, coarse_res, fine_res, sh_degree, overwrite, device, threshold, visibility,
-        prune_weight=prune_weight, prune_stride=prune_stride, progress=progress,
+        prune_weight=prune_weight, prune_stride=prune_stride, prune_dilate=prune_dilate, progress=progress,
     )
     print(
         f"baked {info['method']} into {info['n_blocks']} blocks ({100 * info['occupied_fraction']:.2f}% of {coarse_res}^3 cells, "
