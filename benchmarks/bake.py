@@ -53,6 +53,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--prune-weight", type=float, default=0.0, help="prune blocks below this training-ray weight (see `turbonerf bake --help`)")
     p.add_argument("--threshold", type=float, default=None, help="bake density threshold (default: opacity 0.01 per fine voxel)")
+    p.add_argument("--skip-eval", action="store_true", help="only time the marcher (no PSNR / SSIM; saves memory)")
     p.add_argument("--prune-dilate", type=int, default=2, help="keep blocks within this many coarse cells of a kept one")
     p.add_argument("--prune-from", type=Path, default=None, help="prune this existing tree (with --prune-weight) into --tree instead of baking")
     p.add_argument("--tree", type=Path, default=None, help="tree file to write / reuse (default RUN/baked/nerftree.safetensors)")
@@ -196,10 +197,18 @@ def bench_run(args: argparse.Namespace) -> dict:
             threshold=args.threshold, prune_weight=args.prune_weight, prune_dilate=args.prune_dilate,
         )
         bake_seconds = info["bake_seconds"]
-    model_res = evaluate_run(run, "test", args.limit, args.every, device=args.device, out_name="bench_model")
-    tree_res = evaluate_baked(
-        run, path, lookup=args.lookup, device=args.device, out_name="bench_baked" + args.tag, limit=args.limit, every=args.every
-    )
+    if args.skip_eval:  # timings only (one copy of the tree in memory); metrics left empty
+        from turbonerf.bake.nerftree import read_tree_header
+
+        hdr = read_tree_header(path)
+        blank = {"storage_mb": path.stat().st_size / 2**20, "tree_blocks": hdr["n_blocks"], "n_images": 0, "width": None,
+                 "height": None, "psnr": None, "ssim": None, "ms_per_frame": None}
+        model_res, tree_res = dict(blank, storage_mb=0.0), blank
+    else:
+        model_res = evaluate_run(run, "test", args.limit, args.every, device=args.device, out_name="bench_model")
+        tree_res = evaluate_baked(
+            run, path, lookup=args.lookup, device=args.device, out_name="bench_baked" + args.tag, limit=args.limit, every=args.every
+        )
 
     dev = runtime.resolve_device(args.device)
     model, spec, _ = load_trained(run, dev)
