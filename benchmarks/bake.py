@@ -165,8 +165,8 @@ def bench_run(args: argparse.Namespace) -> dict:
     path = args.tree or default_tree_path(run)
     if args.prune_from is not None:  # prune an existing tree instead of baking again
         from turbonerf.bake.nerftree import load_tree, read_tree_header, save_tree
-        from turbonerf.bake.prune import block_max_weights, blocks_to_keep, prune_blocks
-        from turbonerf.bake.render import default_step
+        from turbonerf.bake.prune import blocks_to_keep, prune_blocks
+        from turbonerf.bake.run import training_ray_weights
 
         s = read_run_spec(run).scene
         src = load_tree(args.prune_from)
@@ -176,9 +176,7 @@ def bench_run(args: argparse.Namespace) -> dict:
         if cache.is_file():
             weights = np.load(cache)
         else:
-            scene = load_scene(s.data, downscale=s.downscale, splits=("train",))
-            cams = scene.split("train").cameras
-            weights = block_max_weights(src, cams, scene.near, scene.far, default_step(src, scene.ndc), scene.ndc)
+            weights = training_ray_weights(src, load_scene(s.data, downscale=s.downscale, splits=("train",)))
             np.save(cache, weights)
             info["prune_weights_seconds"] = time.perf_counter() - t0
         pruned = prune_blocks(src, blocks_to_keep(src, weights, args.prune_weight, args.prune_dilate))

@@ -58,13 +58,12 @@ def bake_run(
     runtime.configure(dev)
     model, spec, meta = load_trained(Path(run_dir), dev)
     fields = baking_fields(model, sh_degree, n_dirs)
-    train_cameras = None
+    scene = None
     if (visibility and not spec.scene.ndc) or prune_weight > 0:
         from turbonerf.data.scene import load_scene
 
         scene = load_scene(spec.scene.data, downscale=spec.scene.downscale, splits=("train",))
-        train_cameras = scene.split("train").cameras
-    cameras = train_cameras if (visibility and not spec.scene.ndc) else None
+    cameras = scene.split("train").cameras if (visibility and not spec.scene.ndc) else None
     t0 = time.perf_counter()
     with torch.no_grad(), runtime.autocast(dev, bf16):
         tree = bake(
@@ -101,9 +100,15 @@ def prune_with_training_rays(
     """``tree`` without the blocks in which no sample of the training rays of ``scene`` (every
     ``stride``-th pixel) gets a compositing weight of at least ``prune_weight``, except those
     within ``dilate`` coarse cells of a kept block (:func:`turbonerf.bake.prune.blocks_to_keep`)."""
-    cams = scene.split("train").cameras
-    weights = block_max_weights(tree, cams, scene.near, scene.far, default_step(tree, scene.ndc), scene.ndc, stride, progress=progress)
+    weights = training_ray_weights(tree, scene, stride, progress)
     return prune_blocks(tree, blocks_to_keep(tree, weights, prune_weight, dilate))
+
+
+def training_ray_weights(tree: NerfTree, scene, stride: int = 2, progress: bool = True):
+    """float32 [M]: each block's largest compositing weight over the training rays of ``scene``
+    (every ``stride``-th pixel), marched with the renderer's default step."""
+    cams = scene.split("train").cameras
+    return block_max_weights(tree, cams, scene.near, scene.far, default_step(tree, scene.ndc), scene.ndc, stride, progress=progress)
 
 
 def tree_renderer_for_run(
