@@ -139,9 +139,17 @@ def run_student(opts: DistillOptions, resume: bool) -> dict:
             "pseudo_images": meta.get("pseudo_images"), "messages": messages}
 
 
-def scored(run: Path, args, out_name: str) -> dict:
-    r = evaluate_run(run, args.split, args.limit, args.every, device=args.device, progress=not args.no_progress, out_name=out_name)
-    return {k: r[k] for k in ("psnr", "ssim", "ms_per_frame", "n_images", "width", "height", "device", "flops_per_ray", "params")}
+SCORE_KEYS = ("psnr", "ssim", "ms_per_frame", "n_images", "width", "height", "device", "flops_per_ray", "params")
+"""what the summary keeps of a results.json"""
+
+
+def scored(run: Path, args, out_name: str, reuse: Path | None = None) -> dict:
+    """The run's metrics: from ``reuse`` (a results.json) when it exists, else evaluated now."""
+    if reuse is not None and reuse.is_file():
+        r = json.loads(reuse.read_text())
+    else:
+        r = evaluate_run(run, args.split, args.limit, args.every, device=args.device, progress=not args.no_progress, out_name=out_name)
+    return {k: r[k] for k in SCORE_KEYS}
 
 
 def fmt(x, spec: str) -> str:
@@ -162,12 +170,8 @@ def main() -> None:
     for name, run in models:
         model, spec, _ = load_trained(run, device)
         model.eval()
-        known = run / args.compare_eval / "results.json"
-        if name.startswith("compare:") and known.is_file():
-            r = json.loads(known.read_text())
-            ev = {k: r[k] for k in ("psnr", "ssim", "ms_per_frame", "n_images", "width", "height", "device", "flops_per_ray", "params")}
-        else:
-            ev = scored(run, args, "eval_distill_bench")
+        known = run / args.compare_eval / "results.json" if name.startswith("compare:") else None
+        ev = scored(run, args, "eval_distill_bench", known)
         timing = {}
         for w in args.sizes:
             max_rays = args.timing_rays if name != "student" else None
