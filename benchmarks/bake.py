@@ -9,6 +9,15 @@ RUN/bench_bake.json).
     python benchmarks/bake.py --run runs/lego_vanilla --limit 8
     python benchmarks/bake.py --run runs/lego_vanilla --reuse --threads 2
 
+Several trees of the same run (``--trees``, e.g. baked at other ``--coarse-res``) and several
+marching steps (``--step-scales``, in fine voxels) are scored and timed beside the main tree in
+the same run; ``--hires-limit N`` also scores the model and every tree on N views at full
+resolution; ``--vanilla RUN`` times a vanilla NeRF on the same frame (its cost per ray does not
+depend on its weights: always 64 + 192 samples).
+
+    python benchmarks/bake.py --run runs/lego_ngp --reuse --trees runs/lego_ngp/baked/tree_192.safetensors \
+        --step-scales 1 2 --every 1 --limit 200 --hires-limit 8 --vanilla runs/lego_vanilla
+
 With --synthetic (no run needed) the marcher is timed on a procedural tree of surface-like
 occupancy instead: a sphere shell and a floor with a thin Gaussian density profile
 (peak 1000, 4 mm wide), inside a [-1.5, 1.5]^3 box at D_c = 384, D_f = 4, SH degree 3.
@@ -59,6 +68,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--tree", type=Path, default=None, help="tree file to write / reuse (default RUN/baked/nerftree.safetensors)")
     p.add_argument("--tag", default="", help="suffix of the evaluation folders and of bench_bake<tag>.json")
     p.add_argument("--vanilla", type=Path, default=None, help="a vanilla NeRF run timed at --model-size in the same run (the 1000x bar)")
+    p.add_argument("--trees", type=Path, nargs="*", default=[], help="more tree files of the same run (e.g. other --coarse-res) scored and timed beside the main one")
+    p.add_argument("--step-scales", type=float, nargs="+", default=[1.0], help="marching steps (in fine voxels) to score and time every tree at")
+    p.add_argument("--hires-limit", type=int, default=0, help="also score the model and every tree on this many test views at full resolution (downscale 1)")
+    p.add_argument("--hires-every", type=int, default=25, help="every K-th test view for --hires-limit")
     return p.parse_args()
 
 
@@ -155,6 +168,7 @@ def bench_synthetic(args: argparse.Namespace) -> dict:
 
 
 def bench_run(args: argparse.Namespace) -> dict:
+    from turbonerf.bake.nerftree import read_tree_header
     from turbonerf.bake.run import bake_run, default_tree_path, evaluate_baked, tree_renderer_for_run
     from turbonerf.data.scene import load_scene
     from turbonerf.engine import runtime
@@ -195,108 +209,124 @@ def bench_run(args: argparse.Namespace) -> dict:
             threshold=args.threshold, prune_weight=args.prune_weight, prune_dilate=args.prune_dilate,
         )
         bake_seconds = info["bake_seconds"]
-    if args.skip_eval:  # timings only (one copy of the tree in memory); metrics left empty
-        from turbonerf.bake.nerftree import read_tree_header
-
-        hdr = read_tree_header(path)
-        blank = {"storage_mb": path.stat().st_size / 2**20, "tree_blocks": hdr["n_blocks"], "n_images": 0, "width": None,
-                 "height": None, "psnr": None, "ssim": None, "ms_per_frame": None}
-        model_res, tree_res = dict(blank, storage_mb=0.0), blank
-    else:
-        model_res = evaluate_run(run, "test", args.limit, args.every, device=args.device, out_name="bench_model")
-        tree_res = evaluate_baked(
-            run, path, lookup=args.lookup, device=args.device, out_name="bench_baked" + args.tag, limit=args.limit, every=args.every
-        )
-
     dev = runtime.resolve_device(args.device)
     model, spec, _ = load_trained(run, dev)
     s = spec.scene
     cams = load_scene(s.data, downscale=s.downscale, splits=("test",)).split("test").cameras
-    renderer, _ = tree_renderer_for_run(run, path, args.device, "numba", args.lookup)
-    if args.threads:
-        renderer.threads = args.threads
-    rows = []
-    for size in sorted(set(args.sizes + [args.model_size]), reverse=True):
-        rays = image_ray_bundle(square_camera(cams, 0, size), 0, s.near, s.far, s.ndc)
-        renderer.samples = renderer.rays = 0
-        ms = time_renderer(renderer, rays, s.background, args.reps)
-        rows.append({"size": size, "ms": ms, "fps": 1000.0 / ms, "samples_per_ray": renderer.samples_per_ray()})
-    rays = image_ray_bundle(square_camera(cams, 0, args.model_size), 0, s.near, s.far, s.ndc).to(dev)
+    sizes = sorted(set(args.sizes + [args.model_size]), reverse=True)
+    frames = {size: image_ray_bundle(square_camera(cams, 0, size), 0, s.near, s.far, s.ndc) for size in sizes}
+    hires = args.hires_limit > 0
+
+    def score(render_name: str, **kw) -> tuple[dict | None, dict | None]:
+        """(metrics at the training resolution, metrics at full resolution or None)."""
+        if args.skip_eval:
+            return None, None
+        if kw:  # a tree
+            low = evaluate_baked(run, device=args.device, lookup=args.lookup, out_name=render_name, limit=args.limit, every=args.every, **kw)
+            high = evaluate_baked(run, device=args.device, lookup=args.lookup, out_name=render_name + "_full", limit=args.hires_limit, every=args.hires_every, downscale=1, **kw) if hires else None
+        else:
+            low = evaluate_run(run, "test", args.limit, args.every, device=args.device, out_name=render_name)
+            high = evaluate_run(run, "test", args.hires_limit, args.hires_every, 1, device=args.device, out_name=render_name + "_full") if hires else None
+        return low, high
+
+    def metrics(low, high) -> dict:
+        out = {"psnr": low and low["psnr"], "ssim": low and low["ssim"], "eval_size": low and f"{low['width']}x{low['height']}",
+               "eval_views": low and low["n_images"], "storage_mb": low and low["storage_mb"]}
+        out.update({"psnr_full": high and high["psnr"], "ssim_full": high and high["ssim"], "full_views": high and high["n_images"],
+                    "full_size": high and f"{high['width']}x{high['height']}"})
+        return out
+
+    model_row = {"renderer": f"model ({spec.method})", **metrics(*score("bench_model"))}
+    rays = frames[args.model_size].to(dev)
     with torch.no_grad(), runtime.autocast(dev):
-        model_ms = time_renderer(model.render, rays, s.background.to(dev), max(1, args.reps // 2))
-    tree_small = next(r["ms"] for r in rows if r["size"] == args.model_size)
+        model_row["ms_model_size"] = time_renderer(model.render, rays, s.background.to(dev), max(1, args.reps // 2))
+
+    rows = []
+    for tree_path in [path] + list(args.trees):
+        header = read_tree_header(tree_path)
+        for scale in args.step_scales:
+            tag = f"{args.tag}_{tree_path.stem}_step{scale:g}"
+            row = {"tree": str(tree_path), "coarse_res": header["coarse_res"], "fine_res": header["fine_res"], "blocks": header["n_blocks"],
+                   "storage_mb": tree_path.stat().st_size / 2**20, "bake_seconds": header.get("info", {}).get("bake_seconds"),
+                   "step_scale": scale}
+            if tree_path == path and bake_seconds is not None:
+                row["bake_seconds"] = bake_seconds
+            row.update(metrics(*score("bench_baked" + tag, tree_path=tree_path, step_scale=scale)), storage_mb=row["storage_mb"])
+            renderer, _ = tree_renderer_for_run(run, tree_path, args.device, "numba", args.lookup, scale, args.threads)
+            row["marcher"] = []
+            for size in sizes:
+                renderer.samples = renderer.rays = 0
+                ms = time_renderer(renderer, frames[size], s.background, args.reps)
+                row["marcher"].append({"size": size, "ms": ms, "fps": 1000.0 / ms, "samples_per_ray": renderer.samples_per_ray()})
+            del renderer
+            rows.append(row)
+            print(f"{tree_path.name} step x{scale:g}: PSNR {row['psnr']}, " + ", ".join(f"{m['size']}: {m['ms']:.1f} ms" for m in row["marcher"]), flush=True)
+
     vanilla = None
     if args.vanilla is not None:
         vmodel, vspec, _ = load_trained(args.vanilla, dev)
         vmodel.eval()
         with torch.no_grad(), runtime.autocast(dev):
             v_ms = time_renderer(vmodel.render, rays, s.background.to(dev), 1)
-        # vanilla NeRF's cost is the same for every ray (64 + 128 samples), so a frame scales with its pixels
+        # vanilla NeRF's cost is the same for every ray (64 coarse + 192 fine samples), so a frame scales with its pixels
         big = max(args.sizes)
-        v_big = v_ms * (big / args.model_size) ** 2
-        tree_big = next(r["ms"] for r in rows if r["size"] == big)
-        vanilla = {"run": str(args.vanilla), "ms_model_size": v_ms, "size": big, "ms_extrapolated": v_big, "speedup": v_big / tree_big}
+        vanilla = {"run": str(args.vanilla), "ms_model_size": v_ms, "size": big, "ms_extrapolated": v_ms * (big / args.model_size) ** 2}
     return {
-        "vanilla": vanilla,
         "run": str(run),
         "method": spec.method,
-        "tree": str(path),
-        "bake_seconds": bake_seconds,
-        "storage_mb": tree_res["storage_mb"],
-        "tree_blocks": tree_res["tree_blocks"],
-        "prune_weight": args.prune_weight if args.prune_from or not args.reuse else None,
-        "prune_dilate": args.prune_dilate if args.prune_from or not args.reuse else None,
-        "model_storage_mb": model_res["storage_mb"],
-        "eval_views": model_res["n_images"],
-        "eval_size": f"{model_res['width']}x{model_res['height']}",
-        "model_psnr": model_res["psnr"],
-        "model_ssim": model_res["ssim"],
-        "tree_psnr": tree_res["psnr"],
-        "tree_ssim": tree_res["ssim"],
-        "model_ms_per_frame_eval": model_res["ms_per_frame"],
-        "tree_ms_per_frame_eval": tree_res["ms_per_frame"],
+        "model": model_row,
+        "trees": rows,
+        "vanilla": vanilla,
         "model_size": args.model_size,
-        "model_ms": model_ms,
-        "tree_ms_same_size": tree_small,
-        "speedup": model_ms / tree_small,
         "lookup": args.lookup,
         "threads": args.threads or numba.get_num_threads(),
-        "marcher": rows,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
 
 
 def markdown(res: dict) -> str:
     lines = []
-    if "model_psnr" in res:
-        fmt = lambda v, p=2: "n/a" if v is None else f"{v:.{p}f}"  # noqa: E731
+    fmt = lambda v, p=2: "n/a" if v is None else f"{v:.{p}f}"  # noqa: E731
+    if "model" in res:
+        m = res["model"]
+        sizes = [x["size"] for x in res["trees"][0]["marcher"]] if res["trees"] else []
+        full = m.get("full_views")
         lines += [
-            f"NerfTree bake of `{res['run']}` ({res['method']}), {res['eval_views']} test views at {res['eval_size']}",
+            f"NerfTree bakes of `{res['run']}` ({res['method']}), {res['lookup']} lookup, numba marcher on {res['threads']} threads, "
+            f"{res['date']}. PSNR / SSIM on {m['eval_views']} test views at {m['eval_size']}"
+            + (f" and on {full} views at {m['full_size']}" if full else "") + ".",
             "",
-            "| renderer | PSNR | SSIM | storage MB | blocks | bake s |",
-            "|---|---|---|---|---|---|",
-            f"| model | {fmt(res['model_psnr'])} | {fmt(res['model_ssim'], 4)} | {res['model_storage_mb']:.1f} | | |",
-            f"| NerfTree ({res['lookup']}, prune weight {res['prune_weight']}, dilate {res['prune_dilate']}) | {fmt(res['tree_psnr'])} | {fmt(res['tree_ssim'], 4)} | "
-            f"{res['storage_mb']:.1f} | {res['tree_blocks']} | {fmt(res['bake_seconds'], 0)} |",
-            "",
-            f"Model at {res['model_size']}x{res['model_size']}: {res['model_ms']:.0f} ms/frame; tree at the same size "
-            f"{res['tree_ms_same_size']:.1f} ms/frame ({res['speedup']:.0f}x faster).",
-            "",
+            "| renderer | D_c | step (voxels) | PSNR | SSIM | " + ("PSNR full | SSIM full | " if full else "")
+            + "storage MB | bake s | " + " | ".join(f"ms {z}x{z}" for z in sizes) + " | " + " | ".join(f"FPS {z}x{z}" for z in sizes)
+            + " | samples/ray |",
+            "|" + "---|" * (8 + (2 if full else 0) + 2 * len(sizes)),
         ]
+        lines.append(
+            f"| {m['renderer']} | | | {fmt(m['psnr'])} | {fmt(m['ssim'], 4)} | " + (f"{fmt(m['psnr_full'])} | {fmt(m['ssim_full'], 4)} | " if full else "")
+            + f"{fmt(m['storage_mb'], 1)} | | " + " | ".join("" for _ in sizes) + " | " + " | ".join("" for _ in sizes) + " | |"
+        )
+        for t in res["trees"]:
+            lines.append(
+                f"| NerfTree | {t['coarse_res']} | {t['step_scale']:g} | {fmt(t['psnr'])} | {fmt(t['ssim'], 4)} | "
+                + (f"{fmt(t['psnr_full'])} | {fmt(t['ssim_full'], 4)} | " if full else "")
+                + f"{t['storage_mb']:.0f} | {fmt(t['bake_seconds'], 0)} | " + " | ".join(f"{x['ms']:.1f}" for x in t["marcher"]) + " | "
+                + " | ".join(f"{x['fps']:.1f}" for x in t["marcher"]) + f" | {t['marcher'][0]['samples_per_ray']:.2f} |"
+            )
+        lines += ["", f"Model at {res['model_size']}x{res['model_size']}: {m['ms_model_size']:.0f} ms/frame."]
         v = res.get("vanilla")
         if v:
-            lines += [
+            big = v["size"]
+            best = min(next(x["ms"] for x in t["marcher"] if x["size"] == big) for t in res["trees"])
+            lines.append(
                 f"Vanilla NeRF (`{v['run']}`) in the same run: {v['ms_model_size']:.0f} ms per {res['model_size']}x{res['model_size']} frame, "
-                f"i.e. {v['ms_extrapolated'] / 1000:.0f} s per {v['size']}x{v['size']} frame (scaled by pixels); the tree is "
-                f"{v['speedup']:.0f}x faster at {v['size']}x{v['size']}.",
-                "",
-            ]
-    else:
-        lines += [
-            f"Synthetic tree: {res['blocks']} blocks ({100 * res['occupied_fraction']:.2f}% of {res['coarse_res']}^3 cells, "
-            f"D_f = {res['fine_res']}), {res['storage_mb']:.0f} MiB",
-            "",
-        ]
+                f"i.e. {v['ms_extrapolated'] / 1000:.0f} s per {big}x{big} frame (scaled by pixels); the fastest tree above is "
+                f"{v['ms_extrapolated'] / best:.0f}x faster at {big}x{big}."
+            )
+        return "\n".join(lines)
     lines += [
+        f"Synthetic tree: {res['blocks']} blocks ({100 * res['occupied_fraction']:.2f}% of {res['coarse_res']}^3 cells, "
+        f"D_f = {res['fine_res']}), {res['storage_mb']:.0f} MiB",
+        "",
         f"numba marcher ({res['lookup']}, {res['threads']} threads, {platform.processor() or platform.machine()}):",
         "",
         "| size | ms/frame | FPS | samples/ray |",

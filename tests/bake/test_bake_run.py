@@ -94,6 +94,14 @@ def test_bake_eval_and_render_a_tiny_vanilla_run(tiny_scene, tmp_path, capsys):
     assert res["renderer"] == "nerftree-numba" and res["n_images"] == 2
     assert res["storage_mb"] == pytest.approx(tree_file.stat().st_size / 2**20)
     assert res["psnr"] > 0 and res["samples_per_ray"] >= 0 and res["tree_blocks"] == tree.n_blocks
+    # a coarser marching step: fewer samples per ray, recorded in the results
+    assert main(["eval", "--run", str(run), "--baked", "--step-scale", "2", "--lookup", "trilinear", "--no-progress"]) == 0
+    coarse = json.loads((run / "eval_baked" / "results.json").read_text())
+    assert coarse["renderer"] == "nerftree-numba-trilinear" and coarse["march_step_scale"] == 2
+    assert coarse["march_step"] == pytest.approx(2 * res["march_step"])
+    assert coarse["samples_per_ray"] < res["samples_per_ray"]
+    assert main(["eval", "--run", str(run), "--baked", "--step-scale", "0", "--no-progress"]) == 2
+    assert "step scale" in capsys.readouterr().err
     assert main(["eval", "--run", str(run), "--no-progress"]) == 0
     model_res = json.loads((run / "eval" / "results.json").read_text())
     assert model_res["renderer"] == "model" and model_res["storage_mb"] > 0

@@ -112,13 +112,23 @@ def training_ray_weights(tree: NerfTree, scene, stride: int = 2, progress: bool 
 
 
 def tree_renderer_for_run(
-    run_dir: Path, tree_path: Path | None = None, device: str = "auto", backend: str = "auto", lookup: str = "nearest", step: float | None = None
+    run_dir: Path,
+    tree_path: Path | None = None,
+    device: str = "auto",
+    backend: str = "auto",
+    lookup: str = "nearest",
+    step_scale: float = 1.0,
+    threads: int | None = None,
 ) -> tuple[TreeRenderer, Path]:
-    """A renderer for the run's baked tree (default ``RUN/baked/nerftree.safetensors``)."""
+    """A renderer for the run's baked tree (default ``RUN/baked/nerftree.safetensors``) that
+    marches ``step_scale`` times the default step (:func:`default_step`, one fine voxel)."""
     path = Path(tree_path) if tree_path else default_tree_path(run_dir)
+    if not step_scale > 0:
+        raise TurboNerfError(f"step scale must be positive, got {step_scale}")
     spec = read_run_spec(Path(run_dir))
     tree = load_tree(path)
-    return TreeRenderer(tree, backend, runtime.resolve_device(device), lookup, step, ndc=spec.scene.ndc), path
+    step = default_step(tree, spec.scene.ndc) * step_scale
+    return TreeRenderer(tree, backend, runtime.resolve_device(device), lookup, step, threads=threads), path
 
 
 def evaluate_baked(
@@ -126,7 +136,7 @@ def evaluate_baked(
     tree_path: Path | None = None,
     backend: str = "auto",
     lookup: str = "nearest",
-    step: float | None = None,
+    step_scale: float = 1.0,
     device: str = "auto",
     chunk: int = 1 << 20,
     out_name: str = "eval_baked",
@@ -141,7 +151,7 @@ def evaluate_baked(
     mean samples per ray."""
     from turbonerf.eval.evaluate import evaluate_run
 
-    renderer, path = tree_renderer_for_run(run_dir, tree_path, device, backend, lookup, step)
+    renderer, path = tree_renderer_for_run(run_dir, tree_path, device, backend, lookup, step_scale)
     header = read_tree_header(path)
 
     def extra() -> dict:
@@ -157,6 +167,8 @@ def evaluate_baked(
             "tree_sh_degree": header["sh_degree"],
             "tree_blocks": header["n_blocks"],
             "march_step": renderer.step,
+            "march_step_scale": step_scale,
+            "lookup": lookup,
             "bake_seconds": header.get("info", {}).get("bake_seconds"),
         }
 

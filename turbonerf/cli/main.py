@@ -121,6 +121,10 @@ def evaluate(
     save_images: bool = typer.Option(False, help="activation sampler / sweep: also save RUN/eval/samplers/<config>/<image>.png"),
     baked: bool = typer.Option(False, "--baked", help="render with the run's baked NerfTree (RUN/baked/nerftree.safetensors) instead of the model; writes RUN/eval_baked/results.json"),
     tree: Optional[Path] = typer.Option(None, help="NerfTree file to render with (implies --baked)"),
+    lookup: str = typer.Option("nearest", help="NerfTree lookup: nearest (fastest) or trilinear"),
+    step_scale: float = typer.Option(
+        1.0, help="NerfTree marching step in fine voxels: 2 halves the samples per ray (see BENCHMARKS.md for the quality cost)"
+    ),
 ):
     """Render a split of a trained run and write RUN/eval/results.json (PSNR, SSIM, LPIPS, ms per frame).
 
@@ -153,7 +157,10 @@ def evaluate(
     if baked or tree is not None:
         from turbonerf.bake.run import evaluate_baked
 
-        r = evaluate_baked(run, tree, device=device, split=split, limit=limit, every=every, downscale=downscale, progress=progress)
+        r = evaluate_baked(
+            run, tree, lookup=lookup, step_scale=step_scale, device=device, split=split, limit=limit, every=every,
+            downscale=downscale, progress=progress,
+        )
         where = Path(run) / "eval_baked" / "results.json"
     else:
         r = evaluate_run(run, split, limit, every, downscale, device, chunk, progress=progress)
@@ -178,6 +185,10 @@ def render(
     progress: bool = typer.Option(True, help="show a progress bar"),
     baked: bool = typer.Option(False, "--baked", help="render with the run's baked NerfTree (RUN/baked/nerftree.safetensors)"),
     tree: Optional[Path] = typer.Option(None, help="NerfTree file to render with (implies --baked)"),
+    lookup: str = typer.Option("nearest", help="NerfTree lookup: nearest (fastest) or trilinear"),
+    step_scale: float = typer.Option(
+        1.0, help="NerfTree marching step in fine voxels: 2 halves the samples per ray (see BENCHMARKS.md for the quality cost)"
+    ),
 ):
     """Render RGB, depth and opacity along a camera path, and videos of it."""
     from turbonerf.render.sequence import render_sequence
@@ -186,7 +197,7 @@ def render(
     if baked or tree is not None:
         from turbonerf.bake.run import tree_renderer_for_run
 
-        render_fn, _ = tree_renderer_for_run(run, tree, device)
+        render_fn, _ = tree_renderer_for_run(run, tree, device, lookup=lookup, step_scale=step_scale)
         chunk = 1 << 20
     res = render_sequence(run, path, out, frames, downscale, fps, device, overwrite, chunk, progress=progress, render_fn=render_fn)
     print(f"frames in {res['frames']}; video {res['video']}; depth video {res['depth_video']}")
