@@ -22,7 +22,8 @@ from bake import square_camera  # noqa: E402
 
 from turbonerf.bake.march_numpy import grid_rays, lookup_nearest  # noqa: E402
 from turbonerf.bake.nerftree import load_tree  # noqa: E402
-from turbonerf.bake.render import T_MIN, default_step  # noqa: E402
+from turbonerf.bake.nerftree import T_MIN  # noqa: E402
+from turbonerf.bake.render import default_step  # noqa: E402
 from turbonerf.data.scene import load_scene  # noqa: E402
 from turbonerf.engine.run import read_run_spec  # noqa: E402
 from turbonerf.rays import image_ray_bundle  # noqa: E402
@@ -38,6 +39,7 @@ def main() -> None:
     p.add_argument("--view", type=int, default=0, help="test view")
     p.add_argument("--ray-stride", type=int, default=13, help="every N-th ray of the image")
     p.add_argument("--step-scale", type=float, default=1.0, help="marching step in fine voxels")
+    p.add_argument("--t-min", type=float, default=T_MIN, help="early-termination transmittance (the renderer's default)")
     args = p.parse_args()
 
     tree = load_tree(args.tree)
@@ -55,7 +57,7 @@ def main() -> None:
     weight_hist = np.zeros(len(WEIGHT_EDGES) + 1, np.int64)
     for i in range(int((far - near) / step) + 1):
         t = near + (i + 0.5) * step
-        live = np.flatnonzero(trans >= T_MIN)
+        live = np.flatnonzero(trans >= args.t_min)
         if live.size == 0:
             break
         occ, sigma, _ = lookup_nearest(tree, g0[live] + t * gd[live])
@@ -67,7 +69,7 @@ def main() -> None:
         np.add.at(weight_hist, np.digitize((trans[live] * alpha)[pos], WEIGHT_EDGES), 1)
         trans[live] *= 1.0 - alpha
     hit = occupied > 0
-    print(f"{args.tree}: {len(o)} rays of test view {args.view} at {args.size}x{args.size}, step {args.step_scale:g} voxels")
+    print(f"{args.tree}: {len(o)} rays of test view {args.view} at {args.size}x{args.size}, step {args.step_scale:g} voxels, t_min {args.t_min:g}")
     print(f"rays that hit occupied cells: {hit.mean():.3f}; rays with opacity > 0.5: {(trans < 0.5).mean():.3f}")
     print(f"samples per ray, all rays: {occupied.mean():.1f} in occupied cells, {with_density.mean():.1f} with density")
     print(f"samples per hit ray: {occupied[hit].mean():.1f} in occupied cells, {with_density[hit].mean():.1f} with density")

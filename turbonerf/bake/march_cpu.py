@@ -46,7 +46,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from turbonerf.bake.nerftree import TILE, NerfTree, dilate_mask
+from turbonerf.bake.nerftree import T_MIN, TILE, NerfTree, dilate_mask
 
 RAYS_PER_TASK = 64
 """rays a thread takes at a time (neighbouring pixels: coherent memory access)"""
@@ -548,7 +548,7 @@ def march_cpu(
     background: np.ndarray,
     step: float,
     lookup: str = "nearest",
-    t_min: float = 1e-3,
+    t_min: float = T_MIN,
     threads: int | None = None,
 ) -> dict[str, np.ndarray]:
     """March R rays through the tree with the numba kernel (same contract as

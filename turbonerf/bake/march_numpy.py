@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from turbonerf.bake.nerftree import NerfTree
+from turbonerf.bake.nerftree import T_MIN, NerfTree
 from turbonerf.encodings.sh import sh_basis
 
 CORNERS = [(a, b, c) for a in (0, 1) for b in (0, 1) for c in (0, 1)]
@@ -100,7 +100,7 @@ def march_numpy(
     background: np.ndarray,
     step: float,
     lookup: str = "nearest",
-    t_min: float = 1e-3,
+    t_min: float = T_MIN,
 ) -> dict[str, np.ndarray]:
     """March R rays through ``tree`` (rule in the module docstring).
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from turbonerf.bake.nerftree import NerfTree
+from turbonerf.bake.nerftree import T_MIN, NerfTree
 from turbonerf.encodings.sh import sh_basis
 
 CORNERS = [(a, b, c) for a in (0, 1) for b in (0, 1) for c in (0, 1)]
@@ -183,7 +183,7 @@ def march_torch(
     background: Tensor,
     step: float,
     lookup: str = "nearest",
-    t_min: float = 1e-3,
+    t_min: float = T_MIN,
     samples_per_round: int = 64,
     dtype: torch.dtype = torch.float32,
     block_weight: Tensor | None = None,

@@ -16,14 +16,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from turbonerf.bake.nerftree import NerfTree
+from turbonerf.bake.nerftree import T_MIN, NerfTree
 from turbonerf.errors import TurboNerfError
 from turbonerf.rays import RayBundle
 
 BACKENDS = ("auto", "numba", "torch", "numpy")
 LOOKUPS = ("nearest", "trilinear")
-T_MIN = 1e-3
-"""a ray stops once its transmittance falls below this"""
 
 
 def resolve_backend(backend: str, device: torch.device | str) -> str:
