@@ -168,7 +168,7 @@ def bench_synthetic(args: argparse.Namespace) -> dict:
 
 
 def bench_run(args: argparse.Namespace) -> dict:
-    from turbonerf.bake.nerftree import read_tree_header
+    from turbonerf.bake.nerftree import load_tree, read_tree_header, save_tree
     from turbonerf.bake.run import bake_run, default_tree_path, evaluate_baked, tree_renderer_for_run
     from turbonerf.data.scene import load_scene
     from turbonerf.engine import runtime
@@ -178,7 +178,6 @@ def bench_run(args: argparse.Namespace) -> dict:
     run = args.run
     path = args.tree or default_tree_path(run)
     if args.prune_from is not None:  # prune an existing tree instead of baking again
-        from turbonerf.bake.nerftree import load_tree, read_tree_header, save_tree
         from turbonerf.bake.prune import blocks_to_keep, prune_blocks
         from turbonerf.bake.run import training_ray_weights
 
@@ -200,8 +199,6 @@ def bench_run(args: argparse.Namespace) -> dict:
         del pruned
         bake_seconds = info.get("bake_seconds", 0.0) + info["prune_seconds"]
     elif args.reuse and path.exists():
-        from turbonerf.bake.nerftree import read_tree_header
-
         bake_seconds = read_tree_header(path).get("info", {}).get("bake_seconds")
     else:
         path, _, info = bake_run(

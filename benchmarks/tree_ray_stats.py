@@ -21,8 +21,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bake import square_camera  # noqa: E402
 
 from turbonerf.bake.march_numpy import grid_rays, lookup_nearest  # noqa: E402
-from turbonerf.bake.nerftree import load_tree  # noqa: E402
-from turbonerf.bake.nerftree import T_MIN  # noqa: E402
+from turbonerf.bake.nerftree import T_MIN, load_tree  # noqa: E402
 from turbonerf.bake.render import default_step  # noqa: E402
 from turbonerf.data.scene import load_scene  # noqa: E402
 from turbonerf.engine.run import read_run_spec  # noqa: E402
