@@ -214,26 +214,23 @@ def bench_run(args: argparse.Namespace) -> dict:
     frames = {size: image_ray_bundle(square_camera(cams, 0, size), 0, s.near, s.far, s.ndc) for size in sizes}
     hires = args.hires_limit > 0
 
-    def score(render_name: str, **kw) -> tuple[dict | None, dict | None]:
-        """(metrics at the training resolution, metrics at full resolution or None)."""
+    def score(evaluate) -> tuple[dict | None, dict | None]:
+        """``evaluate(name_suffix, limit, every, downscale)`` at the training resolution and, with
+        --hires-limit, at full resolution -> (results, results or None)."""
         if args.skip_eval:
             return None, None
-        if kw:  # a tree
-            low = evaluate_baked(run, device=args.device, lookup=args.lookup, out_name=render_name, limit=args.limit, every=args.every, **kw)
-            high = evaluate_baked(run, device=args.device, lookup=args.lookup, out_name=render_name + "_full", limit=args.hires_limit, every=args.hires_every, downscale=1, **kw) if hires else None
-        else:
-            low = evaluate_run(run, "test", args.limit, args.every, device=args.device, out_name=render_name)
-            high = evaluate_run(run, "test", args.hires_limit, args.hires_every, 1, device=args.device, out_name=render_name + "_full") if hires else None
-        return low, high
+        low = evaluate("", args.limit, args.every, None)
+        return low, (evaluate("_full", args.hires_limit, args.hires_every, 1) if hires else None)
 
     def metrics(low, high) -> dict:
         out = {"psnr": low and low["psnr"], "ssim": low and low["ssim"], "eval_size": low and f"{low['width']}x{low['height']}",
-               "eval_views": low and low["n_images"], "storage_mb": low and low["storage_mb"]}
+               "eval_views": low and low["n_images"]}
         out.update({"psnr_full": high and high["psnr"], "ssim_full": high and high["ssim"], "full_views": high and high["n_images"],
                     "full_size": high and f"{high['width']}x{high['height']}"})
         return out
 
-    model_row = {"renderer": f"model ({spec.method})", **metrics(*score("bench_model"))}
+    low, high = score(lambda suffix, limit, every, ds: evaluate_run(run, "test", limit, every, ds, device=args.device, out_name="bench_model" + suffix))
+    model_row = {"renderer": f"model ({spec.method})", "storage_mb": low and low["storage_mb"], **metrics(low, high)}
     rays = frames[args.model_size].to(dev)
     with torch.no_grad(), runtime.autocast(dev):
         model_row["ms_model_size"] = time_renderer(model.render, rays, s.background.to(dev), max(1, args.reps // 2))
@@ -248,7 +245,10 @@ def bench_run(args: argparse.Namespace) -> dict:
                    "step_scale": scale}
             if tree_path == path and bake_seconds is not None:
                 row["bake_seconds"] = bake_seconds
-            row.update(metrics(*score("bench_baked" + tag, tree_path=tree_path, step_scale=scale)), storage_mb=row["storage_mb"])
+            row.update(metrics(*score(lambda suffix, limit, every, ds: evaluate_baked(
+                run, tree_path, lookup=args.lookup, step_scale=scale, device=args.device, out_name="bench_baked" + tag + suffix,
+                limit=limit, every=every, downscale=ds,
+            ))))  # fmt: skip
             renderer, _ = tree_renderer_for_run(run, tree_path, args.device, "numba", args.lookup, scale, args.threads)
             row["marcher"] = []
             for size in sizes:
