@@ -169,17 +169,17 @@ def bench_synthetic(args: argparse.Namespace) -> dict:
 
 def bench_run(args: argparse.Namespace) -> dict:
     from turbonerf.bake.nerftree import load_tree, read_tree_header, save_tree
-    from turbonerf.bake.run import bake_run, default_tree_path, evaluate_baked, tree_renderer_for_run
-    from turbonerf.data.scene import load_scene
+    from turbonerf.app.bake import bake_run, default_tree_path, evaluate_baked, tree_renderer_for_run
+    from turbonerf.data.formats import load_scene
     from turbonerf.engine import runtime
-    from turbonerf.engine.run import load_trained, read_run_spec
-    from turbonerf.eval.evaluate import evaluate_run
+    from turbonerf.app.runs import load_trained, read_run_spec
+    from turbonerf.app.evaluate import evaluate_run
 
     run = args.run
     path = args.tree or default_tree_path(run)
     if args.prune_from is not None:  # prune an existing tree instead of baking again
         from turbonerf.bake.prune import blocks_to_keep, prune_blocks
-        from turbonerf.bake.run import training_ray_weights
+        from turbonerf.app.bake import training_ray_weights
 
         s = read_run_spec(run).scene
         src = load_tree(args.prune_from)

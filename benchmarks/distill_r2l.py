@@ -28,12 +28,12 @@ from pathlib import Path
 
 import torch
 
-from turbonerf.data.scene import load_scene
-from turbonerf.distill.trainer import DistillOptions, distill
+from turbonerf.data.formats import load_scene
+from turbonerf.app.distill import DistillOptions, distill
 from turbonerf.engine import runtime
 from turbonerf.engine.checkpoint import read_checkpoint_meta
-from turbonerf.engine.run import CHECKPOINT, load_trained
-from turbonerf.eval.evaluate import evaluate_run
+from turbonerf.app.runs import CHECKPOINT, load_trained
+from turbonerf.app.evaluate import evaluate_run
 from turbonerf.eval.flops import flops_per_ray, params
 from turbonerf.rays import image_ray_bundle
 from turbonerf.render.renderer import render_rays_chunked

@@ -18,9 +18,9 @@ from bake import square_camera, time_renderer  # noqa: E402
 
 from turbonerf.bake.nerftree import load_tree  # noqa: E402
 from turbonerf.bake.render import TreeRenderer, default_step  # noqa: E402
-from turbonerf.data.scene import load_scene  # noqa: E402
-from turbonerf.engine.run import read_run_spec  # noqa: E402
-from turbonerf.eval.evaluate import evaluate_run  # noqa: E402
+from turbonerf.data.formats import load_scene  # noqa: E402
+from turbonerf.app.runs import read_run_spec  # noqa: E402
+from turbonerf.app.evaluate import evaluate_run  # noqa: E402
 from turbonerf.rays import image_ray_bundle  # noqa: E402
 
 

@@ -24,9 +24,9 @@ VARIANTS = ["fp32", "fp32+alloc", "medium+alloc", "bf16+alloc"]
 def worker(args: argparse.Namespace) -> None:
     import torch
 
-    from turbonerf.data.scene import load_scene
+    from turbonerf.data.formats import load_scene
     from turbonerf.engine import runtime
-    from turbonerf.engine.trainer import sample_pixels
+    from turbonerf.app.train import sample_pixels
     from turbonerf.methods.registry import get_method
     from turbonerf.rays import make_rays
 

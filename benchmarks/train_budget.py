@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from turbonerf.engine.run import CHECKPOINT
-from turbonerf.engine.trainer import TrainOptions, train
-from turbonerf.eval.evaluate import evaluate_run
+from turbonerf.app.runs import CHECKPOINT
+from turbonerf.app.train import TrainOptions, train
+from turbonerf.app.evaluate import evaluate_run
 
 
 def parse_args() -> argparse.Namespace:

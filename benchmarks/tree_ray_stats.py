@@ -23,8 +23,8 @@ from bake import square_camera  # noqa: E402
 from turbonerf.bake.march_numpy import grid_rays, lookup_nearest  # noqa: E402
 from turbonerf.bake.nerftree import T_MIN, load_tree  # noqa: E402
 from turbonerf.bake.render import default_step  # noqa: E402
-from turbonerf.data.scene import load_scene  # noqa: E402
-from turbonerf.engine.run import read_run_spec  # noqa: E402
+from turbonerf.data.formats import load_scene  # noqa: E402
+from turbonerf.app.runs import read_run_spec  # noqa: E402
 from turbonerf.rays import image_ray_bundle  # noqa: E402
 
 WEIGHT_EDGES = [1e-4, 1e-3, 1e-2, 1e-1, 0.5]

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import turbonerf
-from turbonerf.data.scene import load_scene, scene_info
+from turbonerf.data.formats import load_scene, scene_info
 from turbonerf.data.synthetic import write_tiny_blender_scene
 from turbonerf.errors import TurboNerfError
 

@@ -10,7 +10,7 @@ import torch
 
 from turbonerf.data.images import read_image
 from turbonerf.data.llff import average_pose
-from turbonerf.data.scene import load_scene, scene_info
+from turbonerf.data.formats import load_scene, scene_info
 from turbonerf.data.synthetic import write_tiny_llff_scene
 from turbonerf.errors import TurboNerfError
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from turbonerf.cameras import camera_rays, distort_opencv, undistort_opencv
-from turbonerf.data.scene import load_scene, scene_info
+from turbonerf.data.formats import load_scene, scene_info
 from turbonerf.data.synthetic import write_tiny_transforms_scene
 from turbonerf.errors import TurboNerfError
 

@@ -6,10 +6,12 @@ import torch
 
 from conftest import TINY_VANILLA
 from turbonerf.cli.main import main
-from turbonerf.data.scene import load_scene
+from turbonerf.data.formats import load_scene
 from turbonerf.data.synthetic import write_tiny_blender_scene
-from turbonerf.engine import trainer as tr
-from turbonerf.engine.run import load_trained
+from turbonerf.app import train as tr
+from turbonerf.app.evaluate import EvalOptions
+from turbonerf.app.runs import load_trained
+from turbonerf.app.sweep import evaluate_sampler_configs
 from turbonerf.errors import TurboNerfError
 from turbonerf.eval.activation_eval import (
     BASE,
@@ -18,7 +20,6 @@ from turbonerf.eval.activation_eval import (
     StageTimer,
     check_supported,
     estimate_diagnostics,
-    evaluate_sampler_configs,
     render_image_timed,
     render_rays_base,
     sweep_configs,
@@ -118,7 +119,7 @@ def test_diagnostics_measure_agreement_with_the_fine_network(trained):
 def test_stats_json_has_one_entry_per_configuration(trained):
     run, _, _ = trained
     configs = [BASE, ACT, ACT_UPS]
-    stats = evaluate_sampler_configs(run, configs, limit=2, progress=False, chunk=128)
+    stats = evaluate_sampler_configs(run, configs, EvalOptions(limit=2, progress=False, chunk=128))
     on_disk = json.loads((run / "eval" / "stats.json").read_text())
     assert on_disk == json.loads(json.dumps(stats))
     assert list(on_disk["configs"]) == ["base", "layer_00_ups_0_fct_std", "layer_01_ups_1_fct_std_half"]

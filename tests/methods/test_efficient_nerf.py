@@ -4,6 +4,8 @@ import dataclasses
 
 import torch
 
+from turbonerf.engine.loop import StepOutput
+
 from turbonerf.methods.efficient_nerf import EfficientNeRF, EfficientNeRFConfig
 from turbonerf.methods.registry import get_method
 from turbonerf.rays import RayBundle
@@ -40,13 +42,19 @@ def test_trains_two_steps_and_updates_grid():
     rays = _rays(32)
     target = torch.rand(32, 3)
     before = model.grid.density.clone()
+    callbacks = model.callbacks()
     for step in range(2):
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss, stats = model.training_loss(rays, target, WHITE, step)
+            outputs = model(rays, WHITE, train=True)
+            loss, stats = model.loss(outputs, target)
+        stats = {**outputs["stats"], **stats}
         assert torch.isfinite(loss)
         opt.zero_grad()
         loss.backward()
         opt.step()
+        assert torch.equal(model.grid.density, before) or step > 0  # the grid learns in a callback, not in the loss
+        for cb in callbacks:
+            cb.after_step(step, StepOutput(loss, outputs, stats))
     assert not torch.equal(model.grid.density, before)
     for key in ("valid_fraction", "pivotal_fraction", "samples_per_ray", "mse", "mse_coarse"):
         assert key in stats and isinstance(stats[key], float)
@@ -97,7 +105,7 @@ def test_ray_missing_occupied_region_renders_background():
 def test_training_with_empty_grid_still_backpropagates():
     model = EfficientNeRF(_tiny_config(uniform_ratio=0.0), AABB)
     model.grid.density.fill_(-1.0)
-    loss, stats = model.training_loss(_rays(8), torch.rand(8, 3), WHITE, 0)
+    loss, stats = model.training_loss(_rays(8), torch.rand(8, 3), WHITE)
     loss.backward()
     assert stats["valid_fraction"] == 0 and stats["samples_per_ray"] == 0
 
@@ -109,7 +117,7 @@ def test_pivots_from_grid_skips_coarse_mlp_at_render():
     with torch.no_grad():
         out = model.render(_rays(10), WHITE)
     assert not calls and out["rgb"].shape == (10, 3)
-    loss, _ = model.train().training_loss(_rays(10), torch.rand(10, 3), WHITE, 0)
+    loss, _ = model.train().training_loss(_rays(10), torch.rand(10, 3), WHITE)
     assert calls and torch.isfinite(loss)
 
 

@@ -7,11 +7,11 @@ import torch
 
 from turbonerf.rays import RayBundle
 from turbonerf.render.volrend import composite
+from turbonerf.render.renderer import render_with_early_stop
 from turbonerf.samplers.occupancy import (
     OccupancyGrid,
     opacity_to_density,
     ray_aabb_intersect,
-    render_with_early_stop,
 )
 
 AABB = torch.tensor([[-1.5, -1.5, -1.5], [1.5, 1.5, 1.5]])

@@ -21,13 +21,13 @@ def test_momentum_update_exact_on_hand_example():
     # Cell (0,0,0) gets two points (sigmas 2 and 4 -> mean 3); cell (1,1,1) gets one (sigma -6).
     pts = torch.tensor([[-0.5, -0.5, -0.5], [-0.9, -0.1, -0.7], [0.5, 0.5, 0.5], [5.0, 0.0, 0.0]])
     sig = torch.tensor([2.0, 4.0, -6.0, 100.0])  # the last point is outside the box: ignored
-    grid.update(pts, sig, beta=0.25)
+    grid.observe(pts, sig, beta=0.25)
     expect = torch.full((2, 2, 2), 10.0)
     expect[0, 0, 0] = 0.75 * 10.0 + 0.25 * 3.0
     expect[1, 1, 1] = 0.75 * 10.0 + 0.25 * -6.0
     assert torch.equal(grid.density, expect)
     # A second update compounds from the new value.
-    grid.update(pts[2:3], torch.tensor([-6.0]), beta=0.25)
+    grid.observe(pts[2:3], torch.tensor([-6.0]), beta=0.25)
     assert grid.density[1, 1, 1].item() == 0.75 * 6.0 + 0.25 * -6.0
     # Cell indexing is x-major: point (0.5, -0.5, -0.5) lies in cell [1, 0, 0].
     flat, inside = grid.cell_indices(torch.tensor([[0.5, -0.5, -0.5]]))

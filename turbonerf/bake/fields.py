@@ -1,17 +1,19 @@
 """What a trained method hands to the baker: ``baking_fields(model, sh_degree) -> BakingFields``.
 
-Dispatch is on what the model has, not on its class, so methods need no baking code:
+The method says what to bake (``Method.baking_field()``) and where space may be occupied
+(``Method.occupancy_fn()``); the colour model depends on the field's class:
 
 ==========================  ===========================================================  ===================
-model has                   colour in the tree                                           example
+baking_field()              colour in the tree                                           example
 ==========================  ===========================================================  ===================
-``fine.sh_head``            the network's own SH coefficients (truncated or zero-padded   efficient-nerf
+``SHField``                 the network's own SH coefficients (truncated or zero-padded   efficient-nerf
                             to ``sh_degree``); density = softplus(raw)
-``fine.color_hidden``       SH projection of the colour logits (NeRF MLP; the trunk runs  vanilla-nerf
-                            once per point, the view branch once per direction)
-``field.color_mlp``         SH projection of the colour logits (hash field; the encoding  instant-ngp
-                            runs once per point)
-``density`` + ``forward``   SH projection of logit(rgb) (generic, slowest)                any other field
+``NeRFMLP``                 SH projection of the colour logits (the trunk runs once per   vanilla-nerf
+                            point, the view branch once per direction)
+``HashField``               SH projection of the colour logits (the encoding runs once    instant-ngp
+                            per point)
+any other field             SH projection of logit(rgb) from ``density`` + ``forward``     any other field
+                            (generic, slowest)
 ==========================  ===========================================================  ===================
 
 SH projection: the colour logit (pre-sigmoid value) of each voxel is evaluated at
@@ -34,6 +36,10 @@ from torch import Tensor, nn
 from turbonerf.bake.nerftree import BakingFields
 from turbonerf.encodings.sh import sh_basis
 from turbonerf.errors import TurboNerfError
+from turbonerf.fields.hash_field import HashField
+from turbonerf.fields.nerf_mlp import NeRFMLP
+from turbonerf.fields.sh_field import SHField, activate_density
+from turbonerf.methods.base import Method
 
 LOGIT_EPS = 1e-3
 """rgb is clamped to [eps, 1 - eps] before the logit in the generic projection"""
@@ -85,7 +91,7 @@ def nerf_mlp_color_logits(mlp: nn.Module, h: Tensor, dirs: Tensor) -> Tensor:
 
 
 def hash_field_color_logits(field: nn.Module, h: Tensor, dirs: Tensor) -> Tensor:
-    """Colour logits of a HashField: h [N, geo_features] from ``_geo``, dirs [D, 3] -> [N, D, 3]."""
+    """Colour logits of a HashField: h [N, geo_features] from ``geometry``, dirs [D, 3] -> [N, D, 3]."""
     enc = sh_basis(dirs.float(), field.sh_degree).to(h.dtype)  # [D, Ks]
     n, d = h.shape[0], enc.shape[0]
     inp = torch.cat([h[:, None, :].expand(n, d, h.shape[1]), enc[None].expand(n, d, enc.shape[1])], -1)
@@ -108,8 +114,6 @@ def _nerf_mlp_fields(mlp: nn.Module, sh_degree: int, n_dirs: int) -> BakingField
 
 def _sh_field_fields(field: nn.Module, sh_degree: int) -> BakingFields:
     """EfficientNeRF's SHField: raw density through softplus, native SH colour."""
-    from turbonerf.methods.efficient_nerf import activate_density
-
     k = sh_degree**2
 
     def density_fn(x: Tensor) -> Tensor:
@@ -132,7 +136,7 @@ def _hash_field_fields(field: nn.Module, sh_degree: int, n_dirs: int) -> BakingF
     proj = sh_projection_matrix(dirs, sh_degree)
 
     def voxel_fn(x: Tensor) -> tuple[Tensor, Tensor]:
-        sigma, h = field._geo(x)
+        sigma, h = field.geometry(x)
         logits = hash_field_color_logits(field, h, dirs.to(x.device, torch.float32))
         return sigma.float(), project_logits(logits, proj)
 
@@ -154,45 +158,34 @@ def _generic_fields(field: nn.Module, sh_degree: int, n_dirs: int) -> BakingFiel
     return BakingFields(field.density, voxel_fn, sh_degree, description=f"generic field, SH projection of logit(rgb) from {n_dirs} directions")
 
 
-def _candidate_fn(model: nn.Module):
-    """The method's own occupancy test (points [N, 3] -> bool [N]), if it has one."""
-    grid = getattr(model, "grid", None)
-    for name in ("is_occupied", "valid_mask"):  # instant-ngp OccupancyGrid, efficient-nerf DensityGrid
-        fn = getattr(grid, name, None)
-        if callable(fn):
-            return fn
-    return None
+def field_baking_fields(field: nn.Module, sh_degree: int = 3, n_dirs: int = 32) -> BakingFields:
+    """Density and SH-colour functions of one field (dispatch on its class, see the module
+    docstring; any other field needs ``density(x)`` and ``forward(x, d) -> (sigma, rgb)``)."""
+    if isinstance(field, SHField):
+        return _sh_field_fields(field, sh_degree)
+    if isinstance(field, NeRFMLP):
+        return _nerf_mlp_fields(field, sh_degree, n_dirs)
+    if isinstance(field, HashField):
+        return _hash_field_fields(field, sh_degree, n_dirs)
+    if not (callable(getattr(field, "density", None)) and callable(field)):
+        raise TurboNerfError(f"cannot bake a {type(field).__name__}: it has no density(x) and forward(x, d)")
+    return _generic_fields(field, sh_degree, n_dirs)
 
 
-def baking_fields(model: nn.Module, sh_degree: int = 3, n_dirs: int = 32, use_method_grid: bool = True) -> BakingFields:
+def baking_fields(model: Method, sh_degree: int = 3, n_dirs: int = 32, use_method_grid: bool = True) -> BakingFields:
     """Density, SH-colour and (optionally) candidate functions of a trained method.
 
     Args:
-        model: a trained method (vanilla-nerf, efficient-nerf, instant-ngp) or any field with
-            ``density(x)`` and ``forward(x, d) -> (sigma, rgb)``.
+        model: a trained method; its ``baking_field()`` is baked (dispatch on the field's class,
+            see the module docstring) and its ``occupancy_fn()`` limits the cells.
         sh_degree: SH bands of the tree.
         n_dirs: directions per voxel for the SH projection (must be >= sh_degree^2).
         use_method_grid: skip cells the method's occupancy / density grid calls empty.
     """
     if n_dirs < sh_degree**2:
         raise TurboNerfError(f"SH projection needs at least {sh_degree ** 2} directions for {sh_degree} bands, got {n_dirs}")
-    fine = getattr(model, "fine", None)
-    field = getattr(model, "field", None)
-    if fine is not None and all(hasattr(fine, a) for a in ("sh_head", "features", "sigma_head", "sh_degree")):
-        out = _sh_field_fields(fine, sh_degree)
-    elif fine is not None and all(hasattr(fine, a) for a in ("trunk_features", "sigma_head", "feature", "color_hidden", "color_head", "dir_enc")):
-        out = _nerf_mlp_fields(fine, sh_degree, n_dirs)
-    elif field is not None and all(hasattr(field, a) for a in ("_geo", "color_mlp", "sh_degree")):
-        out = _hash_field_fields(field, sh_degree, n_dirs)
-    else:
-        for cand in (fine, field, model):
-            if cand is not None and callable(getattr(cand, "density", None)) and callable(cand):
-                out = _generic_fields(cand, sh_degree, n_dirs)
-                break
-        else:
-            raise TurboNerfError(f"cannot bake a {type(model).__name__}: it has no field with density(x) and forward(x, d)")
-    if use_method_grid:
-        cand_fn = _candidate_fn(model)
-        if cand_fn is not None:
-            out = BakingFields(out.density_fn, out.voxel_fn, out.sh_degree, cand_fn, out.description + "; cells limited to the method's grid")
+    out = field_baking_fields(model.baking_field(), sh_degree, n_dirs)
+    cand_fn = model.occupancy_fn() if use_method_grid else None
+    if cand_fn is not None:
+        out = BakingFields(out.density_fn, out.voxel_fn, out.sh_degree, cand_fn, out.description + "; cells limited to the method's grid")
     return out

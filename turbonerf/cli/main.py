@@ -29,9 +29,9 @@ def inspect(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of text"),
 ):
     """Detect a scene folder's format and summarise it: splits, resolution, intrinsics, bounds."""
-    from turbonerf.data.scene import scene_info
+    from turbonerf.app.inspect import describe_scene
 
-    info = scene_info(path).to_json()
+    info = describe_scene(path)
     if as_json:
         print(json.dumps(info))
         return
@@ -65,8 +65,8 @@ def train(
     progress: bool = typer.Option(True, help="show a progress bar"),
 ):
     """Train a method on a scene. Ctrl-C saves a checkpoint; --resume continues from it."""
-    from turbonerf.engine.trainer import TrainOptions
-    from turbonerf.engine.trainer import train as run_training
+    from turbonerf.app.train import TrainOptions
+    from turbonerf.app.train import train as run_training
 
     if data is None and not resume:
         raise TurboNerfError("--data is required (unless --resume)")
@@ -99,7 +99,7 @@ def evaluate(
     every: int = typer.Option(1, help="only every K-th image of the split (0, K, 2K, ...)"),
     downscale: Optional[int] = typer.Option(None, help="image downscale (default: the training one)"),
     device: str = typer.Option("auto", help="'auto', 'cpu' or 'cuda[:N]'"),
-    chunk: int = typer.Option(4096, help="rays rendered at once"),
+    chunk: Optional[int] = typer.Option(None, help="rays rendered at once (default: 4096 for a model, 1M for a tree)"),
     progress: bool = typer.Option(True, help="show a progress bar"),
     sampler: str = typer.Option(
         "default",
@@ -131,19 +131,17 @@ def evaluate(
     With --sampler activation or --sweep: compare the coarse-to-fine pipeline ('base') with
     activation-based sampling and write RUN/eval/stats.json (quality, time split t_act / t_coarse / t_fine).
     """
+    from turbonerf.app.evaluate import EvalOptions, evaluate_run
+    from turbonerf.app.runs import TreeOptions
+
     if sampler not in ("default", "activation"):
         raise TurboNerfError(f"unknown --sampler '{sampler}' (choose default or activation)")
+    opts = EvalOptions(split=split, limit=limit, every=every, downscale=downscale, device=device, chunk=chunk, progress=progress)
     if sampler == "activation" or sweep:
-        from turbonerf.eval.activation_eval import BASE, SamplerConfig, evaluate_sampler_configs, format_table, sweep_configs
+        from turbonerf.app.sweep import SweepOptions, evaluate_sampler_configs, format_table, sampler_configs
 
-        if sweep:
-            configs = sweep_configs(reduce=reduce, net=act_net)
-        else:
-            configs = [BASE, SamplerConfig("activation", layer, fct, upsample, reduce, act_net)]
-        stats = evaluate_sampler_configs(
-            run, configs, split, limit, every, downscale, device, chunk,
-            progress=progress, save_images=save_images, drop_missing_layers=sweep,
-        )
+        configs = sampler_configs(sweep, layer, fct, upsample, reduce, act_net)
+        stats = evaluate_sampler_configs(run, configs, opts, SweepOptions(save_images=save_images, drop_missing_layers=sweep))
         print(f"{stats['method']} on {stats['n_images']} {split} images at {stats['width']}x{stats['height']}, {stats['device']}:")
         print(format_table(stats))
         for key in stats.get("skipped", []):
@@ -152,23 +150,15 @@ def evaluate(
             print(f"LPIPS not computed: {stats['lpips_reason']}")
         print(f"-> {Path(run) / 'eval' / 'stats.json'}")
         return
-    from turbonerf.eval.evaluate import evaluate_run
-
-    if baked or tree is not None:
-        from turbonerf.bake.run import evaluate_baked
-
-        r = evaluate_baked(
-            run, tree, lookup=lookup, step_scale=step_scale, device=device, split=split, limit=limit, every=every,
-            downscale=downscale, progress=progress,
-        )
-        where = Path(run) / "eval_baked" / "results.json"
-    else:
-        r = evaluate_run(run, split, limit, every, downscale, device, chunk, progress=progress)
-        where = Path(run) / "eval" / "results.json"
+    is_baked = baked or tree is not None
+    r = evaluate_run(run, opts, baked=is_baked, tree=TreeOptions(tree, lookup, step_scale))
+    where = Path(run) / ("eval_baked" if is_baked else "eval") / "results.json"
     ssim_txt = "n/a" if r["ssim"] is None else f"{r['ssim']:.4f}"
+    lpips_txt = "n/a" if r.get("lpips") is None else f"{r['lpips']:.4f}"
     print(
         f"{r['method']} ({r['renderer']}) on {r['n_images']} {split} images at {r['width']}x{r['height']}: "
-        f"PSNR {r['psnr']:.2f} dB, SSIM {ssim_txt}, {r['ms_per_frame']:.0f} ms/frame, {r['storage_mb']:.1f} MiB -> {where}"
+        f"PSNR {r['psnr']:.2f} dB, SSIM {ssim_txt}, LPIPS {lpips_txt}, {r['ms_per_frame']:.0f} ms/frame, "
+        f"{r['storage_mb']:.1f} MiB -> {where}"
     )
 
 
@@ -191,15 +181,11 @@ def render(
     ),
 ):
     """Render RGB, depth and opacity along a camera path, and videos of it."""
-    from turbonerf.render.sequence import render_sequence
+    from turbonerf.app.render import RenderOptions, render_sequence
+    from turbonerf.app.runs import TreeOptions
 
-    render_fn, chunk = None, 4096
-    if baked or tree is not None:
-        from turbonerf.bake.run import tree_renderer_for_run
-
-        render_fn, _ = tree_renderer_for_run(run, tree, device, lookup=lookup, step_scale=step_scale)
-        chunk = 1 << 20
-    res = render_sequence(run, path, out, frames, downscale, fps, device, overwrite, chunk, progress=progress, render_fn=render_fn)
+    opts = RenderOptions(path=path, frames=frames, downscale=downscale, fps=fps, device=device, overwrite=overwrite, progress=progress)
+    res = render_sequence(run, out, opts, baked=baked or tree is not None, tree=TreeOptions(tree, lookup, step_scale))
     print(f"frames in {res['frames']}; video {res['video']}; depth video {res['depth_video']}")
 
 
@@ -222,12 +208,14 @@ def bake(
     progress: bool = typer.Option(True, help="show progress bars"),
 ):
     """Bake a trained run into a NerfTree (EfficientNeRF): a network-free cache that `eval --baked` and `render --baked` use."""
-    from turbonerf.bake.run import bake_run
+    from turbonerf.app.bake import BakeOptions, bake_run
 
-    path, _, info = bake_run(
-        run, out, coarse_res, fine_res, sh_degree, overwrite, device, threshold, visibility,
-        prune_weight=prune_weight, prune_stride=prune_stride, prune_dilate=prune_dilate, progress=progress,
+    opts = BakeOptions(
+        out=out, coarse_res=coarse_res, fine_res=fine_res, sh_degree=sh_degree, overwrite=overwrite, device=device,
+        threshold=threshold, visibility=visibility, prune_weight=prune_weight, prune_stride=prune_stride,
+        prune_dilate=prune_dilate, progress=progress,
     )
+    path, _, info = bake_run(run, opts)
     print(
         f"baked {info['method']} into {info['n_blocks']} blocks ({100 * info['occupied_fraction']:.2f}% of {coarse_res}^3 cells, "
         f"{info['storage_mb']:.1f} MiB) in {info['bake_seconds']:.0f} s -> {path}"
@@ -259,8 +247,8 @@ def distill(
     progress: bool = typer.Option(True, help="show progress bars"),
 ):
     """Distil a trained run into a neural light field (R2L): teacher pseudo data + real rays + hard examples."""
-    from turbonerf.distill.trainer import DistillOptions
-    from turbonerf.distill.trainer import distill as run_distill
+    from turbonerf.app.distill import DistillOptions
+    from turbonerf.app.distill import distill as run_distill
 
     opts = DistillOptions(
         teacher=teacher,
@@ -297,9 +285,9 @@ def distill(
 @app.command()
 def methods():
     """List the registered methods."""
-    from turbonerf.methods.registry import method_names
+    from turbonerf.app.train import available_methods
 
-    for name in method_names():
+    for name in available_methods():
         print(name)
 
 
@@ -311,14 +299,14 @@ def demo(
     progress: bool = typer.Option(True, help="show progress bars"),
 ):
     """Train on the small lego scene shipped with turbonerf, evaluate it and render an orbit."""
-    from turbonerf.cli.demo import run_demo
+    from turbonerf.app.demo import run_demo
 
     run_demo(out, minutes, overwrite, progress)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``turbonerf`` console script; returns the exit status."""
-    from turbonerf.engine.trainer import TrainingInterrupted
+    from turbonerf.app.train import TrainingInterrupted
 
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args

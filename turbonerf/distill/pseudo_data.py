@@ -46,8 +46,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from turbonerf.cameras import Cameras
-from turbonerf.engine import runtime
-from turbonerf.engine.checkpoint import atomic_write_text
+from turbonerf.io.files import atomic_write_text
 from turbonerf.errors import TurboNerfError
 from turbonerf.rays import image_ray_bundle
 from turbonerf.render.renderer import RenderFn, render_rays_chunked
@@ -277,7 +276,7 @@ def render_pseudo_chunk(
     for _ in range(spec.images_per_chunk):
         cam = sample_pseudo_camera(cameras, spec.pose_mode, g)
         rays = image_ray_bundle(cam, 0, spec.near, spec.far, spec.ndc).to(device)
-        with torch.no_grad(), runtime.autocast(device, bf16):
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             out = render_rays_chunked(render_fn, rays, background.to(device), chunk_rays)
         rays_out.append(torch.cat([rays.origins, rays.directions], dim=-1).float().cpu().numpy())
         rgb_out.append(out["rgb"].float().clamp(0, 1).cpu().numpy().astype(np.float16))

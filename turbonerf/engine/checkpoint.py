@@ -12,20 +12,13 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from turbonerf.errors import TurboNerfError
+from turbonerf.io.files import temp_path
 
 FORMAT_VERSION = 1
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
@@ -52,7 +45,7 @@ def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict) ->
     """Atomically write tensors + JSON metadata; the old file at ``path`` becomes ``previous``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = temp_path(path)
     contiguous = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     save_file(contiguous, str(tmp), metadata={"turbonerf": json.dumps({"format_version": FORMAT_VERSION, **meta})})
     if path.exists():
@@ -62,8 +55,6 @@ def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict) ->
 
 def read_checkpoint_meta(path: Path) -> dict:
     """The JSON metadata of a checkpoint, without loading its tensors."""
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise TurboNerfError("checkpoint not found", path)

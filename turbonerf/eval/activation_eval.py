@@ -29,31 +29,20 @@ generation, slicing into chunks, concatenating and reshaping outputs), so the fo
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from turbonerf.cameras import Cameras
-from turbonerf.data.scene import load_scene
-from turbonerf.engine import runtime
-from turbonerf.engine.checkpoint import atomic_write_text
-from turbonerf.engine.run import load_trained
 from turbonerf.errors import TurboNerfError
-from turbonerf.eval.evaluate import device_name
-from turbonerf.eval.media import save_png
-from turbonerf.eval.metrics import LpipsScorer, psnr, ssim
-from turbonerf.fields.nerf_mlp import NeRFMLP
-from turbonerf.rays import RayBundle, image_ray_bundle, packed_from_dense
+from turbonerf.methods.base import CoarseToFine
+from turbonerf.rays import RayBundle, image_ray_bundle
 from turbonerf.render.renderer import RenderFn, render_rays_chunked
-from turbonerf.render.volrend import composite
 from turbonerf.samplers.activation import (
     REDUCTIONS,
     TRANSFORMS,
@@ -142,17 +131,10 @@ def sweep_configs(
 
 
 def check_supported(model: torch.nn.Module, method: str) -> None:
-    """TurboNerfError unless ``model`` is a coarse-to-fine NeRF (a coarse and a fine NeRFMLP)."""
+    """TurboNerfError unless ``model`` is a coarse-to-fine NeRF (:class:`CoarseToFine`)."""
     if method == "efficient-nerf":
         raise TurboNerfError(EFFICIENT_NERF_REASON)
-    cfg = getattr(model, "config", None)
-    ok = (
-        isinstance(getattr(model, "coarse", None), NeRFMLP)
-        and isinstance(getattr(model, "fine", None), NeRFMLP)
-        and hasattr(cfg, "n_coarse")
-        and hasattr(cfg, "n_fine")
-    )
-    if not ok:
+    if not isinstance(model, CoarseToFine):
         raise TurboNerfError(
             f"activation-based sampling needs a coarse-to-fine NeRF (a coarse and a fine NeRF MLP with "
             f"n_coarse/n_fine samples, as vanilla-nerf); method '{method}' has no such pair"
@@ -162,7 +144,7 @@ def check_supported(model: torch.nn.Module, method: str) -> None:
 def check_layer(model: torch.nn.Module, config: SamplerConfig) -> None:
     """TurboNerfError when ``config.layer`` is not a trunk layer of the network it reads."""
     if config.sampler == "activation":
-        depth = len(getattr(model, config.net).trunk)
+        depth = len(model.trunk(config.net).trunk)
         if config.layer >= depth:
             raise TurboNerfError(f"--layer {config.layer} does not exist: the {config.net} MLP has {depth} trunk layers (0..{depth - 1})")
 
@@ -196,36 +178,25 @@ class StageTimer:
         return {k: getattr(self, k) for k in STAGES}
 
 
-def shade_dense(mlp: NeRFMLP, rays: RayBundle, edges: Tensor, background: Tensor) -> dict[str, Tensor]:
-    """Run ``mlp`` at the midpoints of the bins ``edges`` [R, S+1] and composite: rgb [R, 3],
-    depth [R], opacity [R], weights [R * S]."""
-    s = packed_from_dense(edges)
-    sigma, rgb = mlp(s.positions(rays), s.viewdirs(rays))
-    return composite(s.t_starts, s.t_ends, sigma, rgb, s.ray_indices, s.n_rays, background)
-
-
 def _outputs(res: dict[str, Tensor]) -> dict[str, Tensor]:
     return {"rgb": res["rgb"], "depth": res["depth"], "opacity": res["opacity"]}
 
 
-def render_rays_base(model, rays: RayBundle, background: Tensor, timer: StageTimer) -> dict[str, Tensor]:
-    """The coarse-to-fine render of a vanilla NeRF at evaluation (no jitter, deterministic
-    quantiles), identical to ``model.render``, with t_coarse and t_fine timed."""
-    c = model.config
+def render_rays_base(model: CoarseToFine, rays: RayBundle, background: Tensor, timer: StageTimer) -> dict[str, Tensor]:
+    """The method's own coarse-to-fine render at evaluation (its stages, no jitter,
+    deterministic quantiles), with t_coarse and t_fine timed."""
     with timer.stage("t_coarse"):
-        edges = stratified_edges(rays.near, rays.far, c.n_coarse, jitter=False)
-        coarse = shade_dense(model.coarse, rays, edges, background)
-        w = coarse["weights"].reshape(len(rays), c.n_coarse)
+        edges, w, _ = model.coarse_stage(rays, background, train=False)
     with timer.stage("t_fine"):
-        fine_edges = merge_edges(edges, sample_from_pdf(edges, w, c.n_fine, deterministic=True))
-        fine = shade_dense(model.fine, rays, fine_edges, background)
+        fine_edges = merge_edges(edges, sample_from_pdf(edges, w, model.n_fine, deterministic=True))
+        fine = model.fine_stage(rays, background, fine_edges, train=False)
     return _outputs(fine)
 
 
 def activation_values_for(model, config: SamplerConfig, rays: RayBundle, n_samples: int) -> Tensor:
     """[R, n_samples] reduced activations of ``config.net``'s trunk layer ``config.layer`` at
     n_samples uniform bins over each ray's [near, far]."""
-    mlp: NeRFMLP = getattr(model, config.net)
+    mlp = model.trunk(config.net)
     edges = stratified_edges(rays.near, rays.far, n_samples, jitter=False)
     return activation_values(lambda x: mlp.trunk_features(x, upto=config.layer), rays, edges, config.reduce)
 
@@ -235,11 +206,10 @@ def render_rays_from_estimate(
 ) -> dict[str, Tensor]:
     """Fine pass (timed as t_fine) on the n_coarse uniform bins plus n_fine samples drawn from a
     density estimate [R, n_coarse]."""
-    c = model.config
     with timer.stage("t_fine"):
-        edges = stratified_edges(rays.near, rays.far, c.n_coarse, jitter=False)
-        fine_edges = activation_fine_edges(edges, estimate, c.n_fine, padding=padding, deterministic=True)
-        fine = shade_dense(model.fine, rays, fine_edges, background)
+        edges = stratified_edges(rays.near, rays.far, model.n_coarse, jitter=False)
+        fine_edges = activation_fine_edges(edges, estimate, model.n_fine, padding=padding, deterministic=True)
+        fine = model.fine_stage(rays, background, fine_edges, train=False)
     return _outputs(fine)
 
 
@@ -251,7 +221,7 @@ def make_render_fn(model, config: SamplerConfig, timer: StageTimer, padding: flo
         return lambda rays, background: render_rays_base(model, rays, background, timer)
     if config.upsample:
         raise ValueError("upsampled activation configurations need the whole image: use render_image_timed")
-    n = model.config.n_coarse
+    n = model.n_coarse
 
     def render_fn(rays: RayBundle, background: Tensor) -> dict[str, Tensor]:
         with timer.stage("t_act"):
@@ -264,7 +234,7 @@ def make_render_fn(model, config: SamplerConfig, timer: StageTimer, padding: flo
 def _upsampled_estimate(model, config: SamplerConfig, rays: RayBundle, height: int, width: int, chunk: int) -> Tensor:
     """[H * W, n_coarse] estimate from an activation pass at every second pixel (both image
     directions) and n_coarse // 2 samples per ray, nearest-upsampled (the reference's --upsample)."""
-    n = model.config.n_coarse
+    n = model.n_coarse
     n_half = max(1, n // 2)
     rows = torch.arange(0, height, 2, device=rays.origins.device)
     cols = torch.arange(0, width, 2, device=rays.origins.device)
@@ -326,11 +296,11 @@ def evaluations_per_ray(model, config: SamplerConfig) -> dict[str, float]:
     """Network evaluations per rendered ray: ``act`` points through ``act_layers`` trunk layers,
     ``coarse`` and ``fine`` points through the whole MLP (the upsampled pass evaluates one ray in
     four at half the samples)."""
-    c = model.config
+    n_coarse, n_fine = model.n_coarse, model.n_fine
     if config.sampler == "default":
-        return {"act": 0.0, "act_layers": 0, "coarse": float(c.n_coarse), "fine": float(c.n_coarse + c.n_fine)}
-    act = (max(1, c.n_coarse // 2) / 4.0) if config.upsample else float(c.n_coarse)
-    return {"act": act, "act_layers": config.layer + 1, "coarse": 0.0, "fine": float(c.n_coarse + c.n_fine)}
+        return {"act": 0.0, "act_layers": 0, "coarse": float(n_coarse), "fine": float(n_coarse + n_fine)}
+    act = (max(1, n_coarse // 2) / 4.0) if config.upsample else float(n_coarse)
+    return {"act": act, "act_layers": config.layer + 1, "coarse": 0.0, "fine": float(n_coarse + n_fine)}
 
 
 def _ranks(x: Tensor) -> Tensor:
@@ -378,7 +348,7 @@ def estimate_diagnostics(
         uniform weights, the floor any useful estimate must beat.
     """
     device = torch.device(device)
-    n = model.config.n_coarse
+    n = model.n_coarse
     h, w = cameras.height, cameras.width
     rays = image_ray_bundle(cameras, index, near, far, ndc).to(device)
     stride = max(1, math.ceil(h * w / max_rays))
@@ -387,9 +357,9 @@ def estimate_diagnostics(
     edges = stratified_edges(sub.near, sub.far, n, jitter=False)
     t_mid = 0.5 * (edges[:, :-1] + edges[:, 1:])
     pts = (sub.origins[:, None, :] + t_mid[..., None] * sub.directions[:, None, :]).reshape(-1, 3)
-    truth = model.fine.density(pts).float().reshape(len(sub), n)
+    truth = model.trunk("fine").density(pts).float().reshape(len(sub), n)
     if config.sampler == "default":
-        est = model.coarse.density(pts).float().reshape(len(sub), n)
+        est = model.trunk("coarse").density(pts).float().reshape(len(sub), n)
     elif config.upsample:
         est = _upsampled_estimate(model, config, rays, h, w, chunk)[pick]
     else:
@@ -410,144 +380,6 @@ def estimate_diagnostics(
         "pdf_overlap": float(torch.minimum(w_est, w_true).sum(-1).mean()),
         "pdf_overlap_uniform": float(torch.minimum(w_uni, w_true).sum(-1).mean()),
     }
-
-
-def _mean(values: list) -> float | None:
-    vals = [v for v in values if v is not None]
-    return sum(vals) / len(vals) if vals and len(vals) == len(values) else None
-
-
-def evaluate_sampler_configs(
-    run_dir: Path,
-    configs: Sequence[SamplerConfig],
-    split: str = "test",
-    limit: int | None = None,
-    every: int = 1,
-    downscale: int | None = None,
-    device: str = "auto",
-    chunk: int = 4096,
-    bf16: bool = True,
-    progress: bool = True,
-    padding: float = 0.01,
-    save_images: bool = False,
-    diagnostics: bool = True,
-    drop_missing_layers: bool = False,
-    out_name: str = "eval",
-) -> dict:
-    """Render ``split`` of a coarse-to-fine run once per configuration, score it and time it; write
-    ``RUN/<out_name>/stats.json`` and return its contents.
-
-    ``drop_missing_layers``: leave out (and list under ``skipped``) configurations reading a
-    layer the network does not have, instead of failing (for sweeps over small networks).
-
-    Every image is rendered with all configurations in turn (so load on a shared machine hits
-    them alike), after one untimed warm-up render of each configuration on a small chunk.
-    With ``diagnostics``, each configuration's density estimate is also compared with the fine
-    network along the rays of the first image (:func:`estimate_diagnostics`, untimed).
-
-    stats.json: run metadata plus ``configs``: {key: {the config's fields, psnr, ssim, lpips,
-    t (mean seconds per image), t_act, t_coarse, t_fine, t_other (means), totals (sums over
-    images), speedup_vs_base (base t / t), evals_per_ray, estimate_vs_fine (or None),
-    per_image: [...]}}.
-    """
-    run_dir = Path(run_dir)
-    dev = runtime.resolve_device(device)
-    runtime.configure(dev)
-    model, spec, meta = load_trained(run_dir, dev)
-    check_supported(model, spec.method)
-    configs = list(dict.fromkeys(configs))  # drop duplicates, keep order
-    skipped = []
-    if drop_missing_layers:
-        depth = {net: len(getattr(model, net).trunk) for net in ("coarse", "fine")}
-        skipped = [c.key for c in configs if c.sampler == "activation" and c.layer >= depth[c.net]]
-        configs = [c for c in configs if c.key not in skipped]
-    if not configs:
-        raise TurboNerfError("no sampler configuration to evaluate")
-    for cfg in configs:
-        check_layer(model, cfg)
-    ds = downscale or spec.scene.downscale
-    scene = load_scene(spec.scene.data, downscale=ds, splits=(split,))
-    data = scene.split(split)
-    indices = list(range(0, len(data), max(1, every)))[:limit]
-    if not indices:
-        raise TurboNerfError(f"nothing to evaluate: split '{split}' has {len(data)} images", spec.scene.data)
-    out_dir = run_dir / out_name
-    out_dir.mkdir(parents=True, exist_ok=True)
-    lpips = LpipsScorer()
-
-    def render(cfg: SamplerConfig, i: int):
-        with runtime.autocast(dev, bf16):
-            return render_image_timed(
-                model, cfg, data.cameras, i, scene.near, scene.far, scene.ndc, scene.background, chunk, dev, padding
-            )
-
-    # warm-up: one full chunk per configuration, untimed (lazy initialisation, and the allocator
-    # growing to chunk-sized buffers: without it the first configuration measured pays ~2x)
-    warm = image_ray_bundle(data.cameras, indices[0], scene.near, scene.far, scene.ndc)[:chunk]
-    with torch.no_grad(), runtime.autocast(dev, bf16):
-        for cfg in configs:
-            fn = make_render_fn(model, SamplerConfig(**{**asdict(cfg), "upsample": False}), StageTimer(dev), padding)
-            fn(warm.to(dev), scene.background.to(dev))
-
-    diag = {}
-    if diagnostics:
-        with runtime.autocast(dev, bf16):
-            for cfg in configs:
-                diag[cfg.key] = estimate_diagnostics(
-                    model, cfg, data.cameras, indices[0], scene.near, scene.far, scene.ndc, chunk, dev
-                )
-
-    per: dict[str, list[dict]] = {cfg.key: [] for cfg in configs}
-    bar = tqdm(total=len(indices) * len(configs), desc=f"samplers {split}", disable=not progress, unit="render")
-    for i in indices:
-        target = data.images[i].float() / 255.0
-        name = Path(data.paths[i]).stem
-        for cfg in configs:
-            out, times = render(cfg, i)
-            if save_images:
-                save_png(out_dir / "samplers" / cfg.key / f"{name}.png", out["rgb"])
-            scores = {"psnr": psnr(out["rgb"], target), "ssim": ssim(out["rgb"], target), "lpips": lpips.score(out["rgb"], target)}
-            per[cfg.key].append({"name": name, **scores, **times})
-            bar.update(1)
-    bar.close()
-
-    entries = {}
-    for cfg in configs:
-        rows = per[cfg.key]
-        timing = ("t", *STAGES, "t_other")
-        entries[cfg.key] = {
-            **asdict(cfg),
-            "psnr": _mean([r["psnr"] for r in rows]),
-            "ssim": _mean([r["ssim"] for r in rows]),
-            "lpips": _mean([r["lpips"] for r in rows]),
-            **{k: _mean([r[k] for r in rows]) for k in timing},
-            "totals": {k: sum(r[k] for r in rows) for k in timing},
-            "evals_per_ray": evaluations_per_ray(model, cfg),
-            "estimate_vs_fine": diag.get(cfg.key),
-            "per_image": rows,
-        }
-    if "base" in entries:
-        base_t = entries["base"]["t"]
-        for e in entries.values():
-            e["speedup_vs_base"] = base_t / e["t"] if e["t"] > 0 else math.nan
-    stats = {
-        "method": spec.method,
-        "run": str(run_dir),
-        "step": meta.get("step"),
-        "split": split,
-        "n_images": len(indices),
-        "width": data.cameras.width,
-        "height": data.cameras.height,
-        "device": device_name(dev),
-        "bf16": bf16,
-        "chunk": chunk,
-        "pdf_padding": padding,
-        "lpips_reason": lpips.reason,
-        "skipped": skipped,
-        "configs": entries,
-    }
-    atomic_write_text(out_dir / "stats.json", json.dumps(stats, indent=2))
-    return stats
 
 
 def format_table(stats: dict) -> str:

@@ -8,26 +8,19 @@ Definition (the one R2L and the NeRF papers use for MLP methods):
 A multiply-add counts as 2 FLOPs. Biases, activations, positional encodings, spherical-harmonics
 evaluation, hash-grid lookups, sampling and compositing are **not** counted: for MLP methods
 they are a few percent of the matmuls; for hash-grid methods (Instant-NGP) the lookups dominate
-and this number understates the real cost. Evaluations per ray:
-
-- a model with its own ``flops_per_ray()`` method: that method's answer;
-- a light field (``samples_per_ray() == 1``, e.g. R2L): every Linear layer once;
-- coarse + fine NeRFs with ``config.n_coarse`` / ``config.n_fine`` (vanilla NeRF): the coarse
-  network on ``n_coarse`` samples, the fine network on ``n_coarse + n_fine`` (64 + 192 with the
-  paper's settings);
-- other models with ``coarse`` and ``fine`` networks (EfficientNeRF): the fine network on every
-  evaluation counted by ``samples_per_ray()`` (an upper bound: its coarse network is lighter);
-- anything else: every Linear layer of the model on each of ``samples_per_ray()`` evaluations.
+and this number understates the real cost. Each method says how many evaluations of which
+network a ray costs in its ``flops_per_ray()`` (:class:`turbonerf.methods.base.Method`), e.g.
+vanilla NeRF: the coarse network on ``n_coarse`` samples and the fine one on ``n_coarse + n_fine``
+(64 + 192 with the paper's settings); a light field (R2L): every Linear layer once.
 """
 
 from __future__ import annotations
 
 from torch import nn
 
+from turbonerf.methods.base import Method, linear_flops
 
-def linear_flops(module: nn.Module) -> int:
-    """FLOPs of one evaluation of every ``nn.Linear`` inside ``module``: sum of 2 * in * out."""
-    return sum(2 * m.in_features * m.out_features for m in module.modules() if isinstance(m, nn.Linear))
+__all__ = ["flops_per_ray", "linear_flops", "params"]
 
 
 def params(model: nn.Module) -> int:
@@ -35,17 +28,6 @@ def params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def flops_per_ray(model: nn.Module) -> float:
+def flops_per_ray(model: Method) -> float:
     """FLOPs one rendered ray costs (see the module docstring for what is counted)."""
-    own = getattr(model, "flops_per_ray", None)
-    if callable(own):
-        return float(own())
-    spr = float(model.samples_per_ray())
-    coarse, fine = getattr(model, "coarse", None), getattr(model, "fine", None)
-    if isinstance(coarse, nn.Module) and isinstance(fine, nn.Module):
-        cfg = getattr(model, "config", None)
-        n_coarse, n_fine = getattr(cfg, "n_coarse", None), getattr(cfg, "n_fine", None)
-        if n_coarse is not None and n_fine is not None:
-            return float(linear_flops(coarse) * n_coarse + linear_flops(fine) * (n_coarse + n_fine))
-        return float(linear_flops(fine)) * spr
-    return float(linear_flops(model)) * spr
+    return float(model.flops_per_ray())

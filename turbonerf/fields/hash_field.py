@@ -88,7 +88,7 @@ class HashField(nn.Module):
         self.density_mlp = _mlp(self.encoding.out_dim, hidden, density_layers, geo_features)
         self.color_mlp = _mlp(geo_features + sh_degree**2, hidden, color_layers, 3)
 
-    def _geo(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def geometry(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """x: [N, 3] -> sigma [N] float32, geo features [N, geo_features] (autocast dtype)."""
         u = normalize_points(x, self.aabb)
         inside = ((u >= 0.0) & (u <= 1.0)).all(dim=-1)
@@ -98,11 +98,11 @@ class HashField(nn.Module):
 
     def density(self, x: Tensor) -> Tensor:
         """x: [N, 3] points -> sigma [N] float32 (>= 0)."""
-        return self._geo(x)[0]
+        return self.geometry(x)[0]
 
     def forward(self, x: Tensor, d: Tensor) -> tuple[Tensor, Tensor]:
         """x: [N, 3] points, d: [N, 3] unit directions -> sigma [N], rgb [N, 3] (float32)."""
-        sigma, h = self._geo(x)
+        sigma, h = self.geometry(x)
         sh = sh_basis(d.float(), self.sh_degree).to(h.dtype)
         rgb = torch.sigmoid(self.color_mlp(torch.cat([h, sh], dim=-1)).float())
         return sigma, rgb

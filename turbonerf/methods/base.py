@@ -1,32 +1,119 @@
-"""What every method provides, so the trainer, eval and render commands can treat them alike."""
+"""The contract every method fulfils, so that training, evaluation, rendering, baking,
+activation sampling and distillation treat them alike.
+
+A method is an ``nn.Module`` subclass of :class:`Method`:
+
+- ``forward(rays, background, train) -> outputs``: the rendered outputs, ``rgb`` [R, 3],
+  ``depth`` [R], ``opacity`` [R], plus whatever the method's samplers produced (e.g. the coarse
+  pass's ``coarse_rgb``, the points and raw densities a density grid learns from) and a
+  ``stats`` dict of floats for the log. ``train=True`` jitters samples and keeps the graph.
+- ``loss(outputs, target) -> (loss, stats)``: the training objective over those outputs.
+- ``render(rays, background)``: inference (no graph), the three image outputs only; it is
+  ``forward(train=False)`` unless a method renders differently at inference.
+- ``make_optimizer() -> (optimizer, step -> learning-rate factor)``.
+- ``callbacks()``: hooks of the training loop (:mod:`turbonerf.engine.loop`), e.g. the
+  occupancy-grid refresh; grid updates happen there, never inside ``loss``.
+- ``samples_per_ray()`` / ``flops_per_ray()``: the cost of one rendered ray (eval reports them).
+- ``baking_field()`` / ``occupancy_fn()``: what ``turbonerf bake`` caches (a field taking points)
+  and the method's own test of empty space, when it has one.
+
+Coarse-to-fine NeRFs additionally fulfil :class:`CoarseToFine`, which activation-based sampling
+(:mod:`turbonerf.samplers.activation`) needs.
+"""
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Callable, Protocol, runtime_checkable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from turbonerf.errors import TurboNerfError
 from turbonerf.rays import RayBundle
 
+IMAGE_OUTPUTS = ("rgb", "depth", "opacity")
 
-class Method(Protocol):
-    """A trainable radiance-field method (an ``nn.Module``).
+LrFactor = Callable[[int], float]
 
-    ``training_loss`` runs one training forward pass; ``render`` is deterministic inference
-    (called under ``torch.no_grad()``); ``make_optimizer`` returns the optimizer and a function
-    step -> learning-rate factor (applied by the trainer).
+
+def linear_flops(module: nn.Module) -> int:
+    """FLOPs of one evaluation of every ``nn.Linear`` inside ``module``: sum of 2 * in * out
+    (a multiply-add counts as 2; biases and activations are not counted)."""
+    return sum(2 * m.in_features * m.out_features for m in module.modules() if isinstance(m, nn.Linear))
+
+
+def adam(params, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> torch.optim.Optimizer:
+    """Adam, fused when this device / torch build has the kernel (about 3x faster steps on the
+    development CPU for large models), the plain implementation otherwise. ``params`` may be
+    parameters or param-group dicts."""
+    try:
+        return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps, fused=True)
+    except (RuntimeError, TypeError):  # no fused kernel for this device / torch version
+        return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps)
+
+
+class Method(nn.Module):
+    """Base class of every method (see the module docstring for the contract)."""
+
+    def forward(self, rays: RayBundle, background: Tensor, train: bool = False) -> dict:
+        """rays: R rays; background: [3] (or [R, 3]). Returns rgb [R, 3], depth [R], opacity [R], ..."""
+        raise NotImplementedError
+
+    def loss(self, outputs: dict, target: Tensor) -> tuple[Tensor, dict[str, float]]:
+        """target: [R, 3] in [0, 1]. Returns (scalar loss, stats including ``mse`` of the final rgb)."""
+        raise NotImplementedError
+
+    def make_optimizer(self) -> tuple[torch.optim.Optimizer, LrFactor]:
+        raise NotImplementedError
+
+    def samples_per_ray(self) -> float:
+        """Network evaluations per rendered ray."""
+        raise NotImplementedError
+
+    def flops_per_ray(self) -> float:
+        """FLOPs of the Linear layers one rendered ray costs (see :mod:`turbonerf.eval.flops`)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def render(self, rays: RayBundle, background: Tensor) -> dict[str, Tensor]:
+        """Inference: rgb [R, 3], depth [R], opacity [R]."""
+        out = self(rays, background, train=False)
+        return {k: out[k] for k in IMAGE_OUTPUTS}
+
+    def training_loss(self, rays: RayBundle, target: Tensor, background: Tensor) -> tuple[Tensor, dict[str, float]]:
+        """One training forward pass and its loss (``forward(train=True)`` then ``loss``)."""
+        outputs = self(rays, background, train=True)
+        loss, stats = self.loss(outputs, target)
+        return loss, {**outputs.get("stats", {}), **stats}
+
+    def callbacks(self) -> list:
+        """Training-loop hooks (objects with ``before_step(step)`` / ``after_step(step, output)``)."""
+        return []
+
+    def baking_field(self) -> nn.Module:
+        """The field a NerfTree caches: ``density(x)`` and ``forward(x, d) -> (sigma, rgb)``."""
+        raise TurboNerfError(f"{type(self).__name__} has no field to bake")
+
+    def occupancy_fn(self) -> Callable[[Tensor], Tensor] | None:
+        """points [N, 3] -> bool [N]: the method's own test of possibly occupied space, if any."""
+        return None
+
+
+@runtime_checkable
+class CoarseToFine(Protocol):
+    """A NeRF whose fine samples come from inverse-CDF sampling of a coarse pass (vanilla NeRF,
+    Mip-NeRF): what activation-based sampling replaces. Stages, all without jitter at inference:
+
+    - ``coarse_stage(rays, background, train) -> (edges [R, n_coarse + 1], weights [R, n_coarse], outputs)``;
+    - ``fine_stage(rays, background, fine_edges, train) -> outputs`` on the merged intervals;
+    - ``trunk(net)``: the ``"coarse"`` or ``"fine"`` network (a NeRF MLP with ``trunk_features``).
     """
 
-    def training_loss(
-        self, rays: RayBundle, target: Tensor, background: Tensor, step: int
-    ) -> tuple[Tensor, dict[str, float]]:
-        """rays: R rays; target: [R, 3] in [0, 1]; background: [3]. Returns (loss, stats)."""
-        ...
+    n_coarse: int
+    n_fine: int
 
-    def render(self, rays: RayBundle, background: Tensor) -> dict[str, Tensor]:
-        """Returns rgb [R, 3], depth [R], opacity [R]."""
-        ...
+    def coarse_stage(self, rays: RayBundle, background: Tensor, train: bool): ...
 
-    def make_optimizer(self) -> tuple[torch.optim.Optimizer, "callable"]:
-        ...
+    def fine_stage(self, rays: RayBundle, background: Tensor, fine_edges: Tensor, train: bool) -> dict: ...
+
+    def trunk(self, net: str) -> nn.Module: ...

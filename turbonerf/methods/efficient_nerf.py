@@ -25,14 +25,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from turbonerf.encodings.frequency import FrequencyEncoding
-from turbonerf.encodings.sh import sh_basis
-from turbonerf.rays import PackedSamples, RayBundle
+from turbonerf.fields.sh_field import SHField, activate_density
+from turbonerf.methods.base import Method, adam, linear_flops
+from turbonerf.rays import RayBundle
 from turbonerf.render.renderer import eval_in_chunks
 from turbonerf.render.volrend import composite, render_weight_from_density
 from turbonerf.samplers.pivotal import pivotal_samples
-from turbonerf.samplers.uniform import stratified_edges
-from turbonerf.samplers.valid import DensityGrid, valid_samples
+from turbonerf.samplers.base import OBSERVED_DENSITY, OBSERVED_POINTS, SamplerUpdate
+from turbonerf.samplers.valid import DensityGrid, ValidSampler
 
 
 @dataclass
@@ -93,52 +93,6 @@ class EfficientNeRFConfig:
     """steps over which the learning rate falls by ``lr_final_factor``"""
 
 
-class SHField(nn.Module):
-    """Positions (and directions) in, raw density and SH colour out.
-
-    Trunk of ``depth`` x ``width`` ReLU layers on the positional encoding, with the encoding
-    concatenated again before layer ``skip``; density head and SH head are each
-    Linear(width, width) - ReLU - Linear (as in the official code). The view direction enters
-    only through the SH basis.
-
-    Args:
-        depth, width, skip: trunk shape.
-        sh_degree: SH bands (sh_degree^2 coefficients per colour channel).
-        pos_freqs: positional-encoding octaves.
-    """
-
-    def __init__(self, depth: int, width: int, skip: int, sh_degree: int, pos_freqs: int = 10):
-        super().__init__()
-        self.pos_enc = FrequencyEncoding(pos_freqs)
-        in_pos = self.pos_enc.out_dim(3)
-        self.skip = skip
-        self.sh_degree = sh_degree
-        self.trunk = nn.ModuleList(
-            nn.Linear(in_pos if i == 0 else width + (in_pos if i == skip else 0), width) for i in range(depth)
-        )
-        self.sigma_head = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 1))
-        self.sh_head = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 3 * sh_degree**2))
-
-    def features(self, x: Tensor) -> Tensor:
-        """x: [N, 3] -> [N, width] trunk activations."""
-        enc = self.pos_enc(x)
-        h = enc
-        for i, layer in enumerate(self.trunk):
-            if i == self.skip and i > 0:
-                h = torch.cat([enc.to(h.dtype), h], dim=-1)
-            h = F.relu(layer(h))
-        return h
-
-    def forward(self, x: Tensor, d: Tensor) -> tuple[Tensor, Tensor]:
-        """x: [N, 3] points, d: [N, 3] unit directions -> raw sigma [N], rgb [N, 3] (float32)."""
-        h = self.features(x)
-        raw = self.sigma_head(h)[:, 0].float()
-        coeffs = self.sh_head(h).float().reshape(-1, 3, self.sh_degree**2)
-        basis = sh_basis(d.float(), self.sh_degree)  # [N, deg^2]
-        rgb = torch.sigmoid((coeffs * basis[:, None, :]).sum(-1))
-        return raw, rgb
-
-
 def random_subset(mask: Tensor, n_keep: int) -> Tensor:
     """[S] bool: ``n_keep`` of the True entries of ``mask`` [S], chosen uniformly at random."""
     idx = torch.nonzero(mask).squeeze(1)
@@ -148,14 +102,7 @@ def random_subset(mask: Tensor, n_keep: int) -> Tensor:
     return keep
 
 
-def activate_density(raw: Tensor, noise_std: float) -> Tensor:
-    """raw [N] -> softplus(raw + noise_std * N(0, 1)) [N] (no noise when noise_std is 0)."""
-    if noise_std > 0:
-        raw = raw + noise_std * torch.randn_like(raw)
-    return F.softplus(raw)
-
-
-class EfficientNeRF(nn.Module):
+class EfficientNeRF(Method):
     """Lightweight coarse SH-MLP on valid samples + fine SH-MLP on pivotal samples."""
 
     def __init__(self, config: EfficientNeRFConfig, aabb: Tensor):
@@ -163,27 +110,27 @@ class EfficientNeRF(nn.Module):
         self.config = c = config
         self.coarse = SHField(c.coarse_depth, c.coarse_width, c.coarse_skip, c.sh_degree, c.pos_freqs)
         self.fine = SHField(c.fine_depth, c.fine_width, c.fine_skip, c.sh_degree, c.pos_freqs)
-        self.grid = DensityGrid(aabb, c.grid_resolution, c.grid_init)
-        self.rendered = [0, 0]  # [network evaluations, rays] over all render calls
+        self.grid = DensityGrid(aabb, c.grid_resolution, c.grid_init, c.beta)
+        self.sampler = ValidSampler(self.grid, c.n_coarse, c.uniform_ratio)
+        self.rendered = [0, 0]  # [network evaluations, rays] over all inference calls
 
-    def _forward(self, rays: RayBundle, background: Tensor, train: bool) -> tuple[dict, dict, dict[str, float]]:
+    def forward(self, rays: RayBundle, background: Tensor, train: bool = False) -> dict:
+        """Fine outputs (rgb [R, 3], depth, opacity, weights) plus ``coarse_rgb`` [R, 3] (when
+        the coarse MLP ran), the valid points and raw coarse densities the grid observes
+        (training), and ``stats``."""
         c = self.config
         n_rays = len(rays)
         noise = c.density_noise_std if train else 0.0
 
         # Coarse stage on valid samples.
-        edges = stratified_edges(rays.near, rays.far, c.n_coarse, jitter=train)
-        force = torch.rand(n_rays, device=edges.device) < c.uniform_ratio if (train and c.uniform_ratio > 0) else None
-        cs, _ = valid_samples(rays, edges, self.grid, force)
+        cs = self.sampler.sample(rays, None, train)
         pts = cs.positions(rays)
         grid_raw = self.grid.query(pts) if c.pivots_from_grid else None
-        coarse = None
+        coarse, raw_c = None, None
         if train or not c.pivots_from_grid:
             raw_c, rgb_c = self.coarse(pts, cs.viewdirs(rays)) if train else eval_in_chunks(self.coarse, pts, cs.viewdirs(rays))
             sigma_c = activate_density(raw_c, noise)
             coarse = composite(cs.t_starts, cs.t_ends, sigma_c, rgb_c, cs.ray_indices, n_rays, background)
-            if train:
-                self.grid.update(pts, raw_c.detach(), c.beta)
 
         # Pivots and fine stage.
         if c.pivots_from_grid:
@@ -200,30 +147,34 @@ class EfficientNeRF(nn.Module):
         field = self.fine if train else partial(eval_in_chunks, self.fine)
         raw_f, rgb_f = field(fs.positions(rays), fs.viewdirs(rays))
         sigma_f = activate_density(raw_f, noise)
-        fine = composite(fs.t_starts, fs.t_ends, sigma_f, rgb_f, fs.ray_indices, n_rays, background)
+        out = composite(fs.t_starts, fs.t_ends, sigma_f, rgb_f, fs.ray_indices, n_rays, background)
 
         n_dense = max(n_rays * c.n_coarse, 1)
-        n_coarse_eval = len(cs) if coarse is not None else 0
-        stats = {
+        n_evals = (len(cs) if coarse is not None else 0) + len(fs)
+        out["stats"] = {
             "valid_fraction": len(cs) / n_dense,
             "pivotal_fraction": n_pivots / n_dense,
-            "samples_per_ray": (n_coarse_eval + len(fs)) / max(n_rays, 1),
+            "samples_per_ray": n_evals / max(n_rays, 1),
             "fine_per_ray": len(fs) / max(n_rays, 1),
+            "grid_occupied": self.grid.occupied_fraction(),
         }
-        return coarse, fine, stats
+        if coarse is not None:
+            out["coarse_rgb"] = coarse["rgb"]
+        if train:
+            out[OBSERVED_POINTS], out[OBSERVED_DENSITY] = pts, raw_c.detach()
+        else:
+            self.rendered[0] += n_evals
+            self.rendered[1] += n_rays
+        return out
 
-    def training_loss(self, rays: RayBundle, target: Tensor, background: Tensor, step: int):
-        coarse, fine, stats = self._forward(rays, background, train=True)
-        mse_c = torch.mean((coarse["rgb"] - target) ** 2)
-        mse_f = torch.mean((fine["rgb"] - target) ** 2)
-        stats = {"mse": float(mse_f.detach()), "mse_coarse": float(mse_c.detach()), **stats, "grid_occupied": self.grid.occupied_fraction()}
-        return mse_c + mse_f, stats
+    def loss(self, outputs: dict, target: Tensor):
+        mse_c = torch.mean((outputs["coarse_rgb"] - target) ** 2)
+        mse_f = torch.mean((outputs["rgb"] - target) ** 2)
+        return mse_c + mse_f, {"mse": float(mse_f.detach()), "mse_coarse": float(mse_c.detach())}
 
-    def render(self, rays: RayBundle, background: Tensor) -> dict[str, Tensor]:
-        _, fine, stats = self._forward(rays, background, train=False)
-        self.rendered[0] += round(stats["samples_per_ray"] * len(rays))
-        self.rendered[1] += len(rays)
-        return {"rgb": fine["rgb"], "depth": fine["depth"], "opacity": fine["opacity"]}
+    def callbacks(self) -> list:
+        """The density grid's momentum update from each step's valid coarse samples."""
+        return [SamplerUpdate(self.sampler, self.coarse.density)]
 
     def samples_per_ray(self) -> float:
         """Network evaluations per rendered ray: the average over every ray rendered so far
@@ -233,8 +184,18 @@ class EfficientNeRF(nn.Module):
         c = self.config
         return float(c.n_coarse * (1 + c.n_per_pivot))
 
+    def flops_per_ray(self) -> float:
+        """The fine network on every evaluation counted by :meth:`samples_per_ray` (an upper
+        bound: the coarse network is lighter)."""
+        return float(linear_flops(self.fine)) * self.samples_per_ray()
+
+    def baking_field(self) -> nn.Module:
+        return self.fine
+
+    def occupancy_fn(self):
+        return self.grid.valid_mask
+
     def make_optimizer(self):
         c = self.config
-        params = [p for p in self.parameters() if p.requires_grad]
-        opt = torch.optim.Adam(params, lr=c.lr, betas=(0.9, 0.999), eps=1e-7, fused=True)
+        opt = adam([p for p in self.parameters() if p.requires_grad], c.lr, eps=1e-7)
         return opt, lambda step: c.lr_final_factor ** (step / c.lr_decay_steps)

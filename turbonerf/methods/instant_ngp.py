@@ -15,9 +15,12 @@ import torch
 from torch import Tensor, nn
 
 from turbonerf.fields.hash_field import HashField
+from turbonerf.methods.base import Method, adam, linear_flops
 from turbonerf.rays import PackedSamples, RayBundle
+from turbonerf.render.renderer import render_with_early_stop
 from turbonerf.render.volrend import composite, render_transmittance_from_density
-from turbonerf.samplers.occupancy import OccupancyGrid, opacity_to_density, render_with_early_stop
+from turbonerf.samplers.base import SamplerUpdate
+from turbonerf.samplers.occupancy import OccupancyGrid, OccupancySampler, opacity_to_density
 
 
 @dataclass
@@ -95,7 +98,7 @@ class InstantNGPConfig:
     """multiplicative learning-rate decay per lr_decay_steps"""
 
 
-class InstantNGP(nn.Module):
+class InstantNGP(Method):
     """Hash field + occupancy grid."""
 
     def __init__(self, config: InstantNGPConfig, aabb: Tensor):
@@ -126,6 +129,7 @@ class InstantNGP(nn.Module):
             decay=c.grid_decay,
             sample_fraction=c.grid_sample_fraction,
         )
+        self.sampler = OccupancySampler(self.grid, self.step_size, c.max_samples)
         # [train samples-per-ray moving average, rendered samples, rendered rays]
         self.register_buffer("sample_stats", torch.zeros(3, dtype=torch.float64))
 
@@ -133,7 +137,7 @@ class InstantNGP(nn.Module):
         """Occupied samples of ``rays`` (jittered), minus those behind opaque matter when
         ``train_early_stop``. Returns (samples, density evaluations spent by the pre-pass)."""
         c = self.config
-        samples = self.grid.march(rays, self.step_size, c.max_samples, jitter=True)
+        samples = self.sampler.sample(rays, self.field.density, train=True)
         spent = 0
         if c.train_early_stop and len(samples) > 0:
             with torch.no_grad():
@@ -145,28 +149,27 @@ class InstantNGP(nn.Module):
             samples = samples.masked(trans > c.early_stop_eps)
         return samples, spent
 
-    def training_loss(self, rays: RayBundle, target: Tensor, background: Tensor, step: int):
-        c = self.config
-        self.grid.update(step, self.field.density)
+    def forward(self, rays: RayBundle, background: Tensor, train: bool = False) -> dict:
+        """Training: march (jittered), composite every occupied sample. Inference: chunks of
+        ``render_chunk_rays`` rays, each marched and composited with early termination.
+        background: [3] (or [R, 3])."""
+        if not train:
+            return self._render(rays, background)
         samples, prepass = self._train_samples(rays)
         sigma, rgb = self.field(samples.positions(rays), samples.viewdirs(rays))
         out = composite(samples.t_starts, samples.t_ends, sigma, rgb, samples.ray_indices, samples.n_rays, background)
-        mse = torch.mean((out["rgb"] - target) ** 2)
         spr = len(samples) / max(len(rays), 1)
         prev = float(self.sample_stats[0])
         self.sample_stats[0] = spr if prev == 0.0 else 0.99 * prev + 0.01 * spr
-        stats = {
-            "mse": float(mse.detach()),
+        out["stats"] = {
             "samples_per_ray": spr,
             "prepass_samples_per_ray": prepass / max(len(rays), 1),
             "occupied_fraction": self.grid.occupied_fraction(),
         }
-        return mse, stats
+        return out
 
     @torch.no_grad()
-    def render(self, rays: RayBundle, background: Tensor) -> dict[str, Tensor]:
-        """Chunks of ``render_chunk_rays`` rays, each marched and composited with early
-        termination. background: [3] (or [R, 3])."""
+    def _render(self, rays: RayBundle, background: Tensor) -> dict:
         c = self.config
         if len(rays) == 0:
             z = rays.origins.new_zeros(0)
@@ -175,7 +178,7 @@ class InstantNGP(nn.Module):
         for r0 in range(0, len(rays), c.render_chunk_rays):
             chunk = rays[r0 : r0 + c.render_chunk_rays]
             bg = background[r0 : r0 + c.render_chunk_rays] if background.dim() == 2 else background
-            samples = self.grid.march(chunk, self.step_size, c.max_samples, jitter=False)
+            samples = self.sampler.sample(chunk, self.field.density, train=False)
             out, evaluated = render_with_early_stop(
                 chunk, samples, self.field, bg, c.early_stop_eps, c.render_samples_per_round
             )
@@ -184,12 +187,31 @@ class InstantNGP(nn.Module):
             parts.append(out)
         return {k: torch.cat([p[k] for p in parts]) for k in ("rgb", "depth", "opacity")}
 
+    def loss(self, outputs: dict, target: Tensor):
+        mse = torch.mean((outputs["rgb"] - target) ** 2)
+        return mse, {"mse": float(mse.detach())}
+
+    def callbacks(self) -> list:
+        """The occupancy grid's refresh from the field's density (every ``grid_update_every`` steps)."""
+        return [SamplerUpdate(self.sampler, self.field.density)]
+
     def samples_per_ray(self) -> float:
         """Mean field evaluations per ray: over all rays rendered so far if any, else the moving
         average over training steps (after the early-stop pre-pass, which is not counted)."""
         if float(self.sample_stats[2]) > 0:
             return float(self.sample_stats[1] / self.sample_stats[2])
         return float(self.sample_stats[0])
+
+    def flops_per_ray(self) -> float:
+        """The Linear layers of the field's MLPs on every evaluation (hash lookups, which dominate
+        on a CPU, are not counted)."""
+        return float(linear_flops(self.field)) * self.samples_per_ray()
+
+    def baking_field(self) -> nn.Module:
+        return self.field
+
+    def occupancy_fn(self):
+        return self.grid.is_occupied
 
     def make_optimizer(self):
         c = self.config
@@ -198,11 +220,7 @@ class InstantNGP(nn.Module):
             {"params": [self.field.encoding.table], "weight_decay": 0.0},
             {"params": mlp_params, "weight_decay": c.mlp_weight_decay},
         ]
-        betas = (c.adam_beta1, c.adam_beta2)
-        try:
-            opt = torch.optim.Adam(groups, lr=c.lr, betas=betas, eps=c.adam_eps, fused=True)
-        except (RuntimeError, TypeError):  # no fused kernel for this device / torch version
-            opt = torch.optim.Adam(groups, lr=c.lr, betas=betas, eps=c.adam_eps)
+        opt = adam(groups, c.lr, (c.adam_beta1, c.adam_beta2), c.adam_eps)
 
         def lr_factor(step: int) -> float:
             warm = min(1.0, 0.01 + 0.99 * step / max(c.lr_warmup_steps, 1))

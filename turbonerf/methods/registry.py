@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from turbonerf.distill.nelf import R2L, R2LConfig
+from turbonerf.methods.r2l import R2L, R2LConfig
 from turbonerf.errors import TurboNerfError
 from turbonerf.methods.efficient_nerf import EfficientNeRF, EfficientNeRFConfig
 from turbonerf.methods.instant_ngp import InstantNGP, InstantNGPConfig

@@ -12,7 +12,8 @@ import torch
 from torch import Tensor, nn
 
 from turbonerf.fields.nerf_mlp import NeRFMLP
-from turbonerf.rays import PackedSamples, RayBundle, packed_from_dense
+from turbonerf.methods.base import Method, adam, linear_flops
+from turbonerf.rays import RayBundle, packed_from_dense
 from turbonerf.render.volrend import composite
 from turbonerf.samplers.pdf import merge_edges, sample_from_pdf
 from turbonerf.samplers.uniform import stratified_edges
@@ -46,48 +47,64 @@ class VanillaNeRFConfig:
     """std of Gaussian noise added to raw density during training (paper: 1.0 on LLFF)"""
 
 
-class VanillaNeRF(nn.Module):
-    """Coarse + fine NeRF MLPs with hierarchical sampling."""
+class VanillaNeRF(Method):
+    """Coarse + fine NeRF MLPs with hierarchical sampling (a :class:`CoarseToFine` method)."""
 
     def __init__(self, config: VanillaNeRFConfig, aabb: Tensor):
         super().__init__()
-        self.config = config
-        c = config
+        self.config = c = config
+        self.n_coarse, self.n_fine = c.n_coarse, c.n_fine
         self.coarse = NeRFMLP(c.pos_freqs, c.dir_freqs, c.depth, c.width, 4, c.color_width)
         self.fine = NeRFMLP(c.pos_freqs, c.dir_freqs, c.depth, c.width, 4, c.color_width)
 
-    def _shade(self, mlp: NeRFMLP, rays: RayBundle, samples: PackedSamples, background: Tensor, noise: float):
+    def _shade(self, mlp: NeRFMLP, rays: RayBundle, edges: Tensor, background: Tensor, train: bool) -> dict:
+        """Run ``mlp`` at the midpoints of the bins ``edges`` [R, S+1] and composite: rgb [R, 3],
+        depth [R], opacity [R], weights [R * S]."""
+        samples = packed_from_dense(edges)
         sigma, rgb = mlp(samples.positions(rays), samples.viewdirs(rays))
+        noise = self.config.density_noise_std if train else 0.0
         if noise > 0:
             sigma = torch.relu(sigma + noise * torch.randn_like(sigma))
         return composite(samples.t_starts, samples.t_ends, sigma, rgb, samples.ray_indices, samples.n_rays, background)
 
-    def _forward(self, rays: RayBundle, background: Tensor, train: bool) -> tuple[dict, dict]:
-        c = self.config
-        noise = c.density_noise_std if train else 0.0
-        edges = stratified_edges(rays.near, rays.far, c.n_coarse, jitter=train)
-        coarse = self._shade(self.coarse, rays, packed_from_dense(edges), background, noise)
-        w = coarse["weights"].detach().reshape(len(rays), c.n_coarse)
-        t_fine = sample_from_pdf(edges, w, c.n_fine, deterministic=not train)
-        fine_edges = merge_edges(edges, t_fine)
-        fine = self._shade(self.fine, rays, packed_from_dense(fine_edges), background, noise)
-        return coarse, fine
+    def coarse_stage(self, rays: RayBundle, background: Tensor, train: bool = False) -> tuple[Tensor, Tensor, dict]:
+        """n_coarse stratified samples through the coarse MLP: (edges [R, n_coarse + 1],
+        detached weights [R, n_coarse], coarse outputs)."""
+        edges = stratified_edges(rays.near, rays.far, self.n_coarse, jitter=train)
+        coarse = self._shade(self.coarse, rays, edges, background, train)
+        return edges, coarse["weights"].detach().reshape(len(rays), self.n_coarse), coarse
 
-    def training_loss(self, rays: RayBundle, target: Tensor, background: Tensor, step: int):
-        coarse, fine = self._forward(rays, background, train=True)
-        mse_c = torch.mean((coarse["rgb"] - target) ** 2)
-        mse_f = torch.mean((fine["rgb"] - target) ** 2)
+    def fine_stage(self, rays: RayBundle, background: Tensor, fine_edges: Tensor, train: bool = False) -> dict:
+        """The fine MLP on the merged intervals ``fine_edges`` [R, S + 1]."""
+        return self._shade(self.fine, rays, fine_edges, background, train)
+
+    def trunk(self, net: str) -> NeRFMLP:
+        return {"coarse": self.coarse, "fine": self.fine}[net]
+
+    def forward(self, rays: RayBundle, background: Tensor, train: bool = False) -> dict:
+        """Fine outputs (rgb, depth, opacity, weights) and ``coarse_rgb`` [R, 3]."""
+        edges, w, coarse = self.coarse_stage(rays, background, train)
+        t_fine = sample_from_pdf(edges, w, self.n_fine, deterministic=not train)
+        out = self.fine_stage(rays, background, merge_edges(edges, t_fine), train)
+        out["coarse_rgb"] = coarse["rgb"]
+        return out
+
+    def loss(self, outputs: dict, target: Tensor):
+        mse_c = torch.mean((outputs["coarse_rgb"] - target) ** 2)
+        mse_f = torch.mean((outputs["rgb"] - target) ** 2)
         return mse_c + mse_f, {"mse": mse_f.item(), "mse_coarse": mse_c.item()}
-
-    def render(self, rays: RayBundle, background: Tensor) -> dict[str, Tensor]:
-        _, fine = self._forward(rays, background, train=False)
-        return {"rgb": fine["rgb"], "depth": fine["depth"], "opacity": fine["opacity"]}
 
     def samples_per_ray(self) -> int:
         """Network evaluations per rendered ray (coarse + fine)."""
-        return self.config.n_coarse + self.config.n_coarse + self.config.n_fine
+        return self.n_coarse + self.n_coarse + self.n_fine
+
+    def flops_per_ray(self) -> float:
+        """The coarse MLP on n_coarse samples, the fine MLP on n_coarse + n_fine."""
+        return float(linear_flops(self.coarse) * self.n_coarse + linear_flops(self.fine) * (self.n_coarse + self.n_fine))
+
+    def baking_field(self) -> nn.Module:
+        return self.fine
 
     def make_optimizer(self):
         c = self.config
-        opt = torch.optim.Adam(self.parameters(), lr=c.lr, betas=(0.9, 0.999), eps=1e-7)
-        return opt, lambda step: c.lr_final_factor ** (step / c.lr_decay_steps)
+        return adam(self.parameters(), c.lr, eps=1e-7), lambda step: c.lr_final_factor ** (step / c.lr_decay_steps)

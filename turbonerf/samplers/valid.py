@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from turbonerf.rays import PackedSamples, RayBundle, packed_from_dense
+from turbonerf.samplers.uniform import stratified_edges
 
 
 class DensityGrid(nn.Module):
@@ -36,11 +37,13 @@ class DensityGrid(nn.Module):
         aabb: [2, 3] box in sample space.
         resolution: D, cells per axis.
         init: initial V of every cell (> 0: everything starts valid).
+        beta: momentum rate of :meth:`observe`.
     """
 
-    def __init__(self, aabb: Tensor, resolution: int = 128, init: float = 10.0):
+    def __init__(self, aabb: Tensor, resolution: int = 128, init: float = 10.0, beta: float = 0.1):
         super().__init__()
         self.resolution = int(resolution)
+        self.beta = float(beta)
         self.register_buffer("aabb", torch.as_tensor(aabb, dtype=torch.float32).clone().reshape(2, 3))
         self.register_buffer("density", torch.full((self.resolution,) * 3, float(init), dtype=torch.float32))
 
@@ -77,7 +80,7 @@ class DensityGrid(nn.Module):
         return inside & (self.density.reshape(-1)[flat] > 0)
 
     @torch.no_grad()
-    def update(self, points: Tensor, sigmas: Tensor, beta: float) -> None:
+    def observe(self, points: Tensor, sigmas: Tensor, beta: float | None = None) -> None:
         """Momentum update V[i] <- (1 - beta) V[i] + beta * sigma of every cell a point falls in.
 
         When several points fall into one cell, sigma is their mean, so each touched cell moves
@@ -87,8 +90,9 @@ class DensityGrid(nn.Module):
 
         Args:
             points: [N, 3]; sigmas: [N] raw densities (any float dtype; accumulated in float32).
-            beta: momentum rate in [0, 1].
+            beta: momentum rate in [0, 1] (default: the grid's ``beta``).
         """
+        beta = self.beta if beta is None else beta
         flat, inside = self.cell_indices(points)
         s = sigmas.detach().float().reshape(-1)
         ok = inside & torch.isfinite(s)
@@ -128,3 +132,28 @@ def valid_samples(
     if force_rays is not None:
         keep = keep | (force_rays[dense.ray_indices] & grid.inside(pts))
     return dense.masked(keep), keep
+
+
+class ValidSampler:
+    """Valid sampling as a sampler (:mod:`turbonerf.samplers.base`): ``n_samples`` stratified
+    samples per ray, kept where the density grid is valid; in training ``uniform_ratio`` of the
+    rays keep every in-box sample. The grid learns in :meth:`observe` from the raw densities
+    the method predicted at the kept samples; :meth:`update` has nothing to do."""
+
+    def __init__(self, grid: DensityGrid, n_samples: int, uniform_ratio: float = 0.0):
+        self.grid = grid
+        self.n_samples = n_samples
+        self.uniform_ratio = uniform_ratio
+
+    def sample(self, rays: RayBundle, density_fn=None, train: bool = False) -> PackedSamples:
+        edges = stratified_edges(rays.near, rays.far, self.n_samples, jitter=train)
+        force = None
+        if train and self.uniform_ratio > 0:
+            force = torch.rand(len(rays), device=edges.device) < self.uniform_ratio
+        return valid_samples(rays, edges, self.grid, force)[0]
+
+    def update(self, step: int, density_fn) -> None:
+        pass
+
+    def observe(self, points: Tensor, density: Tensor) -> None:
+        self.grid.observe(points, density)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from turbonerf.eval.media import depth_to_png, save_png, write_video
+from turbonerf.io.media import depth_to_png, save_png, write_video
 
 
 def test_png_round_trip(tmp_path):
@@ -45,7 +45,7 @@ def test_video_writes_non_empty_file(tmp_path):
 
 
 def test_video_falls_back_to_gif(tmp_path, monkeypatch):
-    import turbonerf.eval.media as media
+    import turbonerf.io.media as media
 
     def broken(path, frames, fps):
         path.write_bytes(b"partial")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -9,11 +10,11 @@ import torch
 from tqdm.auto import tqdm
 
 from turbonerf.cameras import Cameras
-from turbonerf.data.scene import load_scene
+from turbonerf.data.formats import load_scene
 from turbonerf.engine import runtime
-from turbonerf.engine.run import RunSpec, load_trained
+from turbonerf.app.runs import RunSpec, TreeOptions, renderer_for_run
 from turbonerf.errors import TurboNerfError
-from turbonerf.eval.media import depth_to_png, save_png, to_uint8, write_video
+from turbonerf.io.media import depth_to_png, save_png, to_uint8, write_video
 from turbonerf.render.paths import orbit_path, spiral_path
 from turbonerf.render.renderer import render_image
 
@@ -34,37 +35,41 @@ def path_cameras(spec: RunSpec, kind: str, n_frames: int, downscale: int) -> Cam
     return spiral_path(cams, spec.scene.depth_bounds, n_frames)
 
 
-def render_sequence(
-    run_dir: Path,
-    kind: str,
-    out: Path,
-    n_frames: int = 60,
-    downscale: int | None = None,
-    fps: int = 24,
-    device: str = "auto",
-    overwrite: bool = False,
-    chunk: int = 4096,
-    progress: bool = True,
-    render_fn=None,
-) -> dict[str, Path]:
-    """Render ``n_frames`` along a path into ``out`` (rgb/, depth/, opacity/ PNGs, rgb and depth videos).
+@dataclass
+class RenderOptions:
+    """Options of ``turbonerf render`` (the camera path and the output)."""
 
-    ``render_fn`` (rays, background) -> {rgb, depth, opacity} replaces the model's ``render`` (e.g. a baked NerfTree).
-    """
+    path: str = "orbit"
+    """test, orbit (360-degree scenes) or spiral (forward-facing)"""
+    frames: int = 60
+    downscale: int | None = None
+    fps: int = 24
+    device: str = "auto"
+    overwrite: bool = False
+    progress: bool = True
+
+
+def render_sequence(
+    run_dir: Path, out: Path, opts: RenderOptions | None = None, baked: bool = False, tree: TreeOptions | None = None
+) -> dict[str, Path]:
+    """Render ``opts.frames`` frames along a path into ``out`` (rgb/, depth/, opacity/ PNGs, rgb
+    and depth videos) with what :func:`renderer_for_run` picks (the model, or with ``baked`` a tree)."""
+    opts = opts or RenderOptions()
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
+    if out.exists() and any(out.iterdir()) and not opts.overwrite:
         raise TurboNerfError("output folder exists and is not empty (use --overwrite)", out)
-    dev = runtime.resolve_device(device)
+    dev = runtime.resolve_device(opts.device)
     runtime.configure(dev)
-    model, spec, _ = load_trained(Path(run_dir), dev)
-    cams = path_cameras(spec, kind, n_frames, downscale or spec.scene.downscale)
+    renderer = renderer_for_run(Path(run_dir), dev, baked=baked, tree=tree)
+    spec = renderer.spec
+    cams = path_cameras(spec, opts.path, opts.frames, opts.downscale or spec.scene.downscale)
     for sub in ("rgb", "depth", "opacity"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     rgb_frames, depth_frames = [], []
     s = spec.scene
-    for i in tqdm(range(len(cams)), desc=f"render {kind}", disable=not progress, unit="frame"):
+    for i in tqdm(range(len(cams)), desc=f"render {opts.path}", disable=not opts.progress, unit="frame"):
         with runtime.autocast(dev):
-            img = render_image(render_fn or model.render, cams, i, s.near, s.far, s.ndc, s.background, chunk, dev)
+            img = render_image(renderer.render, cams, i, s.near, s.far, s.ndc, s.background, renderer.chunk, dev)
         rgb = to_uint8(img["rgb"])
         depth = depth_to_png(img["depth"], img["opacity"])
         save_png(out / "rgb" / f"{i:04d}.png", rgb)
@@ -74,6 +79,6 @@ def render_sequence(
         depth_frames.append(np.asarray(depth))
     return {
         "frames": out,
-        "video": write_video(out / "rgb.mp4", rgb_frames, fps),
-        "depth_video": write_video(out / "depth.mp4", depth_frames, fps),
+        "video": write_video(out / "rgb.mp4", rgb_frames, opts.fps),
+        "depth_video": write_video(out / "depth.mp4", depth_frames, opts.fps),
     }

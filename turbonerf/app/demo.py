@@ -6,6 +6,9 @@ import shutil
 from importlib import resources
 from pathlib import Path
 
+from turbonerf.app.evaluate import EvalOptions, evaluate_run
+from turbonerf.app.render import RenderOptions, render_sequence
+from turbonerf.app.train import TrainOptions, train
 from turbonerf.errors import TurboNerfError
 
 
@@ -22,10 +25,6 @@ def demo_overrides() -> tuple[str, list[str]]:
 
 def run_demo(out: Path, minutes: float, overwrite: bool, progress: bool) -> dict:
     """Train, evaluate and render into ``out``; returns the eval results."""
-    from turbonerf.engine.trainer import TrainOptions, train
-    from turbonerf.eval.evaluate import evaluate_run
-    from turbonerf.render.sequence import render_sequence
-
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
@@ -40,10 +39,10 @@ def run_demo(out: Path, minutes: float, overwrite: bool, progress: bool) -> dict
     result = train(opts)
     print(f"      {result.step} steps in {result.seconds:.0f} s")
     print("[2/3] evaluating on the shipped test views")
-    res = evaluate_run(out, "test", progress=progress)
+    res = evaluate_run(out, EvalOptions(progress=progress))
     print(f"      PSNR {res['psnr']:.2f} dB, SSIM {res['ssim']:.3f}, {res['ms_per_frame']:.0f} ms/frame")
     print("[3/3] rendering an orbit")
-    media = render_sequence(out, "orbit", out / "orbit", n_frames=36, progress=progress)
+    media = render_sequence(out, out / "orbit", RenderOptions(path="orbit", frames=36, progress=progress))
     print("done:")
     print(f"  run + checkpoint   {out}")
     print(f"  metrics            {out / 'eval' / 'results.json'}")

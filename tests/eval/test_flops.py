@@ -3,7 +3,7 @@ import dataclasses
 import torch
 from torch import nn
 
-from turbonerf.distill.nelf import R2L, R2LConfig
+from turbonerf.methods.r2l import R2L, R2LConfig
 from turbonerf.eval.flops import flops_per_ray, linear_flops, params
 from turbonerf.methods.vanilla_nerf import VanillaNeRF, VanillaNeRFConfig
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from conftest import TINY_VANILLA
-from turbonerf.engine import trainer as tr
+from turbonerf.app import train as tr
 from turbonerf.engine.checkpoint import read_checkpoint_meta
-from turbonerf.engine.run import CHECKPOINT, load_trained
+from turbonerf.app.runs import CHECKPOINT, load_trained
 from turbonerf.errors import TurboNerfError
 
 

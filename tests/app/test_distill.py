@@ -6,14 +6,14 @@ import torch
 
 from conftest import TINY_VANILLA
 from turbonerf.cli.main import main
-from turbonerf.data.scene import load_scene
+from turbonerf.data.formats import load_scene
 from turbonerf.data.synthetic import write_tiny_blender_scene
-from turbonerf.distill import trainer as dt
+from turbonerf.app import distill as dt
 from turbonerf.engine.checkpoint import read_checkpoint_meta
-from turbonerf.engine.run import CHECKPOINT, load_trained, read_run_spec
-from turbonerf.engine.trainer import TrainingInterrupted, TrainOptions, train
+from turbonerf.app.runs import CHECKPOINT, load_trained, read_run_spec
+from turbonerf.app.train import TrainingInterrupted, TrainOptions, train
 from turbonerf.errors import TurboNerfError
-from turbonerf.eval.evaluate import evaluate_run
+from turbonerf.app.evaluate import EvalOptions, evaluate_run
 from turbonerf.rays import image_ray_bundle
 
 TINY_STUDENT = ["width=64", "depth=4"]
@@ -79,7 +79,7 @@ def test_distilled_student_beats_a_constant_colour_on_held_out_views(teacher, tm
     assert _psnr(mse_student) > _psnr(mse_const) + 5.0
 
     # the student run is an ordinary run: `turbonerf eval` works and reports its cost
-    r = evaluate_run(tmp_path / "student", progress=False)
+    r = evaluate_run(tmp_path / "student", EvalOptions(progress=False))
     assert r["method"] == "r2l" and r["samples_per_ray"] == 1.0 and r["psnr"] > _psnr(mse_const)
     assert r["flops_per_ray"] == student.in_dim * 64 * 2 + 2 * 64 * 64 * 2 + 64 * 3 * 2
     assert r["params"] == sum(p.numel() for p in student.parameters())

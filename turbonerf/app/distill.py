@@ -22,52 +22,47 @@ from __future__ import annotations
 import gc
 import json
 import math
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from turbonerf.data.scene import load_scene
-from turbonerf.distill.hard_examples import HardExamplePool
-from turbonerf.distill.nelf import r2l_preset
-from turbonerf.distill.pseudo_data import (
-    PseudoDataResult,
-    PseudoDataSpec,
-    PseudoRays,
-    generate_pseudo_data,
-    resolve_pose_mode,
-)
-from turbonerf.engine import runtime
-from turbonerf.engine.checkpoint import (
-    atomic_write_text,
-    load_checkpoint,
-    load_optimizer_tensors,
-    optimizer_tensors,
-    read_checkpoint_meta,
-    save_checkpoint,
-)
-from turbonerf.engine.run import (
+from turbonerf.app.runs import (
     CHECKPOINT,
+    RunRenderer,
     RunSpec,
     build_model,
-    load_model_state,
-    load_trained,
+    default_tree_path,
     prepare_run_dir,
     read_run_spec,
+    renderer_for_run,
     write_run_spec,
 )
-from turbonerf.engine.trainer import TrainingInterrupted, checkpoint_due, sample_pixels, sigterm_as_keyboard_interrupt
+from turbonerf.app.train import sample_pixels
+from turbonerf.data.formats import load_scene
+from turbonerf.distill.hard_examples import HardExamplePool
+from turbonerf.distill.pseudo_data import PseudoDataResult, PseudoDataSpec, PseudoRays, generate_pseudo_data, resolve_pose_mode
+from turbonerf.engine import runtime
+from turbonerf.engine.checkpoint import read_checkpoint_meta
+from turbonerf.engine.loop import (
+    LoopOptions,
+    LoopState,
+    StepOutput,
+    Trainee,
+    TrainingInterrupted,
+    restore_trainee,
+    run_loop,
+    sigterm_as_keyboard_interrupt,
+)
 from turbonerf.errors import TurboNerfError
+from turbonerf.io.files import atomic_write_text
+from turbonerf.methods.r2l import r2l_preset
 from turbonerf.methods.registry import apply_overrides
 from turbonerf.rays import RayBundle, make_rays
-from turbonerf.render.renderer import RenderFn
 
 STUDENTS = ("r2l",)
 TEACHER_RENDERERS = ("auto", "model", "nerftree")
-BAKED_TREE = Path("baked") / "nerftree.safetensors"
 DISTILL_FILE = "distill.json"
 
 
@@ -134,21 +129,15 @@ class DistillResult:
     """notes for the user (early stop of generation, fallbacks)"""
 
 
-def teacher_render_fn(run_dir: Path, model: torch.nn.Module, spec: RunSpec, device: torch.device, choice: str) -> tuple[RenderFn, str]:
-    """(render function, its name): the teacher's own ``render``, or its baked NerfTree when
+def teacher_renderer(run_dir: Path, device: torch.device, choice: str) -> RunRenderer:
+    """What renders the teacher (:func:`renderer_for_run`): its model, or its baked NerfTree when
     ``choice`` is nerftree, or auto and ``RUN/baked/nerftree.safetensors`` exists."""
     if choice not in TEACHER_RENDERERS:
         raise TurboNerfError(f"unknown teacher renderer '{choice}' (choose from {', '.join(TEACHER_RENDERERS)})")
-    tree_path = Path(run_dir) / BAKED_TREE
-    if choice == "nerftree" or (choice == "auto" and tree_path.is_file()):
-        if not tree_path.is_file():
-            raise TurboNerfError("no baked NerfTree for this teacher", tree_path)
-        from turbonerf.bake.nerftree import load_tree
-        from turbonerf.bake.render import TreeRenderer
-
-        renderer = TreeRenderer(load_tree(tree_path), "auto", device, ndc=spec.scene.ndc)
-        return renderer, renderer.name
-    return model.render, spec.method
+    tree_path = default_tree_path(run_dir)
+    if choice == "nerftree" and not tree_path.is_file():
+        raise TurboNerfError("no baked NerfTree for this teacher", tree_path)
+    return renderer_for_run(run_dir, device, baked=choice == "nerftree" or (choice == "auto" and tree_path.is_file()))
 
 
 def rays_from_rows(rows: Tensor, near: float, far: float) -> RayBundle:
@@ -188,12 +177,12 @@ def _student_spec(opts: DistillOptions, teacher_spec: RunSpec) -> RunSpec:
 
 
 def make_pseudo_data(
-    opts: DistillOptions, out: Path, pseudo_root: Path, seed: int, teacher: torch.nn.Module, tspec: RunSpec, scene, device: torch.device
+    opts: DistillOptions, out: Path, pseudo_root: Path, seed: int, teacher: RunRenderer, scene, device: torch.device
 ) -> tuple[PseudoDataResult, float, list[str]]:
     """Stage 1 of :func:`distill`: (what was generated, this run's generation seconds so far, notes)."""
     messages = []
     budget_s = math.inf if opts.max_minutes is None else 60.0 * opts.max_minutes
-    render_fn, teacher_name = teacher_render_fn(Path(opts.teacher), teacher, tspec, device, opts.teacher_renderer)
+    teacher_name = teacher.spec.method if teacher.tree is None else teacher.name
     cams = scene.split("train").cameras
     pspec = PseudoDataSpec(
         seed=seed,
@@ -212,7 +201,7 @@ def make_pseudo_data(
     try:
         with sigterm_as_keyboard_interrupt():
             pseudo = generate_pseudo_data(
-                pseudo_root, render_fn, cams, pspec, opts.num_pseudo_images, scene.background, device,
+                pseudo_root, teacher.render, cams, pspec, opts.num_pseudo_images, scene.background, device,
                 opts.render_chunk, opts.bf16, gen_budget, opts.progress,
             )
     except KeyboardInterrupt:
@@ -229,6 +218,22 @@ def make_pseudo_data(
     return pseudo, gen_before + pseudo.seconds, messages
 
 
+class HardExampleFeed:
+    """Training-loop callback that feeds the hard-example pool: after each step the
+    ``hard_ratio`` fresh rays with the highest loss join the pool (rows and per-ray errors come
+    in the step's outputs)."""
+
+    def __init__(self, pool: HardExamplePool, ratio: float):
+        self.pool = pool
+        self.ratio = ratio
+
+    def before_step(self, step: int) -> None:
+        pass
+
+    def after_step(self, step: int, output: StepOutput) -> None:
+        self.pool.add_hardest(output.outputs["fresh_rows"], output.outputs["fresh_error"], self.ratio)
+
+
 def distill(opts: DistillOptions) -> DistillResult:
     """Distil the teacher run ``opts.teacher`` into a student run ``opts.out``."""
     device = runtime.resolve_device(opts.device)
@@ -237,7 +242,8 @@ def distill(opts: DistillOptions) -> DistillResult:
     messages: list[str] = []
     if not opts.resume:  # fail on a bad student option before loading anything
         _student_config(opts)
-    teacher, tspec, _ = load_trained(Path(opts.teacher), device)
+    teacher = teacher_renderer(Path(opts.teacher), device, opts.teacher_renderer)
+    tspec = teacher.spec
     if opts.resume:
         spec = read_run_spec(out)
         if spec.method != "r2l":
@@ -257,28 +263,26 @@ def distill(opts: DistillOptions) -> DistillResult:
     atomic_write_text(out / DISTILL_FILE, json.dumps(info, indent=2))
 
     # --- pseudo data
-    pseudo, gen_seconds, notes = make_pseudo_data(opts, out, pseudo_root, spec.seed, teacher, tspec, scene, device)
+    pseudo, gen_seconds, notes = make_pseudo_data(opts, out, pseudo_root, spec.seed, teacher, scene, device)
     messages += notes
     del teacher
     gc.collect()
 
-    # --- student
+    # --- student, through the one training loop
     torch.manual_seed(spec.seed)
     gen = torch.Generator().manual_seed(spec.seed)
     model = build_model(spec, device)
     model.train()
     optimizer, lr_factor = model.make_optimizer()
-    base_lrs = [g["lr"] for g in optimizer.param_groups]
-    step, elapsed = 0, 0.0
-    ckpt_path = out / CHECKPOINT
-    if opts.resume and ckpt_path.is_file():
-        tensors, meta = load_checkpoint(ckpt_path, device)
-        if meta.get("method") != spec.method:
-            raise TurboNerfError(f"checkpoint is from method '{meta.get('method')}', not '{spec.method}'", ckpt_path)
-        load_model_state(model, tensors, ckpt_path)
-        load_optimizer_tensors(optimizer, {k: v for k, v in tensors.items() if k.startswith("optim.")}, meta["optimizer_groups"])
-        step, elapsed = int(meta["step"]), float(meta["seconds"])
-        gen.manual_seed(spec.seed + step)
+    teacher_path = str(Path(opts.teacher).resolve())
+    trainee = Trainee(
+        model, optimizer, lr_factor, out / CHECKPOINT,
+        meta=lambda: {"method": spec.method, "generation_seconds": gen_seconds, "pseudo_images": pseudo.images, "teacher": teacher_path},
+    )
+    state = LoopState()
+    if opts.resume and trainee.checkpoint.is_file():
+        state = restore_trainee(trainee, spec.method, device)
+        gen.manual_seed(spec.seed + state.step)
 
     data = PseudoRays(pseudo_root)
     n_pseudo, n_real = split_batch(opts.batch_rays, opts.real_fraction, len(data) > 0)
@@ -287,60 +291,37 @@ def distill(opts: DistillOptions) -> DistillResult:
     images = train_split.images.to(device)
     cameras = train_split.cameras.to(device)
     near, far, ndc = scene.near, scene.far, scene.ndc
+    background = scene.background.to(device)
     pool = HardExamplePool(max(1, int(opts.hard_pool_batches * opts.batch_rays)), 9, device) if opts.hard_ratio > 0 else None
     n_hard = int(opts.hard_ratio * opts.batch_rays)
 
-    def checkpoint(psnr_value: float) -> None:
-        model_state = {f"model.{k}": v for k, v in model.state_dict().items()}
-        opt_state, groups = optimizer_tensors(optimizer)
-        meta = {"method": spec.method, "step": step, "seconds": elapsed, "psnr": psnr_value, "optimizer_groups": groups,
-                "generation_seconds": gen_seconds, "pseudo_images": pseudo.images, "teacher": str(Path(opts.teacher).resolve())}
-        save_checkpoint(ckpt_path, model_state | opt_state, meta)
+    def step_fn(step: int) -> StepOutput:
+        parts = []
+        if n_pseudo:
+            prays, prgb = data.sample(n_pseudo, gen)
+            parts.append(torch.cat([prays, prgb], dim=-1).to(device))
+        if n_real:
+            parts.append(real_rows(images, cameras, n_real, near, far, ndc, gen))
+        fresh = torch.cat(parts)
+        n_fresh = fresh.shape[0]
+        rows = torch.cat([fresh, pool.draw(n_hard, gen)]) if (pool is not None and pool.full) else fresh
+        outputs = model(rays_from_rows(rows, near, far), background, train=True)
+        loss, _ = model.loss(outputs, rows[:, 6:9])
+        per_ray = torch.mean((outputs["rgb"].detach() - rows[:, 6:9]) ** 2, dim=-1)
+        mse_fresh = float(per_ray[:n_fresh].mean())
+        outputs.update(fresh_rows=fresh, fresh_error=per_ray[:n_fresh])
+        return StepOutput(loss, outputs, {"mse": mse_fresh, "hard_rays": rows.shape[0] - n_fresh})
 
-    budget_s = math.inf if opts.max_minutes is None else 60.0 * opts.max_minutes
-    last_psnr, last_ckpt_step, last_ckpt_time = float("nan"), step, time.monotonic()
-    bar = tqdm(total=opts.max_steps, initial=step, disable=not opts.progress, desc="distill r2l", unit="step", dynamic_ncols=True)
-    try:
-        with sigterm_as_keyboard_interrupt(), open(out / "train_log.jsonl", "a") as log:
-            while step < opts.max_steps and elapsed + gen_seconds < budget_s:
-                t0 = time.perf_counter()
-                parts = []
-                if n_pseudo:
-                    prays, prgb = data.sample(n_pseudo, gen)
-                    parts.append(torch.cat([prays, prgb], dim=-1).to(device))
-                if n_real:
-                    parts.append(real_rows(images, cameras, n_real, near, far, ndc, gen))
-                fresh = torch.cat(parts)
-                n_fresh = fresh.shape[0]
-                rows = torch.cat([fresh, pool.draw(n_hard, gen)]) if (pool is not None and pool.full) else fresh
-                rays = rays_from_rows(rows, near, far)
-                for g, base in zip(optimizer.param_groups, base_lrs):
-                    g["lr"] = base * lr_factor(step)
-                with runtime.autocast(device, opts.bf16):
-                    loss, per_ray = model.per_ray_loss(rays, rows[:, 6:9])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                if pool is not None:
-                    pool.add_hardest(fresh, per_ray[:n_fresh], opts.hard_ratio)
-                step += 1
-                elapsed += time.perf_counter() - t0
-                mse_fresh = float(per_ray[:n_fresh].detach().mean())
-                last_psnr = -10.0 * math.log10(max(mse_fresh, 1e-10))
-                bar.update(1)
-                if step % opts.log_every == 0 or step == 1:
-                    bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{last_psnr:.2f}")
-                    rec = {"step": step, "seconds": round(elapsed, 3), "loss": loss.item(), "psnr": last_psnr,
-                           "mse": mse_fresh, "hard_rays": rows.shape[0] - n_fresh, "lr": optimizer.param_groups[0]["lr"]}
-                    log.write(json.dumps(rec) + "\n")
-                    log.flush()
-                if checkpoint_due(step, last_ckpt_step, last_ckpt_time, opts.checkpoint_every, opts.checkpoint_minutes):
-                    checkpoint(last_psnr)
-                    last_ckpt_step, last_ckpt_time = step, time.monotonic()
-    except KeyboardInterrupt:
-        bar.close()
-        checkpoint(last_psnr)
-        raise TrainingInterrupted(f"interrupted at step {step}; checkpoint saved to {ckpt_path} (continue with --resume)") from None
-    bar.close()
-    checkpoint(last_psnr)
-    return DistillResult(out, step, elapsed, gen_seconds, pseudo, last_psnr, messages)
+    loop_opts = LoopOptions(
+        max_steps=opts.max_steps,
+        max_seconds=math.inf if opts.max_minutes is None else 60.0 * opts.max_minutes - gen_seconds,
+        checkpoint_every=opts.checkpoint_every,
+        checkpoint_minutes=opts.checkpoint_minutes,
+        log_every=opts.log_every,
+        bf16=opts.bf16,
+        progress=opts.progress,
+        desc="distill r2l",
+    )
+    callbacks = [HardExampleFeed(pool, opts.hard_ratio)] if pool is not None else []
+    state = run_loop(trainee, step_fn, state, loop_opts, device, out / "train_log.jsonl", callbacks)
+    return DistillResult(out, state.step, state.seconds, gen_seconds, pseudo, state.last_psnr, messages)

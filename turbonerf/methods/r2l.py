@@ -54,6 +54,7 @@ from torch import Tensor, nn
 
 from turbonerf.encodings.frequency import FrequencyEncoding
 from turbonerf.errors import TurboNerfError
+from turbonerf.methods.base import Method, adam, linear_flops
 from turbonerf.rays import RayBundle
 
 PRESET_NAMES = ("cpu", "paper")
@@ -135,7 +136,7 @@ class ResidualBlock(nn.Module):
         return h + self.fc2(torch.relu(self.fc1(h)))
 
 
-class R2L(nn.Module):
+class R2L(Method):
     """The NeLF student: rays in, colours out, one MLP evaluation per ray."""
 
     def __init__(self, config: R2LConfig, aabb: Tensor):
@@ -173,40 +174,32 @@ class R2L(nn.Module):
             h = block(h)
         return torch.sigmoid(self.head(h + h0))
 
-    def forward(self, rays: RayBundle, jitter: bool) -> Tensor:
-        """[R, 3] colours of R rays."""
+    def colours(self, rays: RayBundle, jitter: bool) -> Tensor:
+        """[R, 3] colours of R rays (points jittered inside their segments when ``jitter``)."""
         return self.mlp(self.encode(ray_points(rays, self.config.n_points, jitter)))
 
-    def training_loss(self, rays: RayBundle, target: Tensor, background: Tensor, step: int):
-        rgb = self(rays, jitter=True).float()
-        mse = torch.mean((rgb - target) ** 2)
-        return mse, {"mse": mse.item()}
-
-    def per_ray_loss(self, rays: RayBundle, target: Tensor) -> tuple[Tensor, Tensor]:
-        """(mean loss, [R] per-ray squared error averaged over RGB) with jittered points, for
-        training loops that need per-ray losses (the hard-example pool)."""
-        rgb = self(rays, jitter=True).float()
-        per_ray = torch.mean((rgb - target) ** 2, dim=-1)
-        return per_ray.mean(), per_ray
-
-    def render(self, rays: RayBundle, background: Tensor) -> dict[str, Tensor]:
-        """rgb [R, 3]; depth [R] zeros and opacity [R] ones (placeholders: a light field has no geometry).
-        ``background`` is ignored: the student learned colours already composited on it."""
-        rgb = self(rays, jitter=False).float()
+    def forward(self, rays: RayBundle, background: Tensor, train: bool = False) -> dict:
+        """rgb [R, 3]; depth [R] zeros and opacity [R] ones (placeholders: a light field has no
+        geometry). ``background`` is ignored: the student learned colours already composited on it."""
+        rgb = self.colours(rays, jitter=train).float()
         n = rgb.shape[0]
         return {"rgb": rgb, "depth": torch.zeros(n, device=rgb.device), "opacity": torch.ones(n, device=rgb.device)}
+
+    def loss(self, outputs: dict, target: Tensor):
+        mse = torch.mean((outputs["rgb"] - target) ** 2)
+        return mse, {"mse": mse.item()}
 
     def samples_per_ray(self) -> int:
         """Network evaluations per rendered ray: one (the point of a light field)."""
         return 1
 
+    def flops_per_ray(self) -> float:
+        """Every Linear layer once."""
+        return float(linear_flops(self))
+
     def make_optimizer(self):
         c = self.config
-        try:
-            opt = torch.optim.Adam(self.parameters(), lr=c.lr, betas=(0.9, 0.999), fused=True)
-        except (RuntimeError, TypeError):  # no fused kernel for this device / torch version
-            opt = torch.optim.Adam(self.parameters(), lr=c.lr, betas=(0.9, 0.999))
-        return opt, lambda step: r2l_lr_factor(step, c)
+        return adam(self.parameters(), c.lr), lambda step: r2l_lr_factor(step, c)
 
 
 def r2l_lr_factor(step: int, c: R2LConfig) -> float:

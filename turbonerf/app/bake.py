@@ -1,0 +1,112 @@
+"""``turbonerf bake``: bake a trained run into a NerfTree file (rendering it is
+:func:`turbonerf.app.runs.renderer_for_run` with ``baked=True``)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from turbonerf.bake.fields import baking_fields
+from turbonerf.app.runs import default_tree_path, load_trained
+from turbonerf.bake.nerftree import NerfTree, bake, save_tree
+from turbonerf.bake.prune import block_max_weights, blocks_to_keep, prune_blocks
+from turbonerf.bake.render import default_step
+from turbonerf.data.formats import load_scene
+from turbonerf.engine import runtime
+from turbonerf.errors import TurboNerfError
+
+@dataclass
+class BakeOptions:
+    """Options of ``turbonerf bake`` (see its ``--help``)."""
+
+    out: Path | None = None
+    """tree file (default RUN/baked/nerftree.safetensors)"""
+    coarse_res: int = 384
+    fine_res: int = 4
+    sh_degree: int = 3
+    overwrite: bool = False
+    device: str = "auto"
+    threshold: float | None = None
+    visibility: bool = True
+    n_dirs: int = 32
+    batch: int = 1 << 16
+    bf16: bool = True
+    dtype: str = "float16"
+    prune_weight: float = 0.0
+    prune_stride: int = 2
+    prune_dilate: int = 2
+    progress: bool = True
+
+
+def bake_run(run_dir: Path, opts: BakeOptions | None = None) -> tuple[Path, NerfTree, dict]:
+    """Bake the latest checkpoint of ``run_dir`` into a NerfTree file.
+
+    Visibility culling uses the run's training cameras (not for NDC scenes, whose box already is
+    the reference frustum). With ``prune_weight`` > 0 the tree is then pruned to the blocks in
+    which some sample of the training rays (every ``prune_stride``-th pixel) gets a compositing
+    weight of at least ``prune_weight`` (:mod:`turbonerf.bake.prune`). Returns (path, tree, info)
+    where info holds the bake time and settings (also stored in the file's header).
+    """
+    o = opts or BakeOptions()
+    out, overwrite, device, bf16, progress = o.out, o.overwrite, o.device, o.bf16, o.progress
+    visibility, prune_weight = o.visibility, o.prune_weight
+    out = Path(out) if out else default_tree_path(run_dir)
+    if out.exists() and not overwrite:
+        raise TurboNerfError("NerfTree file exists (use --overwrite to replace it)", out)
+    dev = runtime.resolve_device(device)
+    runtime.configure(dev)
+    model, spec, meta = load_trained(Path(run_dir), dev)
+    fields = baking_fields(model, o.sh_degree, o.n_dirs)
+    scene = None
+    if (visibility and not spec.scene.ndc) or prune_weight > 0:
+        scene = load_scene(spec.scene.data, downscale=spec.scene.downscale, splits=("train",))
+    cameras = scene.split("train").cameras if (visibility and not spec.scene.ndc) else None
+    t0 = time.perf_counter()
+    with torch.no_grad(), runtime.autocast(dev, bf16):
+        tree = bake(
+            fields, spec.scene.aabb, o.coarse_res, o.fine_res, cameras=cameras, threshold=o.threshold, batch=o.batch,
+            device=dev, dtype=o.dtype, progress=progress,
+        )
+    blocks_before_pruning = tree.n_blocks
+    if prune_weight > 0:
+        tree = prune_with_training_rays(tree, scene, prune_weight, o.prune_stride, o.prune_dilate, progress)
+    seconds = time.perf_counter() - t0
+    info = {
+        "run": str(run_dir),
+        "method": spec.method,
+        "step": meta.get("step"),
+        "bake_seconds": seconds,
+        "device": str(dev),
+        "colour": fields.description,
+        "visibility_culling": cameras is not None,
+        "bf16": bf16,
+        "ndc": spec.scene.ndc,
+        "prune_weight": prune_weight,
+        "prune_dilate": o.prune_dilate,
+        "blocks_before_pruning": blocks_before_pruning,
+    }
+    save_tree(out, tree, info)
+    info["storage_mb"] = out.stat().st_size / 2**20
+    info["n_blocks"] = tree.n_blocks
+    info["occupied_fraction"] = tree.occupied_fraction()
+    return out, tree, info
+
+
+def prune_with_training_rays(
+    tree: NerfTree, scene, prune_weight: float, stride: int = 2, dilate: int = 2, progress: bool = True
+) -> NerfTree:
+    """``tree`` without the blocks in which no sample of the training rays of ``scene`` (every
+    ``stride``-th pixel) gets a compositing weight of at least ``prune_weight``, except those
+    within ``dilate`` coarse cells of a kept block (:func:`turbonerf.bake.prune.blocks_to_keep`)."""
+    weights = training_ray_weights(tree, scene, stride, progress)
+    return prune_blocks(tree, blocks_to_keep(tree, weights, prune_weight, dilate))
+
+
+def training_ray_weights(tree: NerfTree, scene, stride: int = 2, progress: bool = True):
+    """float32 [M]: each block's largest compositing weight over the training rays of ``scene``
+    (every ``stride``-th pixel), marched with the renderer's default step."""
+    cams = scene.split("train").cameras
+    return block_max_weights(tree, cams, scene.near, scene.far, default_step(tree, scene.ndc), scene.ndc, stride, progress=progress)

@@ -1,0 +1,20 @@
+"""Files written so that a crash never leaves a half-written one behind."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def temp_path(path: Path) -> Path:
+    """The hidden temporary name ``path`` is first written under (same folder, so the rename is atomic)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and rename."""
+    path = Path(path)
+    tmp = temp_path(path)
+    tmp.write_text(text)
+    os.replace(tmp, path)
