@@ -54,7 +54,9 @@ def main() -> None:
     p.add_argument("--out-name", default="eval", help="writes RUN/<out-name>/stats.json")
     args = p.parse_args()
 
-    from turbonerf.eval.activation_eval import REFERENCE_FCTS, evaluate_sampler_configs, format_table, sweep_configs
+    from turbonerf.app.evaluate import EvalOptions
+    from turbonerf.app.sweep import SweepOptions, evaluate_sampler_configs
+    from turbonerf.eval.activation_eval import REFERENCE_FCTS, format_table, sweep_configs
 
     configs = sweep_configs(
         layers=args.layers,
@@ -63,10 +65,9 @@ def main() -> None:
         reduce=args.reduce,
         net=args.act_net,
     )
-    stats = evaluate_sampler_configs(
-        args.run, configs, args.split, args.limit, args.every, args.downscale, args.device, args.chunk,
-        bf16=not args.fp32, save_images=args.save_images, drop_missing_layers=True, out_name=args.out_name,
-    )
+    opts = EvalOptions(args.split, args.limit, args.every, args.downscale, args.device, args.chunk, bf16=not args.fp32)
+    sweep = SweepOptions(save_images=args.save_images, drop_missing_layers=True, out_name=args.out_name)
+    stats = evaluate_sampler_configs(args.run, configs, opts, sweep)
     print(
         f"## activation-based sampling: {stats['method']} (step {stats['step']}), {stats['n_images']} {stats['split']} images "
         f"at {stats['width']}x{stats['height']}, {stats['device']}, {'bf16' if stats['bf16'] else 'fp32'}\n"

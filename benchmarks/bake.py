@@ -169,11 +169,12 @@ def bench_synthetic(args: argparse.Namespace) -> dict:
 
 def bench_run(args: argparse.Namespace) -> dict:
     from turbonerf.bake.nerftree import load_tree, read_tree_header, save_tree
-    from turbonerf.app.bake import bake_run, default_tree_path, evaluate_baked, tree_renderer_for_run
+    from turbonerf.app.bake import BakeOptions, bake_run
+    from turbonerf.app.runs import TreeOptions, default_tree_path, renderer_for_run
     from turbonerf.data.formats import load_scene
     from turbonerf.engine import runtime
     from turbonerf.app.runs import load_trained, read_run_spec
-    from turbonerf.app.evaluate import evaluate_run
+    from turbonerf.app.evaluate import EvalOptions, evaluate_run
 
     run = args.run
     path = args.tree or default_tree_path(run)
@@ -201,10 +202,10 @@ def bench_run(args: argparse.Namespace) -> dict:
     elif args.reuse and path.exists():
         bake_seconds = read_tree_header(path).get("info", {}).get("bake_seconds")
     else:
-        path, _, info = bake_run(
-            run, path, args.coarse_res, args.fine_res, args.sh_degree, overwrite=True, device=args.device,
+        path, _, info = bake_run(run, BakeOptions(
+            out=path, coarse_res=args.coarse_res, fine_res=args.fine_res, sh_degree=args.sh_degree, overwrite=True, device=args.device,
             threshold=args.threshold, prune_weight=args.prune_weight, prune_dilate=args.prune_dilate,
-        )
+        ))
         bake_seconds = info["bake_seconds"]
     dev = runtime.resolve_device(args.device)
     model, spec, _ = load_trained(run, dev)
@@ -229,7 +230,8 @@ def bench_run(args: argparse.Namespace) -> dict:
                     "full_size": high and f"{high['width']}x{high['height']}"})
         return out
 
-    low, high = score(lambda suffix, limit, every, ds: evaluate_run(run, "test", limit, every, ds, device=args.device, out_name="bench_model" + suffix))
+    low, high = score(lambda suffix, limit, every, ds: evaluate_run(
+        run, EvalOptions(limit=limit, every=every, downscale=ds, device=args.device), out_name="bench_model" + suffix))
     model_row = {"renderer": f"model ({spec.method})", "storage_mb": low and low["storage_mb"], **metrics(low, high)}
     rays = frames[args.model_size].to(dev)
     with torch.no_grad(), runtime.autocast(dev):
@@ -245,11 +247,11 @@ def bench_run(args: argparse.Namespace) -> dict:
                    "step_scale": scale}
             if tree_path == path and bake_seconds is not None:
                 row["bake_seconds"] = bake_seconds
-            row.update(metrics(*score(lambda suffix, limit, every, ds: evaluate_baked(
-                run, tree_path, lookup=args.lookup, step_scale=scale, device=args.device, out_name="bench_baked" + tag + suffix,
-                limit=limit, every=every, downscale=ds,
+            row.update(metrics(*score(lambda suffix, limit, every, ds: evaluate_run(
+                run, EvalOptions(limit=limit, every=every, downscale=ds, device=args.device), baked=True,
+                tree=TreeOptions(tree_path, args.lookup, scale), out_name="bench_baked" + tag + suffix,
             ))))  # fmt: skip
-            renderer, _ = tree_renderer_for_run(run, tree_path, args.device, "numba", args.lookup, scale, args.threads)
+            renderer = renderer_for_run(run, dev, baked=True, tree=TreeOptions(tree_path, args.lookup, scale, "numba", args.threads)).tree
             row["marcher"] = []
             for size in sizes:
                 renderer.samples = renderer.rays = 0

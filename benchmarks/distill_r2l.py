@@ -33,7 +33,7 @@ from turbonerf.app.distill import DistillOptions, distill
 from turbonerf.engine import runtime
 from turbonerf.engine.checkpoint import read_checkpoint_meta
 from turbonerf.app.runs import CHECKPOINT, load_trained
-from turbonerf.app.evaluate import evaluate_run
+from turbonerf.app.evaluate import EvalOptions, evaluate_run
 from turbonerf.eval.flops import flops_per_ray, params
 from turbonerf.rays import image_ray_bundle
 from turbonerf.render.renderer import render_rays_chunked
@@ -148,7 +148,7 @@ def scored(run: Path, args, out_name: str, reuse: Path | None = None) -> dict:
     if reuse is not None and reuse.is_file():
         r = json.loads(reuse.read_text())
     else:
-        r = evaluate_run(run, args.split, args.limit, args.every, device=args.device, progress=not args.no_progress, out_name=out_name)
+        r = evaluate_run(run, EvalOptions(args.split, args.limit, args.every, device=args.device, progress=not args.no_progress), out_name=out_name)
     return {k: r[k] for k in SCORE_KEYS}
 
 

@@ -13,14 +13,16 @@ import argparse
 import sys
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).parent))
 from bake import square_camera, time_renderer  # noqa: E402
 
 from turbonerf.bake.nerftree import load_tree  # noqa: E402
 from turbonerf.bake.render import TreeRenderer, default_step  # noqa: E402
 from turbonerf.data.formats import load_scene  # noqa: E402
-from turbonerf.app.runs import read_run_spec  # noqa: E402
-from turbonerf.app.evaluate import evaluate_run  # noqa: E402
+from turbonerf.app.evaluate import EvalOptions, evaluate_renderer  # noqa: E402
+from turbonerf.app.runs import RunRenderer, read_run_spec  # noqa: E402
 from turbonerf.rays import image_ray_bundle  # noqa: E402
 
 
@@ -48,7 +50,9 @@ def main() -> None:
     print("| t_min | ms/frame | PSNR | SSIM | samples/ray |\n|---|---|---|---|---|")
     for t_min in args.t_mins:
         r = TreeRenderer(tree, "numba", step=step, t_min=t_min)
-        res = evaluate_run(args.run, "test", None, args.every, None, "cpu", 1 << 20, progress=False, out_name=f"eval_tmin_{t_min:g}", render_fn=r)
+        renderer = RunRenderer(r, r.name, read_run_spec(args.run), {}, 1 << 20, tree=r, tree_path=args.tree)
+        opts = EvalOptions(every=args.every, device="cpu", progress=False)
+        res = evaluate_renderer(args.run, renderer, opts, torch.device("cpu"), args.run / f"eval_tmin_{t_min:g}")
         print(f"| {t_min:g} | {min(times[t_min]):.1f} | {res['psnr']:.3f} | {res['ssim']:.4f} | {r.samples_per_ray():.2f} |", flush=True)
 
 

@@ -47,7 +47,7 @@ def worker(args: argparse.Namespace) -> None:
         target = split.images[idx, vv, u].float() / 255.0
         t0 = time.perf_counter()
         with runtime.autocast(torch.device("cpu"), v.startswith("bf16")):
-            loss, _ = model.training_loss(rays, target, scene.background, step)
+            loss, _ = model.training_loss(rays, target, scene.background)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -21,7 +21,7 @@ import torch
 
 from turbonerf.app.runs import CHECKPOINT
 from turbonerf.app.train import TrainOptions, train
-from turbonerf.app.evaluate import evaluate_run
+from turbonerf.app.evaluate import EvalOptions, evaluate_run
 
 
 def parse_args() -> argparse.Namespace:
@@ -71,7 +71,7 @@ def run_method(args: argparse.Namespace, method: str) -> list[dict]:
         if args.resume and done.is_file():
             res = json.loads(done.read_text())
         else:
-            res = evaluate_run(run, args.split, args.limit, args.every, checkpoint=ckpt, out_name=f"eval_{m:g}min")
+            res = evaluate_run(run, EvalOptions(args.split, args.limit, args.every), checkpoint=ckpt, out_name=f"eval_{m:g}min")
         rows.append(
             {
                 "method": method,

