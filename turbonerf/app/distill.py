@@ -201,8 +201,8 @@ def make_pseudo_data(
     try:
         with sigterm_as_keyboard_interrupt():
             pseudo = generate_pseudo_data(
-                pseudo_root, teacher.render, cams, pspec, opts.num_pseudo_images, scene.background, device,
-                opts.render_chunk, opts.bf16, gen_budget, opts.progress,
+                pseudo_root, teacher.render, cams, pspec, opts.num_pseudo_images, scene.background, device=device,
+                chunk_rays=opts.render_chunk, bf16=opts.bf16, max_seconds=gen_budget, progress=opts.progress,
             )
     except KeyboardInterrupt:
         raise TrainingInterrupted(

@@ -72,7 +72,9 @@ def evaluate_renderer(run_dir: Path, renderer: RunRenderer, opts: EvalOptions, d
     for i in tqdm(indices, desc=f"eval {opts.split}", disable=not opts.progress, unit="img"):
         t0 = time.perf_counter()
         with runtime.autocast(device, opts.bf16):
-            out = render_image(renderer.render, data.cameras, i, scene.near, scene.far, scene.ndc, scene.background, chunk, device)
+            out = render_image(
+                renderer.render, data.cameras, i, scene.near, scene.far, scene.ndc, scene.background, chunk=chunk, device=device
+            )
         ms = 1000.0 * (time.perf_counter() - t0)
         target = data.images[i].float() / 255.0
         name = Path(data.paths[i]).stem

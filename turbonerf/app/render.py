@@ -69,7 +69,7 @@ def render_sequence(
     s = spec.scene
     for i in tqdm(range(len(cams)), desc=f"render {opts.path}", disable=not opts.progress, unit="frame"):
         with runtime.autocast(dev):
-            img = render_image(renderer.render, cams, i, s.near, s.far, s.ndc, s.background, renderer.chunk, dev)
+            img = render_image(renderer.render, cams, i, s.near, s.far, s.ndc, s.background, chunk=renderer.chunk, device=dev)
         rgb = to_uint8(img["rgb"])
         depth = depth_to_png(img["depth"], img["opacity"])
         save_png(out / "rgb" / f"{i:04d}.png", rgb)

@@ -110,7 +110,8 @@ def evaluate_sampler_configs(
     def render(cfg: SamplerConfig, i: int):
         with runtime.autocast(dev, bf16):
             return render_image_timed(
-                model, cfg, data.cameras, i, scene.near, scene.far, scene.ndc, scene.background, chunk, dev, padding
+                model, cfg, data.cameras, i, scene.near, scene.far, scene.ndc, scene.background,
+                chunk=chunk, device=dev, padding=padding,
             )
 
     # warm-up: one full chunk per configuration, untimed (lazy initialisation, and the allocator
@@ -126,7 +127,7 @@ def evaluate_sampler_configs(
         with runtime.autocast(dev, bf16):
             for cfg in configs:
                 diag[cfg.key] = estimate_diagnostics(
-                    model, cfg, data.cameras, indices[0], scene.near, scene.far, scene.ndc, chunk, dev
+                    model, cfg, data.cameras, indices[0], scene.near, scene.far, scene.ndc, chunk=chunk, device=dev
                 )
 
     per: dict[str, list[dict]] = {cfg.key: [] for cfg in configs}
