@@ -56,8 +56,9 @@ def test_existing_run_folder_is_not_overwritten(tiny_scene, tmp_path):
     with pytest.raises(TurboNerfError, match="run folder exists"):
         tr.train(_opts(tiny_scene, out, max_steps=1))
     assert (out / "precious.txt").read_text() == "keep me"
-    tr.train(_opts(tiny_scene, out, max_steps=1, overwrite=True))
-    assert not (out / "precious.txt").exists()
+    with pytest.raises(TurboNerfError, match="only a turbonerf run folder"):  # not a run: never deleted
+        tr.train(_opts(tiny_scene, out, max_steps=1, overwrite=True))
+    assert (out / "precious.txt").read_text() == "keep me"
 
 
 def test_unknown_method_and_bad_option_fail_before_loading(tmp_path):

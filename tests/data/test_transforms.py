@@ -176,10 +176,14 @@ def test_frames_of_different_sizes(basic: Path) -> None:
     assert "transforms.json" in msg and "40x16" in msg and "20x16" in msg
 
 
-def test_missing_image(basic: Path) -> None:
+def test_missing_image_skips_its_frame_with_one_warning(basic: Path, capsys) -> None:
+    n = len(json.loads((basic / "transforms.json").read_text())["frames"])
     (basic / "images" / "frame_003.png").unlink()
-    msg = _error(basic)
-    assert "frame_003.png" in msg and "not found" in msg
+    scene = load_scene(basic)
+    assert sum(len(s) for s in scene.splits.values()) == n - 1
+    err = capsys.readouterr().err
+    assert "1 frame(s) skipped" in err and "frame_003" in err
+    assert scene_info(basic).to_json()["skipped_frames"] == 1
 
 
 def test_corrupt_image(basic: Path) -> None:

@@ -33,16 +33,17 @@ def test_crash_while_writing_keeps_last_good_checkpoint(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(ck, "save_file", broken_save)
-    with pytest.raises(OSError):
+    with pytest.raises(TurboNerfError, match="disk full"):
         ck.save_checkpoint(path, {"x": torch.zeros(2)}, {"method": "m", "step": 2})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.safetensors"]  # no temp file left
     tensors, meta = ck.load_checkpoint(path)
     assert meta["step"] == 1 and torch.equal(tensors["x"], torch.ones(2))
 
 
 def test_previous_checkpoint_is_kept(tmp_path):
     path = tmp_path / "latest.safetensors"
-    ck.save_checkpoint(path, {"x": torch.ones(1)}, {"step": 1})
-    ck.save_checkpoint(path, {"x": torch.ones(1) * 2}, {"step": 2})
+    ck.save_checkpoint(path, {"x": torch.ones(1)}, {"method": "m", "step": 1})
+    ck.save_checkpoint(path, {"x": torch.ones(1) * 2}, {"method": "m", "step": 2})
     assert ck.read_checkpoint_meta(tmp_path / "previous.safetensors")["step"] == 1
     assert ck.read_checkpoint_meta(path)["step"] == 2
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from turbonerf.errors import TurboNerfError
 from turbonerf.io.media import depth_to_png, save_png, write_video
 
 
@@ -68,7 +69,7 @@ def test_failed_write_leaves_previous_file(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(iio, "imwrite", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(TurboNerfError, match="disk full"):
         save_png(target, np.ones((4, 4, 3)))
     assert target.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["a.png"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from turbonerf.bake.fields import baking_fields
-from turbonerf.app.runs import default_tree_path, load_trained
+from turbonerf.app.runs import RunLock, default_tree_path, load_trained
 from turbonerf.bake.nerftree import NerfTree, bake, save_tree
 from turbonerf.bake.prune import block_max_weights, blocks_to_keep, prune_blocks
 from turbonerf.bake.render import default_step
@@ -51,6 +51,11 @@ def bake_run(run_dir: Path, opts: BakeOptions | None = None) -> tuple[Path, Nerf
     where info holds the bake time and settings (also stored in the file's header).
     """
     o = opts or BakeOptions()
+    with RunLock(Path(run_dir), "bake"):
+        return _bake_locked(run_dir, o)
+
+
+def _bake_locked(run_dir: Path, o: BakeOptions) -> tuple[Path, NerfTree, dict]:
     out, overwrite, device, bf16, progress = o.out, o.overwrite, o.device, o.bf16, o.progress
     visibility, prune_weight = o.visibility, o.prune_weight
     out = Path(out) if out else default_tree_path(run_dir)

@@ -30,6 +30,8 @@ from torch import Tensor
 
 from turbonerf.app.runs import (
     CHECKPOINT,
+    RunLock,
+    check_out_folder,
     RunRenderer,
     RunSpec,
     build_model,
@@ -40,6 +42,7 @@ from turbonerf.app.runs import (
     write_run_spec,
 )
 from turbonerf.app.train import sample_pixels
+from turbonerf.app.validate import require_at_least, require_positive
 from turbonerf.data.formats import load_scene
 from turbonerf.distill.hard_examples import HardExamplePool
 from turbonerf.distill.pseudo_data import PseudoDataResult, PseudoDataSpec, PseudoRays, generate_pseudo_data, resolve_pose_mode
@@ -235,13 +238,24 @@ class HardExampleFeed:
 
 
 def distill(opts: DistillOptions) -> DistillResult:
-    """Distil the teacher run ``opts.teacher`` into a student run ``opts.out``."""
+    """Distil the teacher run ``opts.teacher`` into a student run ``opts.out`` (locked while it runs)."""
+    require_positive("--max-steps", opts.max_steps)
+    if opts.max_minutes is not None:
+        require_positive("--max-minutes", opts.max_minutes)
+    require_positive("--batch-rays", opts.batch_rays)
+    require_at_least("--num-pseudo-images", opts.num_pseudo_images, 0)
     device = runtime.resolve_device(opts.device)
     runtime.configure(device, opts.threads)
     out = Path(opts.out)
-    messages: list[str] = []
-    if not opts.resume:  # fail on a bad student option before loading anything
+    if not opts.resume:  # fail on a bad student option or output folder before loading anything
         _student_config(opts)
+        check_out_folder(out, opts.overwrite, protected=(Path(opts.teacher),))
+    with RunLock(out, "distill"):
+        return _distill_locked(opts, device, out)
+
+
+def _distill_locked(opts: DistillOptions, device: torch.device, out: Path) -> DistillResult:
+    messages: list[str] = []
     teacher = teacher_renderer(Path(opts.teacher), device, opts.teacher_renderer)
     tspec = teacher.spec
     if opts.resume:
@@ -253,7 +267,7 @@ def distill(opts: DistillOptions) -> DistillResult:
     scene = load_scene(tspec.scene.data, downscale=tspec.scene.downscale, splits=("train",))
     train_split = scene.split("train")
     if not opts.resume:
-        prepare_run_dir(out, opts.overwrite)
+        prepare_run_dir(out, opts.overwrite, protected=(Path(opts.teacher), Path(tspec.scene.data)))
         write_run_spec(out, spec)
     pseudo_root = Path(opts.pseudo_dir) if opts.pseudo_dir else out / "pseudo"
     if opts.resume and not opts.pseudo_dir and (out / DISTILL_FILE).is_file():
@@ -278,11 +292,11 @@ def distill(opts: DistillOptions) -> DistillResult:
     trainee = Trainee(
         model, optimizer, lr_factor, out / CHECKPOINT,
         meta=lambda: {"method": spec.method, "generation_seconds": gen_seconds, "pseudo_images": pseudo.images, "teacher": teacher_path},
+        generator=gen,
     )
     state = LoopState()
     if opts.resume and trainee.checkpoint.is_file():
         state = restore_trainee(trainee, spec.method, device)
-        gen.manual_seed(spec.seed + state.step)
 
     data = PseudoRays(pseudo_root)
     n_pseudo, n_real = split_batch(opts.batch_rays, opts.real_fraction, len(data) > 0)

@@ -11,8 +11,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from turbonerf.app.runs import RunRenderer, TreeOptions, renderer_for_run
-from turbonerf.data.formats import load_scene
+from turbonerf.app.runs import RunLock, RunRenderer, TreeOptions, renderer_for_run
+from turbonerf.app.validate import require_positive
+from turbonerf.data.formats import load_scene, scene_info
 from turbonerf.data.scene import Split
 from turbonerf.engine import runtime
 from turbonerf.errors import TurboNerfError
@@ -50,8 +51,22 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+def check_eval_options(opts: EvalOptions) -> None:
+    """A one-line error for any option that cannot work, before anything is loaded."""
+    if opts.limit is not None:
+        require_positive("--limit", opts.limit)
+    require_positive("--every", opts.every)
+    if opts.chunk is not None:
+        require_positive("--chunk", opts.chunk)
+    if opts.downscale is not None:
+        require_positive("--downscale", opts.downscale)
+
+
 def eval_images(spec_data: str, downscale: int, opts: EvalOptions) -> tuple[object, Split, list[int]]:
     """(scene, split, indices of the images to evaluate) for ``opts``."""
+    available = scene_info(spec_data).splits
+    if opts.split not in available:
+        raise TurboNerfError(f"--split {opts.split}: the scene has no such split (available: {', '.join(available) or 'none'})", spec_data)
     scene = load_scene(spec_data, downscale=downscale, splits=(opts.split,))
     data = scene.split(opts.split)
     indices = list(range(0, len(data), max(1, opts.every)))[: opts.limit]
@@ -122,10 +137,12 @@ def evaluate_run(
     ``checkpoint``, or with ``baked`` its NerfTree); writes ``RUN/<out_name>/results.json``
     (default ``eval``, or ``eval_baked`` for a tree) and returns the results."""
     opts = opts or EvalOptions()
+    check_eval_options(opts)
     dev = runtime.resolve_device(opts.device)
     runtime.configure(dev)
     renderer = renderer_for_run(Path(run_dir), dev, baked=baked, tree=tree, checkpoint=checkpoint)
     if checkpoint is not None:
         renderer.meta["checkpoint"] = str(checkpoint)
     name = out_name or ("eval_baked" if baked else "eval")
-    return evaluate_renderer(Path(run_dir), renderer, opts, dev, Path(run_dir) / name)
+    with RunLock(Path(run_dir), "eval"):
+        return evaluate_renderer(Path(run_dir), renderer, opts, dev, Path(run_dir) / name)

@@ -13,6 +13,7 @@ from turbonerf.cameras import Cameras
 from turbonerf.data.formats import load_scene
 from turbonerf.engine import runtime
 from turbonerf.app.runs import RunSpec, TreeOptions, renderer_for_run
+from turbonerf.app.validate import require_positive
 from turbonerf.errors import TurboNerfError
 from turbonerf.io.media import depth_to_png, save_png, to_uint8, write_video
 from turbonerf.render.paths import orbit_path, spiral_path
@@ -55,6 +56,10 @@ def render_sequence(
     """Render ``opts.frames`` frames along a path into ``out`` (rgb/, depth/, opacity/ PNGs, rgb
     and depth videos) with what :func:`renderer_for_run` picks (the model, or with ``baked`` a tree)."""
     opts = opts or RenderOptions()
+    require_positive("--frames", opts.frames)
+    require_positive("--fps", opts.fps)
+    if opts.downscale is not None:
+        require_positive("--downscale", opts.downscale)
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not opts.overwrite:
         raise TurboNerfError("output folder exists and is not empty (use --overwrite)", out)

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
+import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +18,7 @@ from turbonerf import __version__
 from turbonerf.bake.nerftree import load_tree, read_tree_header
 from turbonerf.bake.render import TreeRenderer, default_step
 from turbonerf.data.scene import Scene
-from turbonerf.engine.checkpoint import load_checkpoint, read_checkpoint_meta
+from turbonerf.engine.checkpoint import load_checkpoint, load_checkpoint_or_previous, previous_of, read_checkpoint_meta
 from turbonerf.engine.loop import load_model_tensors
 from turbonerf.errors import TurboNerfError
 from turbonerf.eval.flops import flops_per_ray, params
@@ -25,6 +28,7 @@ from turbonerf.methods.registry import config_from_dict, get_method
 from turbonerf.render.renderer import RenderFn
 
 RUN_FILE = "run.json"
+LOCK_FILE = ".lock"
 CHECKPOINT = Path("checkpoints") / "latest.safetensors"
 DEFAULT_TREE = Path("baked") / "nerftree.safetensors"
 """where ``turbonerf bake`` puts the tree of a run, relative to the run folder"""
@@ -77,14 +81,109 @@ class RunSpec:
         return json.dumps(dataclasses.asdict(self), indent=2)
 
 
-def prepare_run_dir(out: Path, overwrite: bool) -> None:
-    """Create ``out``; refuse to touch an existing non-empty folder unless ``overwrite``."""
+RESTARTABLE = {RUN_FILE, "train_log.jsonl", "distill.json", LOCK_FILE, "checkpoints"}
+"""what a run killed before its first step leaves; such a folder may be started again without --overwrite"""
+
+
+def _inside(a: Path, b: Path) -> bool:
+    """True when ``a`` is ``b`` or lies inside it."""
+    try:
+        a.resolve().relative_to(b.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def check_out_folder(out: Path, overwrite: bool, protected: tuple[Path, ...] = ()) -> None:
+    """Refuse an output folder that would destroy something: one that is, contains or lies inside
+    a ``protected`` folder (the scene), or an existing non-empty folder unless ``overwrite`` and it
+    is a turbonerf run (holds run.json). Nothing is written here."""
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise TurboNerfError("run folder exists and is not empty (use --resume to continue it or --overwrite to replace it)", out)
-        shutil.rmtree(out)
+    for p in protected:
+        if _inside(out, Path(p)) or _inside(Path(p), out):
+            raise TurboNerfError(f"refusing to use this as the run folder: it {'is or lies inside' if _inside(out, Path(p)) else 'contains'} the scene folder {p}", out)
+    if out.exists() and not out.is_dir():
+        raise TurboNerfError("exists and is not a folder", out)
+    if not (out.exists() and any(out.iterdir())):
+        return
+    names = {p.name for p in out.iterdir()}
+    restartable = names <= RESTARTABLE and not any((out / "checkpoints").glob("*.safetensors"))
+    if restartable:
+        return
+    if not overwrite:
+        raise TurboNerfError("run folder exists and is not empty (use --resume to continue it or --overwrite to replace it)", out)
+    if not (out / RUN_FILE).is_file():
+        raise TurboNerfError("--overwrite replaces only a turbonerf run folder (one with run.json); this folder is not one", out)
+
+
+def prepare_run_dir(out: Path, overwrite: bool, protected: tuple[Path, ...] = ()) -> None:
+    """Create ``out`` (after :func:`check_out_folder`); with ``overwrite`` an old run there is replaced."""
+    out = Path(out)
+    check_out_folder(out, overwrite, protected)
+    if out.exists() and (out / RUN_FILE).is_file() and overwrite:
+        for child in out.iterdir():
+            if child.name == LOCK_FILE:
+                continue
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
     out.mkdir(parents=True, exist_ok=True)
+
+
+class RunLock:
+    """An exclusive lock on a run folder (``RUN/.lock``: the owner's PID and host), held by
+    whatever writes into the folder (train, distill, bake, eval). A second writer gets a one-line
+    error naming the owner; a lock left by a dead process on this host is taken over, saying so."""
+
+    def __init__(self, run_dir: Path, what: str):
+        self.path = Path(run_dir) / LOCK_FILE
+        self.what = what
+        self.held = False
+
+    def __enter__(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.what}
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self._owner()
+                if owner is not None and not self._stale(owner):
+                    raise TurboNerfError(
+                        f"run folder is in use by {owner.get('command', 'another command')} (PID {owner.get('pid')} on "
+                        f"{owner.get('host')}); wait for it to finish, or delete {LOCK_FILE} if that process is gone",
+                        self.path.parent,
+                    ) from None
+                print(f"warning: taking over a stale lock of {self.path.parent} (PID {owner and owner.get('pid')} is gone)", file=sys.stderr)
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(me))
+            self.held = True
+            return self
+        raise TurboNerfError("could not take the run folder's lock", self.path)
+
+    def _owner(self) -> dict | None:
+        try:
+            owner = json.loads(self.path.read_text())
+            return owner if isinstance(owner, dict) else None
+        except (OSError, ValueError):
+            return None
+
+    @staticmethod
+    def _stale(owner: dict) -> bool:
+        if owner.get("host") != socket.gethostname():
+            return False  # cannot tell from here
+        try:
+            os.kill(int(owner.get("pid")), 0)
+        except ProcessLookupError:
+            return True
+        except (PermissionError, TypeError, ValueError):
+            return False
+        return False
+
+    def __exit__(self, *exc) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
 
 
 def write_run_spec(run_dir: Path, spec: RunSpec) -> None:
@@ -100,11 +199,16 @@ def read_run_spec(run_dir: Path) -> RunSpec:
     try:
         raw = json.loads(path.read_text())
         scene = SceneMeta(**{**raw["scene"], "depth_bounds": tuple(raw["scene"]["depth_bounds"])})
-        return RunSpec(method=raw["method"], config=raw["config"], scene=scene, seed=raw["seed"], version=raw.get("version", "?"))
+        spec = RunSpec(method=raw["method"], config=raw["config"], scene=scene, seed=raw["seed"], version=raw.get("version", "?"))
     except json.JSONDecodeError as e:
         raise TurboNerfError(f"invalid JSON: {e}", path) from None
     except (KeyError, TypeError) as e:
         raise TurboNerfError(f"malformed run.json ({e})", path) from None
+    try:
+        config_from_dict(spec.method, spec.config)
+    except TurboNerfError as e:
+        raise TurboNerfError(e.problem, path) from None
+    return spec
 
 
 def build_model(spec: RunSpec, device: torch.device) -> Method:
@@ -124,7 +228,12 @@ def load_trained(run_dir: Path, device: torch.device, checkpoint: Path | None = 
     """
     spec = read_run_spec(run_dir)
     ckpt = checkpoint_path(run_dir, checkpoint)
-    tensors, meta = load_checkpoint(ckpt, device)
+    if checkpoint is None:
+        tensors, meta, note = load_checkpoint_or_previous(ckpt, device)
+        if note:
+            print(f"warning: {note}", file=sys.stderr)
+    else:
+        tensors, meta = load_checkpoint(ckpt, device)
     if meta.get("method") != spec.method:
         raise TurboNerfError(f"checkpoint is from method '{meta.get('method')}' but run.json says '{spec.method}'", ckpt)
     model = build_model(spec, device)
@@ -224,7 +333,11 @@ def renderer_for_run(
     if not opts.step_scale > 0:
         raise TurboNerfError(f"step scale must be positive, got {opts.step_scale}")
     spec = read_run_spec(run_dir)
-    meta = read_checkpoint_meta(checkpoint_path(run_dir, checkpoint))
+    ckpt = checkpoint_path(run_dir, checkpoint)
+    try:
+        meta = read_checkpoint_meta(ckpt)
+    except TurboNerfError:  # the tree renders without the checkpoint; its step is only reported
+        meta = read_checkpoint_meta(previous_of(ckpt)) if previous_of(ckpt).is_file() else {}
     path = Path(opts.path) if opts.path else default_tree_path(run_dir)
     nerftree = load_tree(path)
     step = default_step(nerftree, spec.scene.ndc) * opts.step_scale

@@ -13,8 +13,8 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from turbonerf.app.evaluate import EvalOptions, device_name, eval_images
-from turbonerf.app.runs import renderer_for_run
+from turbonerf.app.evaluate import EvalOptions, check_eval_options, device_name, eval_images
+from turbonerf.app.runs import RunLock, renderer_for_run
 from turbonerf.engine import runtime
 from turbonerf.errors import TurboNerfError
 from turbonerf.eval.activation_eval import (
@@ -67,6 +67,14 @@ class SweepOptions:
 def evaluate_sampler_configs(
     run_dir: Path, configs: Sequence[SamplerConfig], opts: EvalOptions | None = None, sweep: SweepOptions | None = None
 ) -> dict:
+    """:func:`sweep_run` with the run folder locked (it writes RUN/eval/stats.json)."""
+    with RunLock(Path(run_dir), "eval --sweep"):
+        return sweep_run(run_dir, configs, opts, sweep)
+
+
+def sweep_run(
+    run_dir: Path, configs: Sequence[SamplerConfig], opts: EvalOptions | None = None, sweep: SweepOptions | None = None
+) -> dict:
     """Render ``split`` of a coarse-to-fine run once per configuration, score it and time it; write
     ``RUN/<out_name>/stats.json`` and return its contents.
 
@@ -84,6 +92,7 @@ def evaluate_sampler_configs(
     per_image: [...]}}.
     """
     opts, sweep = opts or EvalOptions(), sweep or SweepOptions()
+    check_eval_options(opts)
     split, bf16, progress, padding, save_images = opts.split, opts.bf16, opts.progress, sweep.padding, sweep.save_images
     chunk = opts.chunk or 4096
     run_dir = Path(run_dir)

@@ -4,7 +4,8 @@ loop (:mod:`turbonerf.engine.loop`) with random rays from the training images as
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+import sys
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -12,7 +13,20 @@ import torch
 from turbonerf.data.formats import load_scene
 from turbonerf.data.scene import Scene
 from turbonerf.engine import runtime
-from turbonerf.app.runs import CHECKPOINT, RunSpec, SceneMeta, build_model, prepare_run_dir, read_run_spec, write_run_spec
+from turbonerf.app.runs import (
+    CHECKPOINT,
+    RUN_FILE,
+    RunLock,
+    RunSpec,
+    SceneMeta,
+    build_model,
+    check_out_folder,
+    prepare_run_dir,
+    read_run_spec,
+    write_run_spec,
+)
+from turbonerf.app.validate import require_positive
+from turbonerf.engine.checkpoint import clean_orphans
 from turbonerf.engine.loop import LoopOptions, LoopState, StepOutput, Trainee, TrainingInterrupted, restore_trainee, run_loop
 from turbonerf.errors import TurboNerfError
 from turbonerf.methods.registry import apply_overrides, config_from_dict, get_method, method_names
@@ -23,8 +37,9 @@ from turbonerf.rays import make_rays
 class TrainOptions:
     """Options of ``turbonerf train`` (method hyper-parameters live in the method's config)."""
 
-    method: str
-    data: Path
+    method: str | None
+    """None: the run's method with ``resume``, else DEFAULT_METHOD"""
+    data: Path | None
     out: Path
     max_steps: int = 200_000
     max_minutes: float | None = None
@@ -53,6 +68,8 @@ class TrainResult:
     seconds: float
     last_psnr: float
 
+
+DEFAULT_METHOD = "vanilla-nerf"
 
 __all__ = ["TrainOptions", "TrainResult", "TrainingInterrupted", "available_methods", "sample_pixels", "train"]
 
@@ -83,11 +100,34 @@ def _setup_spec(opts: TrainOptions, scene: Scene) -> RunSpec:
     return RunSpec(method=opts.method, config=asdict(config), scene=SceneMeta.from_scene(scene, opts.downscale), seed=opts.seed)
 
 
+def check_train_options(opts: TrainOptions) -> None:
+    """A one-line error for any option that cannot work, before anything is read or written."""
+    require_positive("--max-steps", opts.max_steps)
+    if opts.max_minutes is not None:
+        require_positive("--max-minutes", opts.max_minutes)
+    require_positive("--batch-rays", opts.batch_rays)
+    require_positive("--downscale", opts.downscale)
+    require_positive("--checkpoint-every", opts.checkpoint_every)
+    require_positive("log_every", opts.log_every)
+    if not opts.resume and opts.data is None:
+        raise TurboNerfError("--data is required (unless --resume)")
+
+
+MIN_IMAGE_SIDE = 8
+
+
 def train(opts: TrainOptions) -> TrainResult:
-    """Train ``opts.method`` on ``opts.data`` into the run folder ``opts.out``."""
+    """Train ``opts.method`` on ``opts.data`` into the run folder ``opts.out``.
+
+    Nothing is written until every option, the scene and the method's config have been checked;
+    the run folder is locked while training (:class:`RunLock`)."""
+    check_train_options(opts)
     device = runtime.resolve_device(opts.device)
     runtime.configure(device)
     out = Path(opts.out)
+    fresh = not (opts.resume and (out / RUN_FILE).is_file() and any(out.joinpath("checkpoints").glob("*.safetensors")))
+    if opts.resume and not (out / RUN_FILE).is_file():
+        raise TurboNerfError("nothing to resume: not a turbonerf run folder (run.json missing); start it without --resume", out)
     if opts.resume:
         spec = read_run_spec(out)
         if opts.method and opts.method != spec.method:
@@ -95,30 +135,45 @@ def train(opts: TrainOptions) -> TrainResult:
         config_from_dict(spec.method, spec.config)  # validates
         data, downscale = Path(spec.scene.data), spec.scene.downscale
     else:
-        cfg_cls, _ = get_method(opts.method)
+        method = opts.method or DEFAULT_METHOD
+        cfg_cls, _ = get_method(method)
         apply_overrides(cfg_cls(), opts.overrides)  # fail on a bad option before loading data
         data, downscale = Path(opts.data), opts.downscale
+        check_out_folder(out, opts.overwrite, protected=(data,))
     scene = load_scene(data, downscale=downscale, splits=("train",))
     train_split = scene.split("train")
     if len(train_split) == 0:
         raise TurboNerfError("the train split is empty", data)
+    h, w = train_split.images.shape[1:3]
+    if min(h, w) < MIN_IMAGE_SIDE:
+        raise TurboNerfError(f"images are only {w}x{h} at --downscale {downscale} (need at least {MIN_IMAGE_SIDE} pixels a side)", data)
     if not opts.resume:
-        spec = _setup_spec(opts, scene)
-        prepare_run_dir(out, opts.overwrite)
-        write_run_spec(out, spec)
+        spec = _setup_spec(replace(opts, method=method), scene)
+        try:
+            build_model(spec, torch.device("cpu"))
+        except (ValueError, RuntimeError, ZeroDivisionError) as e:
+            raise TurboNerfError(f"the options of {method} do not make a valid model ({e})") from None
+    with RunLock(out, "train"):
+        if not opts.resume:
+            prepare_run_dir(out, opts.overwrite, protected=(data,))
+            write_run_spec(out, spec)
+        elif fresh:
+            print(f"note: {out} holds no checkpoint yet; training starts at step 0", file=sys.stderr)
+        for orphan in clean_orphans(out / CHECKPOINT.parent):
+            print(f"note: removed {orphan.name}, left by an interrupted checkpoint write", file=sys.stderr)
+        return _train_locked(opts, spec, scene, train_split, device, out, resume=opts.resume and not fresh)
 
+
+def _train_locked(opts: TrainOptions, spec: RunSpec, scene, train_split, device, out: Path, resume: bool) -> TrainResult:
     torch.manual_seed(spec.seed)
     gen = torch.Generator().manual_seed(spec.seed)
     model = build_model(spec, device)
     model.train()
     optimizer, lr_factor = model.make_optimizer()
-    trainee = Trainee(model, optimizer, lr_factor, out / CHECKPOINT, meta=lambda: {"method": spec.method})
+    trainee = Trainee(model, optimizer, lr_factor, out / CHECKPOINT, meta=lambda: {"method": spec.method}, generator=gen)
     state = LoopState()
-    if opts.resume:
-        if not trainee.checkpoint.is_file():
-            raise TurboNerfError("no checkpoint to resume from", trainee.checkpoint)
+    if resume:
         state = restore_trainee(trainee, spec.method, device)
-        gen.manual_seed(spec.seed + state.step)
 
     images = train_split.images.to(device)
     cameras = train_split.cameras.to(device)

@@ -44,11 +44,13 @@ def inspect(
     print(f"  near / far  {info['near']:.4g} / {info['far']:.4g}" + ("  (NDC)" if info["ndc"] else ""))
     print(f"  scene box   {info['aabb'][0]} .. {info['aabb'][1]}")
     print(f"  background  {'white' if info['white_background'] else 'black / none'}")
+    if info.get("skipped_frames"):
+        print(f"  skipped     {info['skipped_frames']} frame(s) whose image files are missing")
 
 
 @app.command()
 def train(
-    method: str = typer.Option("vanilla-nerf", help="method to train (see `turbonerf methods`)"),
+    method: Optional[str] = typer.Option(None, help="method to train (see `turbonerf methods`; default vanilla-nerf; with --resume: the run's)"),
     data: Optional[Path] = typer.Option(None, help="scene folder (not needed with --resume)"),
     out: Path = typer.Option(..., help="run folder to create (or to continue with --resume)"),
     max_steps: int = typer.Option(200_000, help="stop after this many optimisation steps"),
@@ -68,11 +70,9 @@ def train(
     from turbonerf.app.train import TrainOptions
     from turbonerf.app.train import train as run_training
 
-    if data is None and not resume:
-        raise TurboNerfError("--data is required (unless --resume)")
     opts = TrainOptions(
         method=method,
-        data=data or Path("."),
+        data=data,
         out=out,
         max_steps=max_steps,
         max_minutes=max_minutes,
@@ -308,6 +308,36 @@ def demo(
 
 
 @app.command()
+def bench(
+    scenes: List[Path] = typer.Option(..., help="scene folders (repeat, or list after one --scenes)"),
+    methods: List[str] = typer.Option(..., help="methods to compare (see `turbonerf methods`)"),
+    minutes: List[float] = typer.Option(..., help="training-time budgets in minutes (snapshots of one run per method)"),
+    out: Path = typer.Option(..., help="bench folder: bench.json, bench.md, pareto.png, training.png and the runs"),
+    downscale: int = typer.Option(4, help="training and evaluation downscale"),
+    every: int = typer.Option(25, help="evaluate every K-th test view"),
+    limit: Optional[int] = typer.Option(None, help="at most N test views"),
+    bake: bool = typer.Option(False, help="also bake each final model into a NerfTree and evaluate the tree"),
+    bake_coarse_res: int = typer.Option(192, help="D_c of the baked trees"),
+    set_: List[str] = typer.Option([], "--set", help="a method option METHOD:KEY=VALUE (repeatable)"),
+    batch_rays: int = typer.Option(1024, help="rays per training step"),
+    threads: Optional[int] = typer.Option(None, help="torch threads (default: torch's choice)"),
+    lpips_vgg: bool = typer.Option(True, "--lpips-vgg/--no-lpips-vgg", help="also score LPIPS-VGG"),
+    progress: bool = typer.Option(True, help="show progress bars"),
+):
+    """Every method on every scene under one protocol: resumable (a finished cell is never re-run),
+    writes bench.json, bench.md (the table) and the plots pareto.png and training.png."""
+    from turbonerf.app.bench import BenchOptions, run_bench
+
+    opts = BenchOptions(
+        scenes=list(scenes), methods=list(methods), minutes=list(minutes), out=out, downscale=downscale, every=every,
+        limit=limit, bake=bake, bake_coarse_res=bake_coarse_res, overrides=list(set_), batch_rays=batch_rays,
+        threads=threads, lpips_vgg=lpips_vgg, progress=progress,
+    )
+    data = run_bench(opts)
+    print(f"{len(data['records'])} cells in {out / 'bench.json'}; table {out / 'bench.md'}; plots {out / 'pareto.png'}, {out / 'training.png'}")
+
+
+@app.command()
 def metrics(
     a: Path = typer.Argument(..., help="an image, or a folder of images (e.g. renders)"),
     b: Path = typer.Argument(..., help="the reference image, or a folder with images of the same file names"),
@@ -344,6 +374,25 @@ def setup_lpips(
     print(f"LPIPS weights in {install(target, force)}")
 
 
+MULTI_VALUE_OPTIONS = {"bench": ("--scenes", "--methods", "--minutes")}
+
+
+def expand_multi_values(args: list[str]) -> list[str]:
+    """``bench --scenes a b --methods x y`` -> ``--scenes a --scenes b --methods x --methods y``
+    (typer takes a list option once per value)."""
+    if not args or args[0] not in MULTI_VALUE_OPTIONS:
+        return args
+    out, current = [args[0]], None
+    for a in args[1:]:
+        if a.startswith("-"):
+            current = a if a in MULTI_VALUE_OPTIONS[args[0]] else None
+            if current is None:
+                out.append(a)
+            continue
+        out += [current, a] if current else [a]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``turbonerf`` console script; returns the exit status."""
     from turbonerf.app.train import TrainingInterrupted
@@ -351,6 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
+    args = expand_multi_values(args)
     try:
         app(args=args, prog_name="turbonerf")  # standalone: usage errors print and raise SystemExit
     except SystemExit as exit_:

@@ -66,6 +66,10 @@ def load_json(path: Path) -> dict:
     return data
 
 
+MAX_TRANSLATION = 1e8
+"""a camera farther than this from the origin is a broken pose, not a scene"""
+
+
 def pose_from_json(matrix, path: Path, frame: str) -> np.ndarray:
     """Parse a ``transform_matrix`` (4x4 or 3x4 nested list) into a finite float64 ``[3, 4]``.
 
@@ -81,6 +85,11 @@ def pose_from_json(matrix, path: Path, frame: str) -> np.ndarray:
     if m.shape not in ((4, 4), (3, 4)):
         raise TurboNerfError(f"frame '{frame}': transform_matrix must be 4x4 or 3x4, got shape {m.shape}", path)
     check_poses_finite(m[None, :3, :4], path, [frame])
+    det = float(np.linalg.det(m[:3, :3]))
+    if abs(det) < 1e-6:
+        raise TurboNerfError(f"frame '{frame}': transform_matrix has a singular rotation (determinant {det:.3g})", path)
+    if float(np.abs(m[:3, 3]).max()) > MAX_TRANSLATION:
+        raise TurboNerfError(f"frame '{frame}': camera position {m[:3, 3].tolist()} is implausibly far (> {MAX_TRANSLATION:g})", path)
     return m[:3, :4]
 
 
@@ -94,13 +103,21 @@ def check_poses_finite(poses: np.ndarray, path: Path, names: Sequence[str] | Non
     bad = ~np.isfinite(poses.reshape(poses.shape[0], -1)).all(axis=1)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        name = names[i] if names is not None else str(i)
-        raise TurboNerfError(f"pose of frame {i} ('{name}') contains NaN or inf", path)
+        which = f"frame '{names[i]}'" if names is not None else f"frame {i}"
+        raise TurboNerfError(f"pose of {which} contains NaN or inf", path)
 
 
 # --------------------------------------------------------------------------------------------
 # Image files
 # --------------------------------------------------------------------------------------------
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False
 
 
 def resolve_image_path(base: Path, file_path: str) -> Path:
@@ -111,6 +128,8 @@ def resolve_image_path(base: Path, file_path: str) -> Path:
     the reader raises).
     """
     candidate = Path(base) / file_path
+    if not _inside(candidate, Path(base)):
+        raise TurboNerfError(f"file_path '{file_path}' points outside the scene folder (refused)", base)
     if candidate.is_file():
         return candidate
     for ext in IMAGE_EXTENSIONS:

@@ -49,6 +49,10 @@ def read_poses_bounds(root: Path) -> tuple[np.ndarray, np.ndarray]:
         bounds: [N, 2] float64 near / far depths.
     """
     path = root / "poses_bounds.npy"
+    if path.is_file():
+        with open(path, "rb") as f:
+            if f.read(6) != b"\x93NUMPY":
+                raise TurboNerfError("not a .npy file (no NumPy header)", path)
     try:
         arr = np.load(path, allow_pickle=False)
     except FileNotFoundError:

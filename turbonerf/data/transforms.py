@@ -32,7 +32,8 @@ Bounds (a choice, documented here because the format does not fix them):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +86,8 @@ class SceneMeta:
     json_path: Path
     frames: list[FrameMeta]
     aabb_scale: float
+    skipped: list[str] = field(default_factory=list)
+    """file_paths of frames left out because their image file is missing"""
 
 
 def _number(value, key: str, path: Path, frame: str) -> float:
@@ -135,10 +138,15 @@ def parse_frame(frame: dict, scene: dict, root: Path, path: Path, index: int) ->
         w = hw if w is None else w
         h = hh if h is None else h
     width, height = int(_number(w, "w", path, name)), int(_number(h, "h", path, name))
+    if width < 1 or height < 1:
+        raise TurboNerfError(f"frame '{name}': image size {width}x{height} (w, h must be positive)", path)
     fx = _focal(sources, "x", width, path, name)
     if fx is None:
         raise TurboNerfError(f"frame '{name}': no focal length (need 'fl_x' or 'camera_angle_x')", path)
     fy = _focal(sources, "y", height, path, name)
+    for axis, f in (("x", fx), ("y", fy)):
+        if f is not None and not f > 0:
+            raise TurboNerfError(f"frame '{name}': focal length fl_{axis} must be positive, got {f}", path)
     cx, cy = _lookup("cx", sources), _lookup("cy", sources)
     for key in ("k3", "k4"):
         value = _lookup(key, sources)
@@ -171,11 +179,19 @@ def read_meta(root: Path) -> SceneMeta:
         if not isinstance(frame, dict) or not isinstance(frame.get("file_path"), str):
             raise TurboNerfError(f"frame {i} has no 'file_path' string", path)
     order = sorted(range(len(frames)), key=lambda i: frames[i]["file_path"])
-    metas = [parse_frame(frames[i], data, path.parent, path, i) for i in order]
+    # colmap2nerf's sharpness filter (and users) delete blurry images but leave their frames:
+    # skip those frames, as instant-ngp does, and say so once
+    present = [i for i in order if resolve_image_path(path.parent, frames[i]["file_path"]).is_file()]
+    skipped = [frames[i]["file_path"] for i in order if i not in set(present)]
+    if not present:
+        raise TurboNerfError(f"none of the {len(frames)} frames has its image file (first missing: {skipped[0]})", path)
+    if skipped:
+        print(f"warning: {path}: {len(skipped)} frame(s) skipped, their image files are missing (first: {skipped[0]})", file=sys.stderr)
+    metas = [parse_frame(frames[i], data, path.parent, path, i) for i in present]
     aabb_scale = _number(data.get("aabb_scale", 1), "aabb_scale", path, "(scene)")
     if aabb_scale <= 0:
         raise TurboNerfError(f"'aabb_scale' must be positive, got {aabb_scale}", path)
-    return SceneMeta(path, metas, aabb_scale)
+    return SceneMeta(path, metas, aabb_scale, skipped)
 
 
 def scene_aabb(aabb_scale: float) -> torch.Tensor:
@@ -287,5 +303,5 @@ def info(root: Path) -> SceneInfo:
         ndc=False,
         aabb=aabb.tolist(),
         distortion=list(first.distortion) if any_distortion else None,
-        extra={"aabb_scale": meta.aabb_scale},
+        extra={"aabb_scale": meta.aabb_scale, "skipped_frames": len(meta.skipped)},
     )

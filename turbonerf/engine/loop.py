@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import signal
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -32,7 +33,13 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from turbonerf.engine import runtime
-from turbonerf.engine.checkpoint import load_checkpoint, load_optimizer_tensors, optimizer_tensors, save_checkpoint
+from turbonerf.engine.checkpoint import (
+    NonFiniteCheckpoint,
+    load_checkpoint_or_previous,
+    load_optimizer_tensors,
+    optimizer_tensors,
+    save_checkpoint,
+)
 from turbonerf.errors import TurboNerfError
 
 
@@ -80,15 +87,22 @@ class LoopOptions:
     bf16: bool = True
     progress: bool = True
     desc: str = "train"
+    bad_steps_before_rollback: int = 3
+    """consecutive steps with a non-finite loss or gradient (each skipped) before the run rolls back"""
+    max_rollbacks: int = 3
+    """rollbacks to the last good checkpoint (each halving the learning rate) before training stops"""
 
 
 @dataclass
 class LoopState:
-    """Where training stands: steps done and training seconds (both carried over resumes)."""
+    """Where training stands: steps done and training seconds (both carried over resumes), and
+    the divergence guard's learning-rate scale and rollback count."""
 
     step: int = 0
     seconds: float = 0.0
     last_psnr: float = float("nan")
+    lr_scale: float = 1.0
+    rollbacks: int = 0
 
 
 @dataclass
@@ -108,6 +122,9 @@ class Trainee:
     lr_factor: Callable[[int], float]
     checkpoint: Path
     meta: Callable[[], dict] = dict
+    generator: torch.Generator | None = None
+    """the batch sampler's generator, saved and restored with the global torch RNG so that a
+    resumed run draws exactly the batches an uninterrupted one would"""
     base_lrs: list[float] = field(init=False)
     """each param group's learning rate as the optimizer was built (before any checkpoint is restored)"""
 
@@ -138,34 +155,90 @@ def sigterm_as_keyboard_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
-def save_trainee(trainee: Trainee, state: LoopState, path: Path | None = None) -> None:
-    """Write model + optimizer tensors and the metadata (step, seconds, psnr, ``trainee.meta()``)."""
+def rng_tensors(generator: torch.Generator | None) -> dict[str, Tensor]:
+    """The random-number states a resumed run needs to continue bit for bit."""
+    out = {"rng.torch": torch.get_rng_state()}
+    if generator is not None:
+        out["rng.generator"] = generator.get_state()
+    return out
+
+
+def save_trainee(trainee: Trainee, state: LoopState, path: Path | None = None, rotate: bool = True) -> None:
+    """Write model + optimizer tensors, RNG states and the metadata (step, seconds, psnr,
+    lr_scale, rollbacks, ``trainee.meta()``). Non-finite tensors are refused
+    (:class:`turbonerf.engine.checkpoint.NonFiniteCheckpoint`)."""
     model_state = {f"model.{k}": v for k, v in trainee.model.state_dict().items()}
     opt_state, groups = optimizer_tensors(trainee.optimizer)
-    meta = {**trainee.meta(), "step": state.step, "seconds": state.seconds, "psnr": state.last_psnr, "optimizer_groups": groups}
-    save_checkpoint(path or trainee.checkpoint, model_state | opt_state, meta)
+    meta = {**trainee.meta(), "step": state.step, "seconds": state.seconds, "psnr": _finite_or_none(state.last_psnr),
+            "lr_scale": state.lr_scale, "rollbacks": state.rollbacks, "optimizer_groups": groups}
+    save_checkpoint(path or trainee.checkpoint, model_state | opt_state | rng_tensors(trainee.generator), meta, rotate=rotate)
 
 
 def load_model_tensors(model: nn.Module, tensors: dict[str, Tensor], path: Path) -> None:
-    """Load the ``model.``-prefixed entries of a checkpoint into ``model``; a mismatch names the file."""
+    """Load the ``model.``-prefixed entries of a checkpoint into ``model``; a mismatch names the file
+    and the tensors concerned."""
     state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise TurboNerfError(f"checkpoint does not fit this model ({first})", path) from None
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        what = (f"{len(missing)} tensor(s) missing, e.g. {missing[0]}" if missing else "") + (
+            ("; " if missing else "") + f"{len(unexpected)} unexpected, e.g. {unexpected[0]}" if unexpected else ""
+        )
+        raise TurboNerfError(f"checkpoint does not fit this model ({what})", path)
+    for k, v in state.items():
+        if tuple(v.shape) != tuple(expected[k].shape):
+            raise TurboNerfError(f"checkpoint does not fit this model ({k}: shape {tuple(v.shape)}, expected {tuple(expected[k].shape)})", path)
+    model.load_state_dict(state)
 
 
 def restore_trainee(trainee: Trainee, method: str, device: torch.device) -> LoopState:
-    """Load ``trainee.checkpoint`` into the model and optimizer; returns the saved step and seconds.
-    A checkpoint of another method is refused, naming the file."""
+    """Load ``trainee.checkpoint`` (or ``previous`` when it is missing or unreadable, saying so)
+    into the model, the optimizer and the RNGs; returns the saved state. A checkpoint of another
+    method is refused, naming the file."""
+    tensors, meta, note = load_checkpoint_or_previous(trainee.checkpoint, device)
+    if note:
+        print(f"warning: {note}", file=sys.stderr)
     path = trainee.checkpoint
-    tensors, meta = load_checkpoint(path, device)
     if meta.get("method") != method:
         raise TurboNerfError(f"checkpoint is from method '{meta.get('method')}', not '{method}'", path)
+    groups = meta.get("optimizer_groups")
+    if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+        raise TurboNerfError("checkpoint metadata lacks valid 'optimizer_groups'", path)
     load_model_tensors(trainee.model, tensors, path)
-    load_optimizer_tensors(trainee.optimizer, {k: v for k, v in tensors.items() if k.startswith("optim.")}, meta["optimizer_groups"])
-    return LoopState(step=int(meta["step"]), seconds=float(meta["seconds"]), last_psnr=float(meta.get("psnr", float("nan"))))
+    try:
+        load_optimizer_tensors(trainee.optimizer, {k: v for k, v in tensors.items() if k.startswith("optim.")}, groups)
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise TurboNerfError(f"optimizer state does not fit this model ({e})", path) from None
+    if "rng.torch" in tensors:
+        torch.set_rng_state(tensors["rng.torch"].cpu())
+    if trainee.generator is not None and "rng.generator" in tensors:
+        trainee.generator.set_state(tensors["rng.generator"].cpu())
+    return LoopState(
+        step=int(meta["step"]), seconds=float(meta.get("seconds", 0.0)), last_psnr=_nan_if_none(meta.get("psnr")),
+        lr_scale=float(meta.get("lr_scale", 1.0)), rollbacks=int(meta.get("rollbacks", 0)),
+    )
+
+
+def _finite_or_none(x: float) -> float | None:
+    return x if isinstance(x, (int, float)) and math.isfinite(x) else None
+
+
+def _nan_if_none(x) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def json_line(record: dict) -> str:
+    """One JSON line in which NaN and infinities are written as null (strict JSON)."""
+    return json.dumps({k: (_finite_or_none(v) if isinstance(v, float) else v) for k, v in record.items()}, allow_nan=False)
+
+
+def grads_finite(params: list[Tensor]) -> bool:
+    """True when every gradient is finite (one fused norm per tensor, no per-element Python work)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return True
+    return bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all())
 
 
 def mse_to_psnr(mse: float) -> float:
@@ -183,35 +256,85 @@ def run_loop(
 ) -> LoopState:
     """Train until ``opts.max_steps`` or ``opts.max_seconds``; returns the final state.
 
-    A checkpoint is written every ``checkpoint_every`` steps or ``checkpoint_minutes`` minutes,
-    at ``snapshot_minutes`` marks, at the end, and on Ctrl-C / SIGTERM (which then raises
-    :class:`TrainingInterrupted`). Every ``log_every`` steps one JSON line (step, seconds, loss,
-    psnr, lr and the step's stats) goes to ``log_path``.
+    A checkpoint is written before the first step of a fresh run (so a run folder always holds
+    one), every ``checkpoint_every`` steps or ``checkpoint_minutes`` minutes, at
+    ``snapshot_minutes`` marks, at the end (unless the last one already holds this step), and on
+    Ctrl-C / SIGTERM (which then raises :class:`TrainingInterrupted`). Every ``log_every`` steps
+    one JSON line (step, seconds, loss, psnr, lr and the step's stats) goes to ``log_path``.
+
+    Divergence never reaches disk: a step whose loss or gradient is not finite is skipped (no
+    optimizer step, no callbacks); after ``bad_steps_before_rollback`` such steps in a row the
+    model and optimizer go back to the last checkpoint (which is finite: non-finite tensors are
+    never saved) and the learning rate is halved; after ``max_rollbacks`` rollbacks training
+    stops with a TurboNerfError that says so.
     """
     optimizer = trainee.optimizer
+    params = [p for g in optimizer.param_groups for p in g["params"]]
     base_lrs = trainee.base_lrs
     snapshots = sorted(m for m in opts.snapshot_minutes if 60.0 * m > state.seconds)
+    bad_in_row = 0
+    method = trainee.meta().get("method", "")
+    if not trainee.checkpoint.is_file():
+        save_trainee(trainee, state)
     last_ckpt_step, last_ckpt_time = state.step, time.monotonic()
     bar = tqdm(total=opts.max_steps, initial=state.step, disable=not opts.progress, desc=opts.desc, unit="step", dynamic_ncols=True)
+
+    def checkpoint(path: Path | None = None, rotate: bool = True) -> None:
+        nonlocal last_ckpt_step, last_ckpt_time
+        save_trainee(trainee, state, path, rotate)
+        if path is None:
+            last_ckpt_step, last_ckpt_time = state.step, time.monotonic()
+
+    def roll_back(reason: str) -> None:
+        nonlocal bad_in_row
+        if state.rollbacks >= opts.max_rollbacks:
+            raise TurboNerfError(
+                f"training diverged ({reason}) and still did after {state.rollbacks} rollbacks with the learning rate "
+                f"halved each time; the last good checkpoint (step {last_ckpt_step}) is kept: lower the learning rate "
+                "(--set lr=...) or check the scene",
+                trainee.checkpoint,
+            )
+        seconds, rollbacks, scale = state.seconds, state.rollbacks + 1, state.lr_scale * 0.5
+        restored = restore_trainee(trainee, method, device)
+        state.step, state.last_psnr = restored.step, restored.last_psnr
+        state.seconds, state.rollbacks, state.lr_scale = seconds, rollbacks, scale
+        bad_in_row = 0
+        bar.n = state.step
+        msg = f"{reason}: rolled back to step {state.step} with the learning rate x{scale:g}"
+        bar.write(f"warning: {msg}") if opts.progress else print(f"warning: {msg}", file=sys.stderr)
+
     try:
         with sigterm_as_keyboard_interrupt(), open(log_path, "a") as log:
             while state.step < opts.max_steps and state.seconds < opts.max_seconds:
                 t0 = time.perf_counter()
                 step = state.step
                 for g, base in zip(optimizer.param_groups, base_lrs):
-                    g["lr"] = base * trainee.lr_factor(step)
+                    g["lr"] = base * trainee.lr_factor(step) * state.lr_scale
                 with runtime.autocast(device, opts.bf16):
                     for cb in callbacks:
                         cb.before_step(step)
                     out = step_fn(step)
                 optimizer.zero_grad(set_to_none=True)
-                out.loss.backward()
+                loss = float(out.loss.detach())
+                finite = math.isfinite(loss)
+                if finite:
+                    out.loss.backward()
+                    finite = grads_finite(params)
+                state.seconds += time.perf_counter() - t0
+                if not finite:
+                    optimizer.zero_grad(set_to_none=True)
+                    bad_in_row += 1
+                    log.write(json_line({"step": step + 1, "skipped": "non-finite loss or gradient", "loss": loss}) + "\n")
+                    if bad_in_row >= opts.bad_steps_before_rollback:
+                        roll_back(f"{bad_in_row} steps in a row had a non-finite loss or gradient")
+                    continue
+                bad_in_row = 0
+                t1 = time.perf_counter()
                 optimizer.step()
                 for cb in callbacks:
                     cb.after_step(step, out)
                 state.step += 1
-                state.seconds += time.perf_counter() - t0
-                loss = float(out.loss.detach())
+                state.seconds += time.perf_counter() - t1
                 state.last_psnr = mse_to_psnr(out.stats.get("mse", loss))
                 bar.update(1)
                 if state.step % opts.log_every == 0 or state.step == 1:
@@ -219,19 +342,32 @@ def run_loop(
                     bar.set_postfix(loss=f"{loss:.4f}", psnr=f"{state.last_psnr:.2f}", eta=f"{left / 60:.1f}min")
                     rec = {"step": state.step, "seconds": round(state.seconds, 3), "loss": loss, "psnr": state.last_psnr,
                            "lr": optimizer.param_groups[0]["lr"], **out.stats}
-                    log.write(json.dumps(rec) + "\n")
+                    log.write(json_line(rec) + "\n")
                     log.flush()
-                if snapshots and state.seconds >= 60.0 * snapshots[0]:
-                    save_trainee(trainee, state, trainee.checkpoint.with_name(f"snapshot_{snapshots.pop(0):g}min.safetensors"))
-                if checkpoint_due(state.step, last_ckpt_step, last_ckpt_time, opts.checkpoint_every, opts.checkpoint_minutes):
-                    save_trainee(trainee, state)
-                    last_ckpt_step, last_ckpt_time = state.step, time.monotonic()
+                try:
+                    if snapshots and state.seconds >= 60.0 * snapshots[0]:
+                        checkpoint(trainee.checkpoint.with_name(f"snapshot_{snapshots[0]:g}min.safetensors"), rotate=False)
+                        snapshots.pop(0)
+                    if checkpoint_due(state.step, last_ckpt_step, last_ckpt_time, opts.checkpoint_every, opts.checkpoint_minutes):
+                        checkpoint()
+                except NonFiniteCheckpoint as err:
+                    roll_back(f"the model holds non-finite values ({err.problem})")
     except KeyboardInterrupt:
         bar.close()
-        save_trainee(trainee, state)
+        _final_save(checkpoint, state, last_ckpt_step)
         raise TrainingInterrupted(
             f"interrupted at step {state.step}; checkpoint saved to {trainee.checkpoint} (continue with --resume)"
         ) from None
     bar.close()
-    save_trainee(trainee, state)
+    _final_save(checkpoint, state, last_ckpt_step)
     return state
+
+
+def _final_save(checkpoint: Callable, state: LoopState, last_step: int) -> None:
+    """The closing checkpoint, unless the latest one already holds this step (rotating a copy of
+    it into ``previous`` would push out the last distinct checkpoint)."""
+    if state.step != last_step:
+        try:
+            checkpoint()
+        except NonFiniteCheckpoint:
+            pass  # the last good checkpoint stays; the next run resumes from it

@@ -8,6 +8,8 @@ import os
 
 import torch
 
+from turbonerf.errors import TurboNerfError
+
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 
@@ -31,10 +33,22 @@ def tune_allocator() -> bool:
 
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda when available, else cpu; otherwise the named device."""
+    """'auto' -> cuda when available, else cpu; otherwise the named device, checked: an unknown
+    name or a CUDA device this machine does not have is a one-line error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise TurboNerfError(f"unknown --device '{name}' (use auto, cpu or cuda[:N])") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise TurboNerfError(f"--device {name}: no CUDA device on this machine (use --device cpu or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise TurboNerfError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type != "cpu":
+        raise TurboNerfError(f"--device {name}: only cpu and cuda devices are supported")
+    return device
 
 
 def configure(device: torch.device, threads: int | None = None) -> None:

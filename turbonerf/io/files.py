@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from turbonerf.errors import TurboNerfError
+
 
 def temp_path(path: Path) -> Path:
     """The hidden temporary name ``path`` is first written under (same folder, so the rename is atomic)."""
@@ -16,5 +18,9 @@ def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file and rename."""
     path = Path(path)
     tmp = temp_path(path)
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise TurboNerfError(f"cannot write ({e.strerror or e})", path) from None

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from turbonerf.errors import TurboNerfError
+
 
 def to_numpy(img) -> np.ndarray:
     """A torch tensor or array-like -> numpy array (detached, on the CPU)."""
@@ -70,8 +72,11 @@ def save_png(path: str | Path, img) -> Path:
     if arr.ndim not in (2, 3):
         raise ValueError(f"save_png: expected [H, W] or [H, W, C], got shape {arr.shape}")
     path = Path(path)
-    with atomic_path(path) as tmp:
-        iio.imwrite(tmp, arr, extension=".png")
+    try:
+        with atomic_path(path) as tmp:
+            iio.imwrite(tmp, arr, extension=".png")
+    except OSError as e:
+        raise TurboNerfError(f"cannot write image ({e.strerror or e})", path) from None
     return path
 
 

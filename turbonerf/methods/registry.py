@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 from turbonerf.methods.r2l import R2L, R2LConfig
@@ -37,6 +38,14 @@ def config_from_dict(name: str, values: dict[str, Any]):
     unknown = set(values) - known
     if unknown:
         raise TurboNerfError(f"unknown option(s) for {name}: {', '.join(sorted(unknown))}")
+    defaults = cfg_cls()
+    for key, value in values.items():
+        expected = type(getattr(defaults, key))
+        ok = isinstance(value, expected) and not (expected is not bool and isinstance(value, bool))
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            ok = True
+        if not ok:
+            raise TurboNerfError(f"option '{key}' of {name} must be a {expected.__name__}, got {value!r}")
     return cfg_cls(**values)
 
 
@@ -61,5 +70,11 @@ def apply_overrides(config, overrides: list[str]):
                 value = typ(raw)
         except ValueError:
             raise TurboNerfError(f"bad --set '{item}': '{raw}' is not a valid {typ.__name__}") from None
+        if typ in (int, float):
+            default = getattr(config, key)
+            if not math.isfinite(value):
+                raise TurboNerfError(f"bad --set '{item}': must be a finite number")
+            if value < 0 <= default:
+                raise TurboNerfError(f"bad --set '{item}': must not be negative")
         changes[key] = value
     return dataclasses.replace(config, **changes)

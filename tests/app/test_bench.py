@@ -1,0 +1,40 @@
+import json
+
+from turbonerf.app.bench import pareto_front
+from turbonerf.cli.main import main
+
+TINY = ["vanilla-nerf:width=32", "vanilla-nerf:depth=2", "vanilla-nerf:color_width=16", "vanilla-nerf:n_coarse=8",
+        "vanilla-nerf:n_fine=8", "instant-ngp:n_levels=4", "instant-ngp:log2_table_size=12", "instant-ngp:max_resolution=64",
+        "instant-ngp:hidden=16", "instant-ngp:grid_resolution=16", "instant-ngp:steps_per_diagonal=128"]
+
+
+def test_pareto_front():
+    assert pareto_front([(1, 20), (2, 25), (3, 24), (0.5, 10), (4, 30)]) == [(0.5, 10), (1, 20), (2, 25), (4, 30)]
+
+
+def test_bench_two_methods_two_budgets_then_nothing_reruns(tiny_scene, tmp_path, monkeypatch):
+    out = tmp_path / "bench"
+    args = ["bench", "--scenes", str(tiny_scene), "--methods", "vanilla-nerf", "--methods", "instant-ngp",
+            "--minutes", "0.02", "--minutes", "0.04", "--out", str(out), "--downscale", "1", "--every", "1",
+            "--batch-rays", "64", "--no-progress", "--no-lpips-vgg", "--bake", "--bake-coarse-res", "8"]
+    for kv in TINY:
+        args += ["--set", kv]
+    assert main(args) == 0
+    data = json.loads((out / "bench.json").read_text())
+    assert len(data["records"]) == 2 * 2 + 2  # methods x budgets + a baked tree per method
+    for name in ("bench.md", "pareto.png", "training.png"):
+        assert (out / name).stat().st_size > 0
+    assert data["machine"]["cpu"] and data["protocol"]["downscale"] == 1
+    rec = data["records"]["scene|instant-ngp|0.04|model"]
+    assert rec["psnr"] > 0 and rec["steps"] > 0 and rec["ms_per_frame"] > 0 and rec["flops_per_ray"] > 0
+    assert "| scene | method |" in (out / "bench.md").read_text()
+
+    import turbonerf.app.bench as bench
+
+    def boom(*a, **k):
+        raise AssertionError("a finished cell was run again")
+
+    monkeypatch.setattr(bench, "train", boom)
+    monkeypatch.setattr(bench, "evaluate_run", boom)
+    monkeypatch.setattr(bench, "bake_run", boom)
+    assert main(args) == 0

@@ -1,0 +1,41 @@
+"""Fault injection: kill -9 a tiny training at random moments (mid-step, mid-checkpoint, before
+the first checkpoint); every time the run must resume and then evaluate. The number of kills is
+TURBONERF_KILLS (default 8 in the suite; the issue's bar of 50 was run with TURBONERF_KILLS=50)."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+from conftest import TINY_VANILLA
+from turbonerf.app.runs import load_trained
+from turbonerf.cli.main import main
+
+KILLS = int(os.environ.get("TURBONERF_KILLS", "8"))
+
+
+def test_random_kill_9_never_leaves_a_run_that_cannot_resume(tiny_scene, tmp_path):
+    rng = random.Random(0)
+    tiny = [a for kv in TINY_VANILLA for a in ("--set", kv)]
+    run = tmp_path / "run"
+    base = [sys.executable, "-m", "turbonerf", "train", "--data", str(tiny_scene), "--out", str(run), "--batch-rays", "32",
+            "--checkpoint-every", "1", "--no-progress", *tiny]
+    target = 0
+    for k in range(KILLS):
+        target += 40
+        args = base + ["--max-steps", str(target)] + (["--resume"] if (run / "run.json").is_file() else [])
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        time.sleep(rng.uniform(0.5, 4.0))
+        proc.send_signal(signal.SIGKILL)
+        err = proc.communicate()[1]
+        assert "Traceback" not in err, err
+        if (run / "run.json").is_file() and any((run / "checkpoints").glob("*.safetensors")):
+            load_trained(run, torch.device("cpu"))  # what resume and eval load (latest, or previous)
+    # after all the kills: resume to completion and evaluate
+    assert main(["train", "--out", str(run), "--resume", "--max-steps", str(target + 2), "--no-progress"]) == 0
+    assert main(["eval", "--run", str(run), "--no-progress", "--no-lpips-vgg"]) == 0
+    assert not list((run / "checkpoints").glob(".*tmp*"))
