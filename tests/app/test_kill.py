@@ -39,3 +39,25 @@ def test_random_kill_9_never_leaves_a_run_that_cannot_resume(tiny_scene, tmp_pat
     assert main(["train", "--out", str(run), "--resume", "--max-steps", str(target + 2), "--no-progress"]) == 0
     assert main(["eval", "--run", str(run), "--no-progress", "--no-lpips-vgg"]) == 0
     assert not list((run / "checkpoints").glob(".*tmp*"))
+
+
+def test_a_second_trainer_on_a_folder_in_use_is_refused(tiny_scene, tmp_path, capsys):
+    tiny = [a for kv in TINY_VANILLA for a in ("--set", kv)]
+    run = tmp_path / "run"
+    args = ["train", "--data", str(tiny_scene), "--out", str(run), "--batch-rays", "32", "--no-progress", *tiny]
+    proc = subprocess.Popen([sys.executable, "-m", "turbonerf", *args, "--max-steps", "100000"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while not (run / "checkpoints" / "latest.safetensors").is_file() and time.time() < deadline:
+            time.sleep(0.2)
+        capsys.readouterr()
+        assert main(["train", "--out", str(run), "--resume", "--max-steps", "5", "--no-progress"]) == 2
+        assert main(args + ["--max-steps", "5", "--overwrite"]) == 2
+        assert main(["eval", "--run", str(run), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("in use by train") == 3 and "Traceback" not in err
+        assert (run / "run.json").is_file()  # the second trainer deleted nothing
+    finally:
+        proc.kill()
+        proc.wait()
