@@ -178,6 +178,7 @@ def run_bench(opts: BenchOptions) -> dict:
     eval_opts = EvalOptions(every=opts.every, limit=opts.limit, downscale=opts.downscale, progress=False, lpips_vgg=opts.lpips_vgg)
 
     def save() -> None:
+        data["updated"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         atomic_write_text(out / BENCH_FILE, json.dumps(data, indent=2))
         write_reports(data, out)
 
