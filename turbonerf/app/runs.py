@@ -22,7 +22,7 @@ from turbonerf.engine.checkpoint import load_checkpoint, load_checkpoint_or_prev
 from turbonerf.engine.loop import load_model_tensors
 from turbonerf.errors import TurboNerfError
 from turbonerf.eval.flops import flops_per_ray, params
-from turbonerf.io.files import atomic_write_text
+from turbonerf.io.files import atomic_write_text, is_inside
 from turbonerf.methods.base import Method
 from turbonerf.methods.registry import config_from_dict, get_method
 from turbonerf.render.renderer import RenderFn
@@ -85,23 +85,14 @@ RESTARTABLE = {RUN_FILE, "train_log.jsonl", "distill.json", LOCK_FILE, "checkpoi
 """what a run killed before its first step leaves; such a folder may be started again without --overwrite"""
 
 
-def _inside(a: Path, b: Path) -> bool:
-    """True when ``a`` is ``b`` or lies inside it."""
-    try:
-        a.resolve().relative_to(b.resolve())
-        return True
-    except ValueError:
-        return False
-
-
 def check_out_folder(out: Path, overwrite: bool, protected: tuple[Path, ...] = ()) -> None:
     """Refuse an output folder that would destroy something: one that is, contains or lies inside
     a ``protected`` folder (the scene), or an existing non-empty folder unless ``overwrite`` and it
     is a turbonerf run (holds run.json). Nothing is written here."""
     out = Path(out)
     for p in protected:
-        if _inside(out, Path(p)) or _inside(Path(p), out):
-            raise TurboNerfError(f"refusing to use this as the run folder: it {'is or lies inside' if _inside(out, Path(p)) else 'contains'} the scene folder {p}", out)
+        if is_inside(out, Path(p)) or is_inside(Path(p), out):
+            raise TurboNerfError(f"refusing to use this as the run folder: it {'is or lies inside' if is_inside(out, Path(p)) else 'contains'} the scene folder {p}", out)
     if out.exists() and not out.is_dir():
         raise TurboNerfError("exists and is not a folder", out)
     if not (out.exists() and any(out.iterdir())):

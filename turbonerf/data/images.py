@@ -26,6 +26,7 @@ import numpy as np
 
 from turbonerf.cameras import Cameras
 from turbonerf.errors import TurboNerfError
+from turbonerf.io.files import is_inside
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".exr", ".bmp", ".tif", ".tiff")
 """Extensions tried, in order, for a ``file_path`` given without one (and listed in LLFF folders)."""
@@ -112,14 +113,6 @@ def check_poses_finite(poses: np.ndarray, path: Path, names: Sequence[str] | Non
 # --------------------------------------------------------------------------------------------
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    try:
-        path.resolve().relative_to(folder.resolve())
-        return True
-    except ValueError:
-        return False
-
-
 def resolve_image_path(base: Path, file_path: str) -> Path:
     """The image file a JSON ``file_path`` refers to, relative to ``base``.
 
@@ -128,7 +121,7 @@ def resolve_image_path(base: Path, file_path: str) -> Path:
     the reader raises).
     """
     candidate = Path(base) / file_path
-    if not _inside(candidate, Path(base)):
+    if not is_inside(candidate, Path(base)):
         raise TurboNerfError(f"file_path '{file_path}' points outside the scene folder (refused)", base)
     if candidate.is_file():
         return candidate

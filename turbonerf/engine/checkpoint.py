@@ -99,7 +99,7 @@ def _one_line(err: BaseException) -> str:
 
 def clean_orphans(folder: Path) -> list[Path]:
     """Remove temporary files a killed writer left in ``folder`` (ours: ``.NAME.tmpPID``;
-    safetensors' own: ``.tmpXXXXXX``); returns what was removed."""
+    safetensors' own: ``.tmp`` and six random letters); returns what was removed."""
     folder = Path(folder)
     if not folder.is_dir():
         return []

@@ -8,6 +8,15 @@ from pathlib import Path
 from turbonerf.errors import TurboNerfError
 
 
+def is_inside(path: Path, folder: Path) -> bool:
+    """True when ``path`` is ``folder`` or lies inside it (after resolving links and ``..``)."""
+    try:
+        Path(path).resolve().relative_to(Path(folder).resolve())
+        return True
+    except ValueError:
+        return False
+
+
 def temp_path(path: Path) -> Path:
     """The hidden temporary name ``path`` is first written under (same folder, so the rename is atomic)."""
     path = Path(path)

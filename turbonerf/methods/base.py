@@ -23,6 +23,7 @@ Coarse-to-fine NeRFs additionally fulfil :class:`CoarseToFine`, which activation
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Callable, Protocol, runtime_checkable
 
 import torch
@@ -52,27 +53,33 @@ def adam(params, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: floa
         return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps)
 
 
-class Method(nn.Module):
-    """Base class of every method (see the module docstring for the contract)."""
+class Method(nn.Module, ABC):
+    """Base class of every method (see the module docstring for the contract). The abstract
+    methods must be implemented: a method missing one cannot be constructed."""
 
+    @abstractmethod
     def forward(self, rays: RayBundle, background: Tensor, train: bool = False) -> dict:
         """rays: R rays; background: [3] (or [R, 3]). Returns rgb [R, 3], depth [R], opacity [R], ..."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def loss(self, outputs: dict, target: Tensor) -> tuple[Tensor, dict[str, float]]:
         """target: [R, 3] in [0, 1]. Returns (scalar loss, stats including ``mse`` of the final rgb)."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def make_optimizer(self) -> tuple[torch.optim.Optimizer, LrFactor]:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def samples_per_ray(self) -> float:
         """Network evaluations per rendered ray."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def flops_per_ray(self) -> float:
         """FLOPs of the Linear layers one rendered ray costs (see :mod:`turbonerf.eval.flops`)."""
-        raise NotImplementedError
+        ...
 
     @torch.no_grad()
     def render(self, rays: RayBundle, background: Tensor) -> dict[str, Tensor]:
