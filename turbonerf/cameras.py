@@ -106,6 +106,24 @@ def distort_opencv(x: Tensor, y: Tensor, dist: Tensor) -> tuple[Tensor, Tensor]:
     return xd, yd
 
 
+def project_points(cameras: Cameras, index: int, points: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Project world points into camera ``index`` (pinhole; lens distortion ignored).
+
+    Args:
+        points: [N, 3] world coordinates.
+    Returns:
+        u, v: [N] pixel coordinates (pixel (i, j) covers [i, i + 1) x [j, j + 1)); depth: [N]
+        distance in front of the camera along its viewing axis (<= 0: behind it).
+    """
+    c2w = cameras.c2w[index]
+    local = (points - c2w[:3, 3]) @ c2w[:3, :3]  # R^T (x - t), row vectors
+    depth = -local[:, 2]
+    safe = torch.where(depth.abs() < 1e-9, torch.full_like(depth, 1e-9), depth)
+    u = cameras.fx[index] * local[:, 0] / safe + cameras.cx[index]
+    v = -cameras.fy[index] * local[:, 1] / safe + cameras.cy[index]
+    return u, v, depth
+
+
 def camera_rays(cameras: Cameras, cam_idx: Tensor, u: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
     """World-space rays through pixel centres.
 

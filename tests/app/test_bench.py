@@ -14,14 +14,25 @@ def test_pareto_front():
 
 def test_bench_two_methods_two_budgets_then_nothing_reruns(tiny_scene, tmp_path, monkeypatch):
     out = tmp_path / "bench"
-    args = ["bench", "--scenes", str(tiny_scene), "--methods", "vanilla-nerf", "--methods", "instant-ngp",
+    args = ["bench", "--scenes", str(tiny_scene), "--methods", "vanilla-nerf", "instant-ngp", "instant-ngp@paper",
             "--minutes", "0.02", "--minutes", "0.04", "--out", str(out), "--downscale", "1", "--every", "1",
             "--batch-rays", "64", "--no-progress", "--no-lpips-vgg", "--bake", "--bake-coarse-res", "8"]
-    for kv in TINY:
+    for kv in TINY + [kv.replace("instant-ngp:", "instant-ngp@paper:") for kv in TINY if kv.startswith("instant-ngp:")]:
         args += ["--set", kv]
+    args += ["--set", "instant-ngp@paper:schedule=method", "--set", "instant-ngp@paper:carve_from_views=false"]
     assert main(args) == 0
     data = json.loads((out / "bench.json").read_text())
-    assert len(data["records"]) == 2 * 2 + 2  # methods x budgets + a baked tree per method
+    assert len(data["records"]) == 3 * 2 + 3  # methods x budgets + a baked tree per method
+    # budget schedule: one run per budget, scheduled over it; the variant: one run with a snapshot, the paper's steps
+    runs = out / "runs" / "scene"
+    for b in ("0.02", "0.04"):
+        spec = json.loads((runs / "instant-ngp" / f"{b}min" / "run.json").read_text())
+        assert spec["training"]["schedule"]["kind"] == "budget" and spec["training"]["max_minutes"] == float(b)
+        assert spec["config"]["carve_from_views"] is True
+    paper = json.loads((runs / "instant-ngp@paper" / "run.json").read_text())
+    assert paper["training"]["schedule"] == {"kind": "method"} and paper["config"]["carve_from_views"] is False
+    assert (runs / "instant-ngp@paper" / "checkpoints" / "snapshot_0.02min.safetensors").is_file()
+    assert data["records"]["scene|instant-ngp@paper|0.04|model"]["psnr"] > 0
     for name in ("bench.md", "pareto.png", "training.png"):
         assert (out / name).stat().st_size > 0
     assert data["machine"]["cpu"] and data["protocol"]["downscale"] == 1

@@ -77,7 +77,23 @@ def test_update_schedule_ema_decay_and_subsampling():
     grid.occupied.fill_(True)
     cells = grid.cells_to_update(grid.warmup_steps)
     assert len(cells) == 2 * m
-    assert set(grid.state_dict()) == {"aabb", "density", "occupied"}
+    assert set(grid.state_dict()) == {"aabb", "density", "occupied", "allowed"}
+
+
+def test_restricted_cells_are_never_occupied_nor_probed():
+    grid = _box_grid()
+    allowed = torch.ones(RES, RES, RES, dtype=torch.bool)
+    allowed[:12] = False  # half of the solid box is proven empty
+    grid.restrict(allowed.reshape(-1))
+    seen = []
+    grid.update(0, lambda x: seen.append(x) or box_density(x), force=True)
+    probed = torch.cat(seen)
+    assert (probed[:, 0] >= grid.aabb[0, 0] + 12 / RES * (grid.aabb[1, 0] - grid.aabb[0, 0]) - 1e-6).all()
+    occ = grid.occupied.reshape(RES, RES, RES)
+    expect = torch.zeros(RES, RES, RES, dtype=torch.bool)
+    expect[12:16, 8:16, 8:16] = True
+    assert torch.equal(occ, expect)
+    assert (grid.cells_to_update(grid.warmup_steps) >= 12 * RES * RES).all()
 
 
 def _brute_force_counts(grid: OccupancyGrid, rays: RayBundle, step: float) -> list[int]:

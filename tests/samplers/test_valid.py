@@ -77,4 +77,4 @@ def test_forced_rays_keep_every_in_box_sample():
 
 def test_grid_is_a_saved_buffer():
     grid = DensityGrid(AABB, resolution=4)
-    assert set(grid.state_dict()) == {"aabb", "density"}
+    assert set(grid.state_dict()) == {"aabb", "density", "allowed"}

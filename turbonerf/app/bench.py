@@ -1,9 +1,16 @@
 """``turbonerf bench``: every method on every scene under one protocol, resumable, with plots.
 
-Protocol (written into ``bench.json``): each (scene, method) trains once for the largest budget
-at ``downscale``, keeping snapshots when its training time passes the smaller budgets; every
-snapshot is evaluated on the same test views (every ``every``-th) at the training resolution
-with the same thread settings. With ``bake``, the final model is also baked into a NerfTree and
+Protocol (written into ``bench.json``): with the budget schedule (the default) each (scene,
+method, budget) is its own training run whose learning rate is scheduled over that budget, as a
+user who asks for that many minutes gets; with ``schedule="method"`` (the papers' step
+schedules) each (scene, method) trains once for the largest budget at ``downscale``, keeping
+snapshots when its training time passes the smaller budgets. Every run or snapshot is evaluated
+on the same test views (every ``every``-th) at the training resolution with the same thread
+settings.
+
+A method entry may be a variant ``METHOD@LABEL`` (e.g. ``instant-ngp@paper``) with its own
+options ``--set METHOD@LABEL:KEY=VALUE``, so that two settings of one method are measured in the
+same bench; the keys ``schedule`` (budget | method) and ``lr_final`` are training options. With ``bake``, the final model is also baked into a NerfTree and
 evaluated as its own renderer. A cell (scene x method x budget x renderer) already in
 ``bench.json`` is never run again, and a finished training is never repeated, so an interrupted
 bench continues where it stopped.
@@ -32,6 +39,7 @@ from turbonerf.app.runs import CHECKPOINT
 from turbonerf.app.train import TrainOptions, train
 from turbonerf.app.validate import require_positive
 from turbonerf.engine.checkpoint import read_checkpoint_meta
+from turbonerf.engine.schedule import BudgetSchedule
 from turbonerf.errors import TurboNerfError
 from turbonerf.io.files import atomic_write_text
 from turbonerf.methods.registry import get_method
@@ -65,6 +73,9 @@ class BenchOptions:
     overrides: list[str] = field(default_factory=list)
     """METHOD:KEY=VALUE method options"""
     batch_rays: int = 1024
+    schedule: str = "budget"
+    """"budget": one run per budget, its learning rate scheduled over it; "method": one run per
+    method with the paper's step schedule and snapshots at the smaller budgets"""
     threads: int | None = None
     lpips_vgg: bool = True
     progress: bool = True
@@ -95,6 +106,37 @@ def machine_info() -> dict:
         "python": platform.python_version(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
+
+
+def base_method(variant: str) -> str:
+    """``instant-ngp@paper`` -> ``instant-ngp``."""
+    return variant.split("@", 1)[0]
+
+
+TRAINING_KEYS = ("schedule", "lr_final")
+"""keys of ``--set VARIANT:KEY=VALUE`` that are training options, not method options"""
+
+
+def variant_settings(opts: BenchOptions, variant: str) -> tuple[list[str], dict[str, str]]:
+    """(method overrides, training options) given to ``variant`` by ``--set VARIANT:KEY=VALUE``."""
+    method_opts, training = [], {}
+    for item in opts.overrides:
+        target, _, setting = item.partition(":")
+        if target != variant:
+            continue
+        key, _, value = setting.partition("=")
+        if key.strip() in TRAINING_KEYS:
+            training[key.strip()] = value.strip()
+        else:
+            method_opts.append(setting)
+    return method_opts, training
+
+
+def schedule_of(opts: BenchOptions, variant: str) -> str:
+    schedule = variant_settings(opts, variant)[1].get("schedule", opts.schedule)
+    if schedule not in ("budget", "method"):
+        raise TurboNerfError(f"unknown schedule '{schedule}' for {variant} (choose budget or method)")
+    return schedule
 
 
 def cell_key(scene: str, method: str, budget: float, renderer: str) -> str:
@@ -151,7 +193,10 @@ def check_bench_options(opts: BenchOptions) -> None:
     if not opts.scenes or not opts.methods or not opts.minutes:
         raise TurboNerfError("bench needs at least one --scenes, --methods and --minutes value")
     for m in opts.methods:
-        get_method(m)
+        get_method(base_method(m))
+        schedule_of(opts, m)
+    if len(set(opts.methods)) != len(opts.methods):
+        raise TurboNerfError("--methods lists a method twice (name variants METHOD@LABEL)")
     for m in opts.minutes:
         require_positive("--minutes", m)
     require_positive("--every", opts.every)
@@ -184,19 +229,26 @@ def run_bench(opts: BenchOptions) -> dict:
 
     for scene, method in cells:
         name = scene.name
+        per_budget = schedule_of(opts, method) == "budget"
         run = out / "runs" / name / method
         todo = [b for b in budgets if cell_key(name, method, b, "model") not in data["records"]]
-        if todo:
-            _train_cell(opts, scene, method, run, budgets)
+        if todo and not per_budget:
+            _train_cell(opts, scene, method, run, budgets[-1], budgets[:-1])
         for b in budgets:
             key = cell_key(name, method, b, "model")
             if key not in data["records"]:
                 bar.set_postfix_str(f"{name} {method} {b:g} min")
-                ckpt = _snapshot(run, b, budgets)
-                res = evaluate_run(run, eval_opts, checkpoint=ckpt, out_name=f"bench_{b:g}min")
+                if per_budget:
+                    b_run = run / f"{b:g}min"
+                    _train_cell(opts, scene, method, b_run, b, [])
+                    res = evaluate_run(b_run, eval_opts, out_name="bench")
+                else:
+                    res = evaluate_run(run, eval_opts, checkpoint=_snapshot(run, b, budgets), out_name=f"bench_{b:g}min")
                 data["records"][key] = _record(name, method, b, res)
                 save()
             bar.update(1)
+        if per_budget:
+            run = run / f"{budgets[-1]:g}min"
         if opts.bake:
             b = budgets[-1]
             key = cell_key(name, method, b, "nerftree")
@@ -220,15 +272,20 @@ def _snapshot(run: Path, budget: float, budgets: list[float]) -> Path:
     return run / CHECKPOINT.with_name(f"snapshot_{budget:g}min.safetensors")
 
 
-def _train_cell(opts: BenchOptions, scene: Path, method: str, run: Path, budgets: list[float]) -> None:
-    """Train (or finish training) one cell to the largest budget, with snapshots at the others."""
+def _train_cell(opts: BenchOptions, scene: Path, variant: str, run: Path, minutes: float, snapshots: list[float]) -> None:
+    """Train (or finish training) one run of ``variant`` for ``minutes``, with snapshots at ``snapshots``."""
     ckpt = run / CHECKPOINT
-    if ckpt.is_file() and read_checkpoint_meta(ckpt).get("seconds", 0.0) >= 60.0 * budgets[-1] - 1.0:
+    if ckpt.is_file() and read_checkpoint_meta(ckpt).get("seconds", 0.0) >= 60.0 * minutes - 1.0:
         return
-    overrides = [s.split(":", 1)[1] for s in opts.overrides if s.startswith(method + ":")]
+    overrides, training = variant_settings(opts, variant)
+    try:
+        lr_final = float(training.get("lr_final", BudgetSchedule.final))
+    except ValueError:
+        raise TurboNerfError(f"lr_final of {variant} is not a number: {training['lr_final']!r}") from None
     train(TrainOptions(
-        method=method, data=scene, out=run, max_minutes=budgets[-1], downscale=opts.downscale, overrides=overrides,
-        snapshot_minutes=budgets[:-1], resume=(run / "run.json").is_file(), batch_rays=opts.batch_rays,
+        method=base_method(variant), data=scene, out=run, max_minutes=minutes, downscale=opts.downscale,
+        overrides=overrides, schedule=schedule_of(opts, variant), lr_final=lr_final,
+        snapshot_minutes=snapshots, resume=(run / "run.json").is_file(), batch_rays=opts.batch_rays,
         checkpoint_minutes=5.0, checkpoint_every=10**9, progress=opts.progress,
     ))
 
@@ -246,7 +303,10 @@ def markdown_table(data: dict) -> str:
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, torch {m['torch']}, numba {m['numba']}"
         + (f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU") + f". Updated {data.get('updated')}.",
         f"Protocol: downscale {p['downscale']}, every {p['every']}-th test view, {p['batch_rays']} rays per step, budgets "
-        f"{', '.join(f'{b:g}' for b in sorted(set(p['minutes'])))} min of training time.",
+        f"{', '.join(f'{b:g}' for b in sorted(set(p['minutes'])))} min of training time"
+        + (", one run per budget with the learning rate scheduled over it (budget schedule)." if p.get("schedule", "method") == "budget"
+           else ", snapshots of one run per method (the papers' step schedules).")
+        + (f" Settings: {'; '.join(p['overrides'])}." if p.get("overrides") else ""),
         "",
         "| scene | method | renderer | budget (min) | steps | s/step | samples/ray | PSNR | SSIM | LPIPS-Alex | LPIPS-VGG | ms/frame | FPS | MB | params | MFLOPs/ray |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",

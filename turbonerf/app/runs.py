@@ -76,6 +76,8 @@ class RunSpec:
     scene: SceneMeta
     seed: int
     version: str = __version__
+    training: dict = dataclasses.field(default_factory=dict)
+    """how the latest training session ran: budget, learning-rate schedule, batch (informative)"""
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -190,7 +192,8 @@ def read_run_spec(run_dir: Path) -> RunSpec:
     try:
         raw = json.loads(path.read_text())
         scene = SceneMeta(**{**raw["scene"], "depth_bounds": tuple(raw["scene"]["depth_bounds"])})
-        spec = RunSpec(method=raw["method"], config=raw["config"], scene=scene, seed=raw["seed"], version=raw.get("version", "?"))
+        spec = RunSpec(method=raw["method"], config=raw["config"], scene=scene, seed=raw["seed"], version=raw.get("version", "?"),
+                       training=raw.get("training", {}))
     except json.JSONDecodeError as e:
         raise TurboNerfError(f"invalid JSON: {e}", path) from None
     except (KeyError, TypeError) as e:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from turbonerf.app.runs import (
 )
 from turbonerf.app.validate import require_positive
 from turbonerf.engine.checkpoint import clean_orphans
+from turbonerf.engine.schedule import BudgetSchedule
 from turbonerf.engine.loop import LoopOptions, LoopState, StepOutput, Trainee, TrainingInterrupted, restore_trainee, run_loop
 from turbonerf.errors import TurboNerfError
 from turbonerf.methods.registry import apply_overrides, config_from_dict, get_method, method_names
@@ -41,8 +43,14 @@ class TrainOptions:
     """None: the run's method with ``resume``, else DEFAULT_METHOD"""
     data: Path | None
     out: Path
-    max_steps: int = 200_000
+    max_steps: int | None = None
+    """None: DEFAULT_MAX_STEPS, and no step budget for the schedule"""
     max_minutes: float | None = None
+    schedule: str = "auto"
+    """learning-rate schedule: "budget" (warm-up and decay as fractions of the budget), "method"
+    (the paper's step schedule) or "auto" (budget when --max-minutes or --max-steps is given)"""
+    lr_final: float = BudgetSchedule.final
+    """budget schedule: factor of the learning rate when the budget is spent"""
     downscale: int = 1
     seed: int = 0
     device: str = "auto"
@@ -70,6 +78,8 @@ class TrainResult:
 
 
 DEFAULT_METHOD = "vanilla-nerf"
+DEFAULT_MAX_STEPS = 200_000
+SCHEDULES = ("auto", "budget", "method")
 
 __all__ = ["TrainOptions", "TrainResult", "TrainingInterrupted", "available_methods", "sample_pixels", "train"]
 
@@ -102,7 +112,12 @@ def _setup_spec(opts: TrainOptions, scene: Scene) -> RunSpec:
 
 def check_train_options(opts: TrainOptions) -> None:
     """A one-line error for any option that cannot work, before anything is read or written."""
-    require_positive("--max-steps", opts.max_steps)
+    if opts.max_steps is not None:
+        require_positive("--max-steps", opts.max_steps)
+    if opts.schedule not in SCHEDULES:
+        raise TurboNerfError(f"unknown --schedule '{opts.schedule}' (choose from {', '.join(SCHEDULES)})")
+    if not 0.0 < opts.lr_final <= 1.0:
+        raise TurboNerfError(f"--lr-final must be in (0, 1], got {opts.lr_final}")
     if opts.max_minutes is not None:
         require_positive("--max-minutes", opts.max_minutes)
     require_positive("--batch-rays", opts.batch_rays)
@@ -147,6 +162,7 @@ def train(opts: TrainOptions) -> TrainResult:
     h, w = train_split.images.shape[1:3]
     if min(h, w) < MIN_IMAGE_SIDE:
         raise TurboNerfError(f"images are only {w}x{h} at --downscale {downscale} (need at least {MIN_IMAGE_SIDE} pixels a side)", data)
+    budget_schedule(opts)  # refuse an impossible schedule before anything is written
     if not opts.resume:
         spec = _setup_spec(replace(opts, method=method), scene)
         try:
@@ -154,14 +170,36 @@ def train(opts: TrainOptions) -> TrainResult:
         except (ValueError, RuntimeError, ZeroDivisionError) as e:
             raise TurboNerfError(f"the options of {method} do not make a valid model ({e})") from None
     with RunLock(out, "train"):
+        spec = replace(spec, training=training_record(opts))
         if not opts.resume:
             prepare_run_dir(out, opts.overwrite, protected=(data,))
-            write_run_spec(out, spec)
-        elif fresh:
+        write_run_spec(out, spec)
+        if opts.resume and fresh:
             print(f"note: {out} holds no checkpoint yet; training starts at step 0", file=sys.stderr)
         for orphan in clean_orphans(out / CHECKPOINT.parent):
             print(f"note: removed {orphan.name}, left by an interrupted checkpoint write", file=sys.stderr)
         return _train_locked(opts, spec, scene, train_split, device, out, resume=opts.resume and not fresh)
+
+
+def budget_schedule(opts: TrainOptions) -> BudgetSchedule | None:
+    """The budget schedule this run trains with, or None for the method's own step schedule."""
+    budget_given = opts.max_minutes is not None or opts.max_steps is not None
+    if opts.schedule == "method" or (opts.schedule == "auto" and not budget_given):
+        return None
+    if not budget_given:
+        raise TurboNerfError("--schedule budget needs a budget: give --max-minutes and/or --max-steps")
+    return BudgetSchedule(final=opts.lr_final)
+
+
+def training_record(opts: TrainOptions) -> dict:
+    """What run.json says about how the latest training session ran."""
+    schedule = budget_schedule(opts)
+    return {
+        "max_steps": opts.max_steps,
+        "max_minutes": opts.max_minutes,
+        "schedule": {"kind": "method"} if schedule is None else schedule.describe(),
+        "batch_rays": opts.batch_rays,
+    }
 
 
 def _train_locked(opts: TrainOptions, spec: RunSpec, scene, train_split, device, out: Path, resume: bool) -> TrainResult:
@@ -174,6 +212,12 @@ def _train_locked(opts: TrainOptions, spec: RunSpec, scene, train_split, device,
     state = LoopState()
     if resume:
         state = restore_trainee(trainee, spec.method, device)
+    elif not scene.ndc:
+        t0 = time.perf_counter()
+        prior = model.prepare_from_views(train_split.cameras, train_split.alphas)
+        state.seconds = time.perf_counter() - t0  # part of the training time (and of its budget)
+        if prior and opts.progress:
+            print("from the training views: " + ", ".join(f"{k} {v:.3g}" for k, v in prior.items()), file=sys.stderr)
 
     images = train_split.images.to(device)
     cameras = train_split.cameras.to(device)
@@ -190,9 +234,11 @@ def _train_locked(opts: TrainOptions, spec: RunSpec, scene, train_split, device,
         loss, stats = model.loss(outputs, target)
         return StepOutput(loss, outputs, {**outputs.get("stats", {}), **stats})
 
+    schedule = budget_schedule(opts)
     loop_opts = LoopOptions(
-        max_steps=opts.max_steps,
+        max_steps=DEFAULT_MAX_STEPS if opts.max_steps is None else opts.max_steps,
         max_seconds=math.inf if opts.max_minutes is None else 60.0 * opts.max_minutes,
+        schedule=schedule,
         checkpoint_every=opts.checkpoint_every,
         checkpoint_minutes=opts.checkpoint_minutes,
         log_every=opts.log_every,

@@ -53,8 +53,15 @@ def train(
     method: Optional[str] = typer.Option(None, help="method to train (see `turbonerf methods`; default vanilla-nerf; with --resume: the run's)"),
     data: Optional[Path] = typer.Option(None, help="scene folder (not needed with --resume)"),
     out: Path = typer.Option(..., help="run folder to create (or to continue with --resume)"),
-    max_steps: int = typer.Option(200_000, help="stop after this many optimisation steps"),
+    max_steps: Optional[int] = typer.Option(None, help="stop after this many optimisation steps (default 200000)"),
     max_minutes: Optional[float] = typer.Option(None, help="stop after this many minutes of training"),
+    schedule: str = typer.Option(
+        "auto",
+        help="learning-rate schedule: 'budget' (warm-up over the first 2% of the budget, the full rate until 60%, "
+        "then an exponential fall to --lr-final at its end; the budget is --max-minutes and/or --max-steps), 'method' (the paper's "
+        "step schedule) or 'auto' (budget when --max-minutes or --max-steps is given)",
+    ),
+    lr_final: float = typer.Option(0.1, help="budget schedule: learning-rate factor at the end of the budget"),
     downscale: int = typer.Option(1, help="shrink images (and intrinsics) by this integer factor"),
     seed: int = typer.Option(0, help="random seed"),
     device: str = typer.Option("auto", help="'auto' (cuda if available), 'cpu' or 'cuda[:N]'"),
@@ -76,6 +83,8 @@ def train(
         out=out,
         max_steps=max_steps,
         max_minutes=max_minutes,
+        schedule=schedule,
+        lr_final=lr_final,
         downscale=downscale,
         seed=seed,
         device=device,
@@ -310,16 +319,25 @@ def demo(
 @app.command()
 def bench(
     scenes: List[Path] = typer.Option(..., help="scene folders (repeat, or list after one --scenes)"),
-    methods: List[str] = typer.Option(..., help="methods to compare (see `turbonerf methods`)"),
-    minutes: List[float] = typer.Option(..., help="training-time budgets in minutes (snapshots of one run per method)"),
+    methods: List[str] = typer.Option(..., help="methods to compare (see `turbonerf methods`), or variants METHOD@LABEL"),
+    minutes: List[float] = typer.Option(..., help="training-time budgets in minutes"),
     out: Path = typer.Option(..., help="bench folder: bench.json, bench.md, pareto.png, training.png and the runs"),
     downscale: int = typer.Option(4, help="training and evaluation downscale"),
     every: int = typer.Option(25, help="evaluate every K-th test view"),
     limit: Optional[int] = typer.Option(None, help="at most N test views"),
     bake: bool = typer.Option(False, help="also bake each final model into a NerfTree and evaluate the tree"),
     bake_coarse_res: int = typer.Option(192, help="D_c of the baked trees"),
-    set_: List[str] = typer.Option([], "--set", help="a method option METHOD:KEY=VALUE (repeatable)"),
+    set_: List[str] = typer.Option(
+        [], "--set",
+        help="a method option METHOD:KEY=VALUE (repeatable); METHOD may be a variant METHOD@LABEL listed in --methods; "
+        "the keys schedule and lr_final set that variant's training schedule",
+    ),
     batch_rays: int = typer.Option(1024, help="rays per training step"),
+    schedule: str = typer.Option(
+        "budget",
+        help="'budget': one run per budget, its learning rate scheduled over that budget; 'method': one run per "
+        "method with the paper's step schedule, snapshots at the smaller budgets",
+    ),
     threads: Optional[int] = typer.Option(None, help="torch threads (default: torch's choice)"),
     lpips_vgg: bool = typer.Option(True, "--lpips-vgg/--no-lpips-vgg", help="also score LPIPS-VGG"),
     progress: bool = typer.Option(True, help="show progress bars"),
@@ -331,7 +349,7 @@ def bench(
     opts = BenchOptions(
         scenes=list(scenes), methods=list(methods), minutes=list(minutes), out=out, downscale=downscale, every=every,
         limit=limit, bake=bake, bake_coarse_res=bake_coarse_res, overrides=list(set_), batch_rays=batch_rays,
-        threads=threads, lpips_vgg=lpips_vgg, progress=progress,
+        schedule=schedule, threads=threads, lpips_vgg=lpips_vgg, progress=progress,
     )
     data = run_bench(opts)
     print(f"{len(data['records'])} cells in {out / 'bench.json'}; table {out / 'bench.md'}; plots {out / 'pareto.png'}, {out / 'training.png'}")

@@ -124,9 +124,10 @@ def load(root: Path, downscale: int = 1, splits: tuple[str, ...] | None = None) 
     for name, meta in metas.items():
         if size is None:
             size = image_header(meta.image_paths[0])[:2]
-        images = load_images(meta.image_paths, background=(1.0, 1.0, 1.0), downscale=downscale, expected_size=size)
+        pixels = load_images(meta.image_paths, background=(1.0, 1.0, 1.0), downscale=downscale, expected_size=size,
+                             keep_alpha=image_header(meta.image_paths[0])[2])
         cameras = downscale_cameras(make_cameras(meta, *size), downscale)
-        loaded[name] = Split(images=torch.from_numpy(images), cameras=cameras, paths=list(meta.image_paths))
+        loaded[name] = Split.from_pixels(pixels, cameras, meta.image_paths)
     return Scene(
         format="blender",
         root=root,

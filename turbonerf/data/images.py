@@ -221,6 +221,7 @@ def load_image(
     background: Sequence[float] = (1.0, 1.0, 1.0),
     downscale: int = 1,
     expected_size: tuple[int, int] | None = None,
+    keep_alpha: bool = False,
 ) -> np.ndarray:
     """Read, composite and downscale one image.
 
@@ -229,8 +230,9 @@ def load_image(
         background: [3] colour in [0, 1] that RGBA images are composited on.
         downscale: integer block-averaging factor.
         expected_size: (width, height) the file must have at full resolution, or None.
+        keep_alpha: also return the (downscaled) alpha as a fourth channel (255 for RGB files).
     Returns:
-        uint8 [H // downscale, W // downscale, 3].
+        uint8 [H // downscale, W // downscale, 3] (4 with ``keep_alpha``).
     """
     img = read_image(path)
     height, width = img.shape[:2]
@@ -246,8 +248,11 @@ def load_image(
         small = area_downscale(img, downscale)
     except ValueError as err:
         raise TurboNerfError(str(err), path) from None
+    alpha = small[:, :, 3:4] if small.shape[2] == 4 else np.ones_like(small[:, :, :1])
     if small.shape[2] == 4:
-        small = small[:, :, :3] + np.asarray(background, dtype=np.float32) * (1.0 - small[:, :, 3:4])
+        small = small[:, :, :3] + np.asarray(background, dtype=np.float32) * (1.0 - alpha)
+    if keep_alpha:
+        small = np.concatenate([small, alpha], axis=2)
     return to_uint8(small)
 
 
@@ -257,6 +262,7 @@ def load_images(
     downscale: int = 1,
     expected_size: tuple[int, int] | None = None,
     workers: int | None = None,
+    keep_alpha: bool = False,
 ) -> np.ndarray:
     """Decode many same-size images in parallel (thread pool) into one array.
 
@@ -266,8 +272,9 @@ def load_images(
         downscale: integer block-averaging factor.
         expected_size: (width, height) every file must have; default: the first file's header.
         workers: threads (default: ``min(8, os.cpu_count())``).
+        keep_alpha: a fourth channel holds each image's alpha (255 for RGB files).
     Returns:
-        uint8 [N, H // downscale, W // downscale, 3].
+        uint8 [N, H // downscale, W // downscale, 3 or 4].
     """
     if len(paths) == 0:
         raise ValueError("load_images needs at least one path")
@@ -278,10 +285,10 @@ def load_images(
         raise TurboNerfError(
             f"image of size {width}x{height} is smaller than the downscale factor {downscale}", paths[0]
         )
-    out = np.empty((len(paths), height // downscale, width // downscale, 3), dtype=np.uint8)
+    out = np.empty((len(paths), height // downscale, width // downscale, 4 if keep_alpha else 3), dtype=np.uint8)
 
     def work(i: int) -> None:
-        out[i] = load_image(paths[i], background, downscale, expected_size)
+        out[i] = load_image(paths[i], background, downscale, expected_size, keep_alpha)
 
     workers = workers or min(8, os.cpu_count() or 1)
     if workers <= 1 or len(paths) == 1:

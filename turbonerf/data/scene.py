@@ -20,14 +20,24 @@ class Split:
         images: [N, H, W, 3] uint8 RGB (RGBA already composited on the scene background).
         cameras: the N cameras, at the resolution of ``images``.
         paths: the N image files.
+        alphas: [N, H, W] uint8 alpha of RGBA images (None when the files have none): where it
+            is 0 the pixel sees only background, which carves empty space before training.
     """
 
     images: Tensor
     cameras: Cameras
     paths: list[Path]
+    alphas: Tensor | None = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
+
+    @classmethod
+    def from_pixels(cls, pixels, cameras: Cameras, paths: list[Path]) -> "Split":
+        """A split from decoded uint8 pixels [N, H, W, 3] or [N, H, W, 4] (RGB composited + alpha)."""
+        pixels = torch.as_tensor(pixels)
+        alphas = pixels[..., 3].contiguous() if pixels.shape[-1] == 4 else None
+        return cls(pixels[..., :3].contiguous(), cameras, list(paths), alphas)
 
 
 @dataclass

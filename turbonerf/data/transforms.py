@@ -262,8 +262,8 @@ def load(root: Path, downscale: int = 1, splits: tuple[str, ...] | None = None) 
         if (splits is not None and name not in splits) or not idx:
             continue
         paths = [meta.frames[i].image_path for i in idx]
-        images = load_images(paths, background, downscale=downscale, expected_size=(width, height))
-        loaded[name] = Split(images=torch.from_numpy(images), cameras=cameras[idx], paths=paths)
+        pixels = load_images(paths, background, downscale=downscale, expected_size=(width, height), keep_alpha=white)
+        loaded[name] = Split.from_pixels(pixels, cameras[idx], paths)
     aabb = scene_aabb(meta.aabb_scale)
     near, far = near_far(np.stack([f.c2w[:, 3] for f in meta.frames]), aabb)
     return Scene(

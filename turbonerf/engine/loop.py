@@ -2,7 +2,7 @@
 pixelNeRF still to come) trains through :func:`run_loop`.
 
 What the loop owns, written once: the learning-rate schedule (a factor of each param group's
-base rate), bf16 autocast, backward + optimizer step, the time and step budget, the progress bar,
+base rate, from the trainee's step schedule or from the fraction of the budget spent), bf16 autocast, backward + optimizer step, the time and step budget, the progress bar,
 ``train_log.jsonl``, periodic and final checkpoints (atomic, with ``previous`` kept), time
 snapshots, and a checkpoint on Ctrl-C / SIGTERM (then :class:`TrainingInterrupted`).
 
@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from turbonerf.engine import runtime
+from turbonerf.engine.schedule import budget_progress
 from turbonerf.engine.checkpoint import (
     NonFiniteCheckpoint,
     load_checkpoint_or_previous,
@@ -87,6 +88,9 @@ class LoopOptions:
     bf16: bool = True
     progress: bool = True
     desc: str = "train"
+    schedule: Callable[[float], float] | None = None
+    """budget fraction spent -> learning-rate factor (:mod:`turbonerf.engine.schedule`); replaces
+    the trainee's step schedule when given"""
     bad_steps_before_rollback: int = 3
     """consecutive steps with a non-finite loss or gradient (each skipped) before the run rolls back"""
     max_rollbacks: int = 3
@@ -277,7 +281,16 @@ def run_loop(
     if not trainee.checkpoint.is_file():
         save_trainee(trainee, state)
     last_ckpt_step, last_ckpt_time = state.step, time.monotonic()
-    bar = tqdm(total=opts.max_steps, initial=state.step, disable=not opts.progress, desc=opts.desc, unit="step", dynamic_ncols=True)
+    by_time = math.isfinite(opts.max_seconds)  # the bar shows the budget the user gave: time, else steps
+    bar = tqdm(
+        total=round(opts.max_seconds) if by_time else opts.max_steps, initial=round(state.seconds) if by_time else state.step,
+        disable=not opts.progress, desc=opts.desc, unit="s" if by_time else "step", dynamic_ncols=True,
+        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} s [{elapsed}<{remaining}{postfix}]" if by_time else None,
+    )
+
+    def advance_bar() -> None:
+        target = min(round(state.seconds), bar.total) if by_time else state.step
+        bar.update(target - bar.n)  # negative after a rollback; tqdm redraws at most ~10 times a second
 
     def checkpoint(path: Path | None = None, rotate: bool = True) -> None:
         nonlocal last_ckpt_step, last_ckpt_time
@@ -299,7 +312,7 @@ def run_loop(
         state.step, state.last_psnr = restored.step, restored.last_psnr
         state.seconds, state.rollbacks, state.lr_scale = seconds, rollbacks, scale
         bad_in_row = 0
-        bar.n = state.step
+        advance_bar()
         msg = f"{reason}: rolled back to step {state.step} with the learning rate x{scale:g}"
         bar.write(f"warning: {msg}") if opts.progress else print(f"warning: {msg}", file=sys.stderr)
 
@@ -308,8 +321,12 @@ def run_loop(
             while state.step < opts.max_steps and state.seconds < opts.max_seconds:
                 t0 = time.perf_counter()
                 step = state.step
+                if opts.schedule is None:
+                    factor = trainee.lr_factor(step)
+                else:
+                    factor = opts.schedule(budget_progress(step, state.seconds, opts.max_steps, opts.max_seconds))
                 for g, base in zip(optimizer.param_groups, base_lrs):
-                    g["lr"] = base * trainee.lr_factor(step) * state.lr_scale
+                    g["lr"] = base * factor * state.lr_scale
                 with runtime.autocast(device, opts.bf16):
                     for cb in callbacks:
                         cb.before_step(step)
@@ -336,10 +353,10 @@ def run_loop(
                 state.step += 1
                 state.seconds += time.perf_counter() - t1
                 state.last_psnr = mse_to_psnr(out.stats.get("mse", loss))
-                bar.update(1)
+                advance_bar()
                 if state.step % opts.log_every == 0 or state.step == 1:
                     left = min((opts.max_steps - state.step) * state.seconds / state.step, opts.max_seconds - state.seconds)
-                    bar.set_postfix(loss=f"{loss:.4f}", psnr=f"{state.last_psnr:.2f}", eta=f"{left / 60:.1f}min")
+                    bar.set_postfix(step=state.step, loss=f"{loss:.4f}", psnr=f"{state.last_psnr:.2f}", eta=f"{left / 60:.1f}min", refresh=False)
                     rec = {"step": state.step, "seconds": round(state.seconds, 3), "loss": loss, "psnr": state.last_psnr,
                            "lr": optimizer.param_groups[0]["lr"], **out.stats}
                     log.write(json_line(rec) + "\n")

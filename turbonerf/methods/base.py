@@ -11,6 +11,9 @@ A method is an ``nn.Module`` subclass of :class:`Method`:
 - ``render(rays, background)``: inference (no graph), the three image outputs only; it is
   ``forward(train=False)`` unless a method renders differently at inference.
 - ``make_optimizer() -> (optimizer, step -> learning-rate factor)``.
+- ``prepare_from_views(cameras, alphas)``: before the first step of a fresh run, what the training
+  views prove (e.g. empty space outside every frustum or behind transparent pixels,
+  :mod:`turbonerf.samplers.carving`); called for world-space scenes only.
 - ``callbacks()``: hooks of the training loop (:mod:`turbonerf.engine.loop`), e.g. the
   occupancy-grid refresh; grid updates happen there, never inside ``loss``.
 - ``samples_per_ray()`` / ``flops_per_ray()``: the cost of one rendered ray (eval reports them).
@@ -29,6 +32,7 @@ from typing import Callable, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from turbonerf.cameras import Cameras
 from turbonerf.errors import TurboNerfError
 from turbonerf.rays import RayBundle
 
@@ -92,6 +96,12 @@ class Method(nn.Module, ABC):
         outputs = self(rays, background, train=True)
         loss, stats = self.loss(outputs, target)
         return loss, {**outputs.get("stats", {}), **stats}
+
+    def prepare_from_views(self, cameras: Cameras, alphas: Tensor | None) -> dict[str, float]:
+        """Before the first training step of a fresh run on a world-space scene: take what the V
+        training cameras (and their alphas [V, H, W] uint8, if any) prove about the scene.
+        Returns figures for the user (e.g. the fraction of grid cells left); default: nothing."""
+        return {}
 
     def callbacks(self) -> list:
         """Training-loop hooks (objects with ``before_step(step)`` / ``after_step(step, output)``)."""

@@ -32,6 +32,7 @@ from turbonerf.render.renderer import eval_in_chunks
 from turbonerf.render.volrend import composite, render_weight_from_density
 from turbonerf.samplers.pivotal import pivotal_samples
 from turbonerf.samplers.base import OBSERVED_DENSITY, OBSERVED_POINTS, SamplerUpdate
+from turbonerf.samplers.carving import carve_grid
 from turbonerf.samplers.valid import DensityGrid, ValidSampler
 
 
@@ -62,6 +63,9 @@ class EfficientNeRFConfig:
     needs ~10 updates to fall from 10 below zero in empty space, and at CPU batch sizes (1024
     rays) a cell is hit only every few dozen steps, so with 10 the grid still covered 98% of the
     box after 100 steps on lego; from 1 it takes ~2 updates (79% after 100 steps, 19% after 200)"""
+    carve_from_views: bool = True
+    """start the density grid from the training views: cells outside every camera frustum or seen
+    through a transparent pixel are never valid (:mod:`turbonerf.samplers.carving`)"""
     beta: float = 0.1
     """momentum of the grid update V <- (1 - beta) V + beta sigma"""
     uniform_ratio: float = 0.01
@@ -171,6 +175,11 @@ class EfficientNeRF(Method):
         mse_c = torch.mean((outputs["coarse_rgb"] - target) ** 2)
         mse_f = torch.mean((outputs["rgb"] - target) ** 2)
         return mse_c + mse_f, {"mse": float(mse_f.detach()), "mse_coarse": float(mse_c.detach())}
+
+    def prepare_from_views(self, cameras, alphas) -> dict[str, float]:
+        if not self.config.carve_from_views:
+            return {}
+        return {"grid_cells_left": carve_grid(self.grid, cameras, alphas)}
 
     def callbacks(self) -> list:
         """The density grid's momentum update from each step's valid coarse samples."""

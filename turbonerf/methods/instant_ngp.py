@@ -20,6 +20,7 @@ from turbonerf.rays import PackedSamples, RayBundle
 from turbonerf.render.renderer import render_with_early_stop
 from turbonerf.render.volrend import composite, render_transmittance_from_density
 from turbonerf.samplers.base import SamplerUpdate
+from turbonerf.samplers.carving import carve_grid
 from turbonerf.samplers.occupancy import OccupancyGrid, OccupancySampler, opacity_to_density
 
 
@@ -55,6 +56,10 @@ class InstantNGPConfig:
     """most marching steps per ray"""
     grid_resolution: int = 128
     """occupancy-grid cells per axis"""
+    carve_from_views: bool = True
+    """start the occupancy grid from the training views: cells outside every camera frustum or
+    seen through a transparent pixel are empty for good (:mod:`turbonerf.samplers.carving`)
+    instead of the first refresh marking about half of all cells occupied at random"""
     grid_update_every: int = 16
     """refresh the occupancy grid every this many steps"""
     grid_warmup_steps: int = 256
@@ -190,6 +195,11 @@ class InstantNGP(Method):
     def loss(self, outputs: dict, target: Tensor):
         mse = torch.mean((outputs["rgb"] - target) ** 2)
         return mse, {"mse": float(mse.detach())}
+
+    def prepare_from_views(self, cameras, alphas) -> dict[str, float]:
+        if not self.config.carve_from_views:
+            return {}
+        return {"grid_cells_left": carve_grid(self.grid, cameras, alphas)}
 
     def callbacks(self) -> list:
         """The occupancy grid's refresh from the field's density (every ``grid_update_every`` steps)."""

@@ -82,6 +82,8 @@ class OccupancyGrid(nn.Module):
         self.register_buffer("density", torch.zeros(n))
         # everything is occupied until the first update has looked at the field
         self.register_buffer("occupied", torch.ones(n, dtype=torch.bool))
+        # cells that may ever be occupied (all, unless :meth:`restrict` was given what the views prove empty)
+        self.register_buffer("allowed", torch.ones(n, dtype=torch.bool))
 
     @property
     def n_cells(self) -> int:
@@ -89,6 +91,21 @@ class OccupancyGrid(nn.Module):
 
     def occupied_fraction(self) -> float:
         return float(self.occupied.float().mean())
+
+    def restrict(self, allowed: Tensor) -> None:
+        """Mark every cell outside ``allowed`` [n_cells] bool as empty for good (see
+        :mod:`turbonerf.samplers.carving`); refreshes then only look at the allowed cells."""
+        self.allowed &= allowed.to(self.allowed.device).reshape(-1)
+        self.occupied &= self.allowed
+        self.density.mul_(self.allowed)
+
+    def cell_centres(self) -> Tensor:
+        """[n_cells, 3] the centre of every cell, in flat-index order."""
+        return self.cell_points(torch.arange(self.n_cells, device=self.density.device), jitter=False)
+
+    def half_diagonal(self) -> float:
+        """Half the diagonal of one cell."""
+        return float((self.aabb[1] - self.aabb[0]).norm()) / self.resolution / 2
 
     def cell_index(self, points: Tensor) -> Tensor:
         """points [N, 3] (clamped to the box) -> flat cell index [N] (long)."""
@@ -110,15 +127,16 @@ class OccupancyGrid(nn.Module):
         return self.aabb[0] + (ijk + off) / res * (self.aabb[1] - self.aabb[0])
 
     def cells_to_update(self, step: int) -> Tensor:
-        """[M] cell indices to re-evaluate at ``step``: all during warm-up, else m = sample_fraction
-        * n_cells uniformly random cells plus every occupied cell, or m random occupied ones when
+        """[M] cell indices to re-evaluate at ``step``: every allowed cell during warm-up, else m =
+        sample_fraction * (allowed cells) uniformly random allowed cells plus every occupied cell, or m random occupied ones when
         there are more (duplicates allowed). Instant-NGP always draws m occupied cells; taking
         each once when there are fewer saves CPU time for the same coverage."""
         dev = self.density.device
-        if step < self.warmup_steps:
-            return torch.arange(self.n_cells, device=dev)
-        m = max(1, int(self.n_cells * self.sample_fraction))
-        uniform = torch.randint(self.n_cells, (m,), device=dev)
+        allowed = self.allowed.nonzero()[:, 0]
+        if step < self.warmup_steps or allowed.numel() == 0:
+            return allowed
+        m = max(1, int(allowed.numel() * self.sample_fraction))
+        uniform = allowed[torch.randint(allowed.numel(), (m,), device=dev)]
         occ = self.occupied.nonzero()[:, 0]
         if occ.numel() > m:
             occ = occ[torch.randint(occ.numel(), (m,), device=dev)]
@@ -127,7 +145,7 @@ class OccupancyGrid(nn.Module):
     @torch.no_grad()
     def update(self, step: int, density_fn: DensityFn, force: bool = False) -> bool:
         """Refresh the grid from ``density_fn`` if ``step`` is a multiple of ``update_every``
-        (or ``force``). Returns whether it did.
+        (or ``force``). Returns whether it did. Only allowed cells are ever looked at (and occupied).
 
         Each chosen cell is evaluated at a random point inside it; density <- max(density *
         decay, new) over all cells (unvisited cells decay), then occupied <- density >
@@ -138,13 +156,16 @@ class OccupancyGrid(nn.Module):
         if not force and step % self.update_every != 0:
             return False
         cells = self.cells_to_update(step)
+        if cells.numel() == 0:
+            self.occupied.zero_()
+            return True
         pts = self.cell_points(cells, jitter=True)
         sigma = torch.cat([density_fn(pts[i : i + self.chunk]).float().reshape(-1) for i in range(0, len(pts), self.chunk)])
         sigma = torch.nan_to_num(sigma, nan=0.0, posinf=1e6)
         fresh = torch.zeros_like(self.density).scatter_reduce_(0, cells, sigma, "amax")
         self.density.copy_(torch.maximum(self.density * self.decay, fresh))
-        threshold = min(self.density_threshold, float(self.density.mean()))
-        self.occupied.copy_(self.density > threshold)
+        threshold = min(self.density_threshold, float(self.density[self.allowed].mean()))
+        self.occupied.copy_((self.density > threshold) & self.allowed)
         return True
 
     @torch.no_grad()

@@ -26,6 +26,10 @@ from turbonerf.rays import PackedSamples, RayBundle, packed_from_dense
 from turbonerf.samplers.uniform import stratified_edges
 
 
+CARVED = -1e4
+"""V of a cell the training views prove empty (far below any raw density, so never valid)"""
+
+
 class DensityGrid(nn.Module):
     """Momentum density voxel grid of ``resolution``^3 cells over ``aabb``.
 
@@ -46,6 +50,25 @@ class DensityGrid(nn.Module):
         self.beta = float(beta)
         self.register_buffer("aabb", torch.as_tensor(aabb, dtype=torch.float32).clone().reshape(2, 3))
         self.register_buffer("density", torch.full((self.resolution,) * 3, float(init), dtype=torch.float32))
+        # cells that may ever be valid (all, unless :meth:`restrict` was given what the views prove empty)
+        self.register_buffer("allowed", torch.ones((self.resolution,) * 3, dtype=torch.bool))
+
+    def restrict(self, allowed: Tensor) -> None:
+        """Mark every cell outside ``allowed`` [D^3] bool (flat x-major, as :meth:`cell_indices`)
+        empty for good: its V is set to ``CARVED`` and :meth:`observe` leaves it there."""
+        self.allowed &= allowed.to(self.allowed.device).reshape(self.allowed.shape)
+        self.density.masked_fill_(~self.allowed, CARVED)
+
+    def cell_centres(self) -> Tensor:
+        """[D^3, 3] cell centres in flat-index order."""
+        d = self.resolution
+        idx = torch.arange(d, device=self.density.device, dtype=torch.float32)
+        ijk = torch.stack(torch.meshgrid(idx, idx, idx, indexing="ij"), -1).reshape(-1, 3)
+        return self.aabb[0] + (ijk + 0.5) / d * (self.aabb[1] - self.aabb[0])
+
+    def half_diagonal(self) -> float:
+        """Half the diagonal of one cell."""
+        return float((self.aabb[1] - self.aabb[0]).norm()) / self.resolution / 2
 
     def inside(self, points: Tensor) -> Tensor:
         """points [N, 3] -> bool [N]: inside the (closed) box."""
@@ -97,6 +120,8 @@ class DensityGrid(nn.Module):
         s = sigmas.detach().float().reshape(-1)
         ok = inside & torch.isfinite(s)
         flat, s = flat[ok], s[ok]
+        keep = self.allowed.view(-1)[flat]
+        flat, s = flat[keep], s[keep]
         if flat.numel() == 0:
             return
         cells, inverse = torch.unique(flat, return_inverse=True)
