@@ -9,6 +9,7 @@ from safetensors.torch import load_file, save_file
 from turbonerf.fields.hash_field import HashField, trunc_exp
 from turbonerf.methods.instant_ngp import InstantNGP, InstantNGPConfig
 from turbonerf.methods.registry import apply_overrides, get_method
+from turbonerf.errors import TurboNerfError
 from turbonerf.rays import RayBundle
 
 AABB = torch.tensor([[-1.5, -1.5, -1.5], [1.5, 1.5, 1.5]])
@@ -141,3 +142,38 @@ def test_hash_field_fits_a_coloured_ball(one_thread):
     assert (sigma[far_from_surface & inside] > 5.0).float().mean() > 0.95
     assert (sigma[far_from_surface & ~inside] < 2.0).float().mean() > 0.95
     assert ((rgb - c_true) ** 2).mean() < 0.3 * c_true.var()  # colour is learnt more slowly; far from the mean
+
+
+def test_a_batch_over_the_sample_budget_trains_on_its_leading_rays():
+    from turbonerf.methods.instant_ngp import InstantNGP, InstantNGPConfig
+    from turbonerf.rays import RayBundle
+
+    cfg = InstantNGPConfig(n_levels=4, log2_table_size=12, max_resolution=64, hidden=16, grid_resolution=16,
+                           steps_per_diagonal=64, max_batch_samples=500)
+    model = InstantNGP(cfg, torch.tensor([[-1.0] * 3, [1.0] * 3]))
+    n = 64
+    o = torch.tensor([[0.0, 0.0, 3.0]]).repeat(n, 1)
+    d = torch.nn.functional.normalize(torch.randn(n, 3) * 0.05 + torch.tensor([0.0, 0.0, -1.0]), dim=-1)
+    rays = RayBundle(o, d, d, torch.full((n,), 1.0), torch.full((n,), 5.0))
+    out = model(rays, torch.ones(3), train=True)
+    used = int(out["stats"]["rays_trained"])
+    assert 0 < used < n and out["rgb"].shape == (used, 3)
+    assert out["stats"]["samples_per_ray"] * used <= 500
+    target = torch.rand(n, 3)
+    loss, stats = model.loss(out, target)
+    assert stats["mse"] == pytest.approx(float(((out["rgb"] - target[:used]) ** 2).mean()), rel=1e-5)
+
+
+def test_unbounded_boxes_are_contracted_and_bounded_ones_are_not():
+    from turbonerf.methods.instant_ngp import InstantNGP, InstantNGPConfig
+
+    cfg = InstantNGPConfig(n_levels=4, log2_table_size=12, max_resolution=64, hidden=16, grid_resolution=16)
+    bounded = InstantNGP(cfg, torch.tensor([[-1.5] * 3, [1.5] * 3]))
+    unbounded = InstantNGP(cfg, torch.tensor([[-24.0] * 3, [24.0] * 3]))
+    assert not bounded.contracted and unbounded.contracted
+    far = torch.tensor([[1000.0, -3.0, 2.0], [0.5, 0.2, -0.1]])
+    w = unbounded.warp(far)
+    assert (w.abs() < 2.0).all() and torch.allclose(w[1], far[1] / 1.5)
+    torch.testing.assert_close(unbounded._unwarp(w), far, rtol=1e-3, atol=1e-4)
+    with pytest.raises(TurboNerfError):
+        unbounded.baking_field()

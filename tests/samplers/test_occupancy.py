@@ -168,3 +168,42 @@ def test_early_stop_renderer_matches_composite():
     assert n_fast < 0.5 * n_all  # the box is opaque: most samples behind its front face are skipped
     for k in ("rgb", "opacity"):
         torch.testing.assert_close(fast[k], ref[k], rtol=0, atol=1e-3)
+
+
+def test_cone_stepping_counts_and_positions_agree():
+    from turbonerf.samplers.occupancy import cone_positions, cone_steps
+
+    t0 = torch.tensor([0.05, 0.5, 3.0, 1.0])
+    t1 = torch.tensor([40.0, 2.0, 50.0, 0.5])  # the last ray is empty
+    dt = torch.full((4,), 0.01)
+    cone = 1 / 64
+    n = cone_steps(t0, t1, dt, cone)
+    assert n[3] == 0
+    k = torch.arange(int(n.max()) + 1, dtype=torch.float32)
+    t = cone_positions(t0, dt, k, cone)
+    for r in range(3):
+        assert t[r, int(n[r])] >= t1[r] - 1e-4 and t[r, int(n[r]) - 1] < t1[r]
+        steps = t[r, 1 : int(n[r]) + 1] - t[r, : int(n[r])]
+        expected = torch.maximum(dt[r], cone * t[r, : int(n[r])])
+        # each step is max(dt, cone * t) up to the one-step lag at the switch to geometric growth
+        assert torch.allclose(steps, expected, rtol=cone * 1.01, atol=1e-6)
+    # far content costs a logarithmic number of steps, not (t1 - t0) / dt
+    assert n[0] < 400 < float((t1[0] - t0[0]) / dt[0])
+    assert torch.equal(cone_steps(t0[:3], t1[:3], dt[:3], 0.0), torch.ceil((t1[:3] - t0[:3]) / dt[:3]))
+
+
+def test_march_with_a_warp_looks_cells_up_in_warped_space():
+    grid = _box_grid()
+    rays = _rays(64)
+    plain = grid.march(rays, 0.01)
+    # the identity warp with the rays clipped to the box by near/far gives the same samples
+    t_in, t_out = ray_aabb_intersect(rays.origins, rays.directions, grid.aabb)
+    clipped = RayBundle(rays.origins, rays.directions, rays.viewdirs, torch.maximum(rays.near, t_in), torch.minimum(rays.far, t_out))
+    warped = grid.march(clipped, 0.01, warp=lambda x: x)
+    assert torch.equal(plain.ray_indices, warped.ray_indices)
+    torch.testing.assert_close(plain.t_starts, warped.t_starts)
+    # through a warp that halves coordinates the occupied box [-0.5, 0.5]^3 spans [-1, 1]^3 of sample space
+    halved = grid.march(rays, 0.01, warp=lambda x: 0.5 * x)
+    pts = halved.positions(rays)
+    assert len(halved) > 4 * len(plain)
+    assert pts.abs().amax() <= 1.0 + 0.01 and pts.abs().amax(dim=-1).max() > 0.9

@@ -14,13 +14,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from turbonerf.errors import TurboNerfError
+from turbonerf.fields.contraction import contract_inf, normalize_to_box, uncontract_inf
 from turbonerf.fields.hash_field import HashField
 from turbonerf.methods.base import Method, adam, linear_flops
 from turbonerf.rays import PackedSamples, RayBundle
 from turbonerf.render.renderer import render_with_early_stop
 from turbonerf.render.volrend import composite, render_transmittance_from_density
 from turbonerf.samplers.base import SamplerUpdate
-from turbonerf.samplers.carving import carve_grid
+from turbonerf.samplers.carving import carve_cells, carve_grid
 from turbonerf.samplers.occupancy import OccupancyGrid, OccupancySampler, opacity_to_density
 
 
@@ -50,8 +52,22 @@ class InstantNGPConfig:
     """hidden layers of the colour MLP"""
     sh_degree: int = 4
     """spherical-harmonics bands of the view-direction encoding (4 -> 16 coefficients)"""
+    contraction: str = "auto"
+    """unbounded scenes: "on" contracts space beyond the central box of half-size
+    ``inner_half_size`` (L-inf, Mip-NeRF 360 / nerfstudio) so the hash field and the occupancy
+    grid cover all of space within [-2, 2]^3; "auto" does so when the scene box's half-size
+    exceeds ``contract_beyond`` (transforms.json captures with aabb_scale >= 3); "off" never"""
+    inner_half_size: float = 1.5
+    """half-size of the uncontracted central box (instant-ngp's unit cube spans [-1.5, 1.5]^3 of a
+    transforms.json scene)"""
+    contract_beyond: float = 4.0
+    """"auto" contracts when the scene box's half-size exceeds this"""
+    cone_angle: float = 1.0 / 256
+    """contracted scenes: marching steps grow as max(step, cone_angle * t) (instant-ngp's cone
+    stepping for aabb_scale > 1); bounded scenes march with a fixed step"""
     steps_per_diagonal: int = 1024
-    """marching step = box diagonal / this (Instant-NGP: sqrt(3)/1024 for the unit cube)"""
+    """marching step = box diagonal / this (Instant-NGP: sqrt(3)/1024 for the unit cube); the
+    central box's diagonal when contracted"""
     max_samples: int = 1024
     """most marching steps per ray"""
     grid_resolution: int = 128
@@ -79,6 +95,10 @@ class InstantNGPConfig:
     than it saved (0.18 vs 0.16 s/step), so it is off by default"""
     early_stop_eps: float = 1e-4
     """transmittance below which a ray stops (training pre-pass and inference)"""
+    max_batch_samples: int = 1 << 18
+    """most samples a training step composites: when a batch's rays hold more (early steps, long
+    rays through unbounded scenes), only its leading rays that fit are trained on, so memory and
+    step time stay bounded (Instant-NGP sizes batches by samples the same way)"""
     render_chunk_rays: int = 16384
     """rays marched at once at inference"""
     render_samples_per_round: int = 131072
@@ -110,6 +130,17 @@ class InstantNGP(Method):
         super().__init__()
         self.config = c = config
         aabb = aabb.detach().float().reshape(2, 3)
+        if c.contraction not in ("auto", "on", "off"):
+            raise ValueError(f"contraction must be auto, on or off, not {c.contraction!r}")
+        half = float((aabb[1] - aabb[0]).max()) / 2
+        self.contracted = c.contraction == "on" or (c.contraction == "auto" and half > c.contract_beyond)
+        march_box = aabb
+        if self.contracted:
+            centre = aabb.mean(0)
+            # not saved: it follows from the config and the scene box
+            self.register_buffer("inner_box", torch.stack([centre - c.inner_half_size, centre + c.inner_half_size]), persistent=False)
+            march_box = self.inner_box
+            aabb = torch.tensor([[-2.0] * 3, [2.0] * 3])  # the contracted space the field and the grid cover
         self.field = HashField(
             aabb,
             n_levels=c.n_levels,
@@ -124,7 +155,7 @@ class InstantNGP(Method):
             sh_degree=c.sh_degree,
             hash_backend=c.hash_backend,
         )
-        self.step_size = float((aabb[1] - aabb[0]).norm()) / c.steps_per_diagonal
+        self.step_size = float((march_box[1] - march_box[0]).norm()) / c.steps_per_diagonal
         self.grid = OccupancyGrid(
             aabb,
             resolution=c.grid_resolution,
@@ -134,9 +165,25 @@ class InstantNGP(Method):
             decay=c.grid_decay,
             sample_fraction=c.grid_sample_fraction,
         )
-        self.sampler = OccupancySampler(self.grid, self.step_size, c.max_samples)
+        self.sampler = OccupancySampler(self.grid, self.step_size, c.max_samples, cone_angle=c.cone_angle if self.contracted else 0.0,
+                                        warp=self.warp if self.contracted else None)
         # [train samples-per-ray moving average, rendered samples, rendered rays]
         self.register_buffer("sample_stats", torch.zeros(3, dtype=torch.float64))
+
+    def warp(self, points: Tensor) -> Tensor:
+        """Sample-space points [N, 3] -> where the field and the grid see them (contracted when
+        the scene is unbounded, else unchanged)."""
+        if not self.contracted:
+            return points
+        return contract_inf(normalize_to_box(points, self.inner_box))
+
+    def density_at(self, points: Tensor) -> Tensor:
+        """Density [N] at sample-space points [N, 3]."""
+        return self.field.density(self.warp(points))
+
+    def field_at(self, points: Tensor, dirs: Tensor) -> tuple[Tensor, Tensor]:
+        """(sigma [N], rgb [N, 3]) at sample-space points [N, 3] seen along dirs [N, 3]."""
+        return self.field(self.warp(points), dirs)
 
     def _train_samples(self, rays: RayBundle) -> tuple[PackedSamples, int]:
         """Occupied samples of ``rays`` (jittered), minus those behind opaque matter when
@@ -146,7 +193,7 @@ class InstantNGP(Method):
         spent = 0
         if c.train_early_stop and len(samples) > 0:
             with torch.no_grad():
-                sigma = self.field.density(samples.positions(rays))
+                sigma = self.density_at(samples.positions(rays))
                 trans, _ = render_transmittance_from_density(
                     samples.t_starts, samples.t_ends, sigma, samples.ray_indices, samples.n_rays
                 )
@@ -160,13 +207,22 @@ class InstantNGP(Method):
         background: [3] (or [R, 3])."""
         if not train:
             return self._render(rays, background)
+        c = self.config
         samples, prepass = self._train_samples(rays)
-        sigma, rgb = self.field(samples.positions(rays), samples.viewdirs(rays))
+        n_rays = len(rays)
+        if len(samples) > c.max_batch_samples:
+            n_rays = max(1, int(samples.ray_indices[c.max_batch_samples]))  # rays [0, n_rays) fit entirely
+            keep = samples.ray_indices < n_rays
+            samples = PackedSamples(samples.ray_indices[keep], samples.t_starts[keep], samples.t_ends[keep], n_rays)
+            rays = rays[:n_rays]
+            background = background[:n_rays] if background.dim() == 2 else background
+        sigma, rgb = self.field_at(samples.positions(rays), samples.viewdirs(rays))
         out = composite(samples.t_starts, samples.t_ends, sigma, rgb, samples.ray_indices, samples.n_rays, background)
         spr = len(samples) / max(len(rays), 1)
         prev = float(self.sample_stats[0])
         self.sample_stats[0] = spr if prev == 0.0 else 0.99 * prev + 0.01 * spr
         out["stats"] = {
+            "rays_trained": float(n_rays),
             "samples_per_ray": spr,
             "prepass_samples_per_ray": prepass / max(len(rays), 1),
             "occupied_fraction": self.grid.occupied_fraction(),
@@ -185,7 +241,7 @@ class InstantNGP(Method):
             bg = background[r0 : r0 + c.render_chunk_rays] if background.dim() == 2 else background
             samples = self.sampler.sample(chunk, self.field.density, train=False)
             out, evaluated = render_with_early_stop(
-                chunk, samples, self.field, bg, c.early_stop_eps, c.render_samples_per_round
+                chunk, samples, self.field_at, bg, c.early_stop_eps, c.render_samples_per_round
             )
             self.sample_stats[1] += evaluated
             self.sample_stats[2] += len(chunk)
@@ -193,13 +249,29 @@ class InstantNGP(Method):
         return {k: torch.cat([p[k] for p in parts]) for k in ("rgb", "depth", "opacity")}
 
     def loss(self, outputs: dict, target: Tensor):
-        mse = torch.mean((outputs["rgb"] - target) ** 2)
+        """target: [R, 3]; a training batch over the sample budget covers only its first rows."""
+        mse = torch.mean((outputs["rgb"] - target[: outputs["rgb"].shape[0]]) ** 2)
         return mse, {"mse": float(mse.detach())}
 
     def prepare_from_views(self, cameras, alphas) -> dict[str, float]:
         if not self.config.carve_from_views:
             return {}
-        return {"grid_cells_left": carve_grid(self.grid, cameras, alphas)}
+        if not self.contracted:
+            return {"grid_cells_left": carve_grid(self.grid, cameras, alphas)}
+        # contracted: cells in world space, each with its own size; only the frustum test (no alphas)
+        g = self.grid
+        idx = torch.arange(g.n_cells, device=g.density.device)
+        half_cell = 0.5 * (g.aabb[1] - g.aabb[0]) / g.resolution
+        centres = g.cell_points(idx, jitter=False)
+        lo, hi = self._unwarp(centres - half_cell), self._unwarp(centres + half_cell)  # opposite corners in world space
+        allowed = carve_cells(0.5 * (lo + hi), 0.5 * (hi - lo).norm(dim=-1), cameras.to(g.density.device), None)
+        g.restrict(allowed)
+        return {"grid_cells_left": float(allowed.float().mean())}
+
+    def _unwarp(self, y: Tensor) -> Tensor:
+        """Contracted points [N, 3] -> sample space (the inverse of :meth:`warp`)."""
+        x = uncontract_inf(y)
+        return self.inner_box[0] + (x + 1.0) * 0.5 * (self.inner_box[1] - self.inner_box[0])
 
     def callbacks(self) -> list:
         """The occupancy grid's refresh from the field's density (every ``grid_update_every`` steps)."""
@@ -218,10 +290,12 @@ class InstantNGP(Method):
         return float(linear_flops(self.field)) * self.samples_per_ray()
 
     def baking_field(self) -> nn.Module:
+        if self.contracted:
+            raise TurboNerfError("an unbounded (contracted) Instant-NGP has no bounded field to bake into a NerfTree")
         return self.field
 
     def occupancy_fn(self):
-        return self.grid.is_occupied
+        return lambda points: self.grid.is_occupied(self.warp(points))
 
     def make_optimizer(self):
         c = self.config

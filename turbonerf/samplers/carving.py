@@ -26,7 +26,7 @@ MAX_DILATION_PX = 16
 """largest alpha max-pool radius (cells closer to a camera than this allows are not carved by it)"""
 
 
-def carve_cells(centres: Tensor, half_diagonal: float, cameras: Cameras, alphas: Tensor | None = None) -> Tensor:
+def carve_cells(centres: Tensor, half_diagonal: float | Tensor, cameras: Cameras, alphas: Tensor | None = None) -> Tensor:
     """Which cells may hold content, from the training cameras (and alphas).
 
     Views are visited in turn; each projects only the cells no view has carved yet, so the work
@@ -34,7 +34,7 @@ def carve_cells(centres: Tensor, half_diagonal: float, cameras: Cameras, alphas:
 
     Args:
         centres: [N, 3] cell centres in world space.
-        half_diagonal: half the diagonal of a cell (world units).
+        half_diagonal: half the diagonal of a cell (world units), or [N] one per cell.
         cameras: the V training cameras.
         alphas: [V, H, W] uint8 alpha of each training image, or None.
     Returns:
@@ -44,18 +44,26 @@ def carve_cells(centres: Tensor, half_diagonal: float, cameras: Cameras, alphas:
     seen = torch.zeros(n, dtype=torch.bool, device=centres.device)
     alive = torch.arange(n, device=centres.device)  # cells not carved so far
     w, h = cameras.width, cameras.height
+    per_cell = isinstance(half_diagonal, Tensor)
     for i in range(len(cameras)):
         if alphas is None:  # only the frustum test: look at the cells no view has seen yet
-            unseen = (~seen).nonzero()[:, 0]
-            u, v, depth = project_points(cameras, i, centres[unseen])
-            radius = float(cameras.fx[i]) * half_diagonal / depth.clamp_min(1e-6)
-            seen[unseen] = (depth > half_diagonal) & (u > -radius) & (u < w + radius) & (v > -radius) & (v < h + radius)
+            unseen = (~seen).nonzero()[:, 0] if float(seen.float().mean()) > 0.5 else None  # gather only when it pays
+            pts = centres if unseen is None else centres[unseen]
+            half = half_diagonal[unseen] if per_cell and unseen is not None else half_diagonal
+            u, v, depth = project_points(cameras, i, pts)
+            radius = float(cameras.fx[i]) * half / depth.clamp_min(1e-6)
+            inside = (depth > half) & (u > -radius) & (u < w + radius) & (v > -radius) & (v < h + radius)
+            if unseen is None:
+                seen |= inside
+            else:
+                seen[unseen] = inside
             continue
         if alive.numel() == 0:
             break
         u, v, depth = project_points(cameras, i, centres[alive])
-        radius = float(cameras.fx[i]) * half_diagonal / depth.clamp_min(1e-6)  # projected half-diagonal, pixels
-        front = depth > half_diagonal
+        half = half_diagonal[alive] if per_cell else half_diagonal
+        radius = float(cameras.fx[i]) * half / depth.clamp_min(1e-6)  # projected half-diagonal, pixels
+        front = depth > half
         seen[alive] |= front & (u > -radius) & (u < w + radius) & (v > -radius) & (v < h + radius)
         # a view carves a cell only when the cell's whole footprint lies in the image and is transparent
         full = front & (u - radius >= 0) & (u + radius < w) & (v - radius >= 0) & (v + radius < h)

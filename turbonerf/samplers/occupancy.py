@@ -11,6 +11,9 @@ Cells are indexed x-major: flat index = ix * res^2 + iy * res + iz.
 from __future__ import annotations
 
 import math
+from functools import partial
+from typing import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -176,75 +179,120 @@ class OccupancyGrid(nn.Module):
         max_samples: int = 1024,
         jitter: bool = False,
         max_candidates: int = 1 << 22,
+        cone_angle: float = 0.0,
+        warp: Callable[[Tensor], Tensor] | None = None,
     ) -> PackedSamples:
-        """Fixed-step ray marching that keeps only samples in occupied cells.
+        """Ray marching that keeps only samples in occupied cells.
 
-        Each ray is clipped to [max(near, box entry), min(far, box exit)] = [t0, t1] and cut into
-        intervals of length dt = step_size / |direction| (``step_size`` is a distance in sample
-        space, so NDC rays with non-unit directions march alike). Sample k covers
-        [t0 + (k + u) dt, t0 + (k + u + 1) dt] (u ~ U[0, 1) per ray with ``jitter``, else 0), is
-        kept when its midpoint is before t1 and in an occupied cell, and ends no later than t1.
-        Vectorised: a dense [R, K] candidate set per chunk of rays (at most ``max_candidates``),
-        compacted with a boolean mask.
+        Each ray is clipped to [t0, t1] = [max(near, box entry), min(far, box exit)] (without
+        ``warp``; with it, to [near, far]). Steps are dt = step_size / |direction| (``step_size``
+        is a distance in sample space, so NDC rays with non-unit directions march alike), or with
+        ``cone_angle`` > 0 grow with distance as Instant-NGP's cone stepping does: dt(t) =
+        max(dt, cone_angle * t), so t grows linearly up to dt / cone_angle and geometrically
+        beyond (far content of unbounded scenes costs a few hundred steps, not thousands).
+        Sample k covers [t_k, t_k+1] shifted by u (u ~ U[0, 1) of a step per ray with
+        ``jitter``), is kept when its midpoint is before t1 and in an occupied cell, and ends no
+        later than t1. ``warp`` maps sample-space points into the grid's space (a scene
+        contraction); the grid then covers the warped space. Vectorised: a dense [R, K]
+        candidate set per chunk of rays (at most ``max_candidates``), compacted with a mask.
 
         Returns:
             PackedSamples sorted by ray (and by t within a ray).
         """
         n_rays = len(rays)
-        t_in, t_out = ray_aabb_intersect(rays.origins, rays.directions, self.aabb)
-        t0 = torch.maximum(rays.near, t_in)
-        t1 = torch.minimum(rays.far, t_out)
+        t0, t1 = rays.near, rays.far
+        if warp is None:
+            t_in, t_out = ray_aabb_intersect(rays.origins, rays.directions, self.aabb)
+            t0, t1 = torch.maximum(t0, t_in), torch.minimum(t1, t_out)
         dt = step_size / rays.directions.norm(dim=-1).clamp_min(1e-12)
-        n_steps = torch.ceil((t1 - t0) / dt).clamp(0, max_samples).long()
+        steps_of = partial(cone_steps, cone_angle=cone_angle)
+        n_steps = steps_of(t0, t1, dt).clamp(0, max_samples).long()
         k_max = int(n_steps.max()) if n_rays else 0
         empty = torch.zeros(0, device=rays.origins.device)
         if k_max == 0:
             return PackedSamples(empty.long(), empty, empty, n_rays)
         res = self.resolution
         scale = res / (self.aabb[1] - self.aabb[0])
-        origins_g = (rays.origins - self.aabb[0]) * scale  # rays in grid units
-        dirs_g = rays.directions * scale
         chunk = max(1, max_candidates // k_max)
         ray_parts, start_parts, end_parts = [], [], []
-        steps = torch.arange(k_max, device=rays.origins.device, dtype=torch.float32)
+        steps = torch.arange(k_max + 1, device=rays.origins.device, dtype=torch.float32)
         for r0 in range(0, n_rays, chunk):
             sl = slice(r0, r0 + chunk)
             k = int(n_steps[sl].max())
             if k == 0:
                 continue
             u = torch.rand_like(t0[sl])[:, None] if jitter else 0.0
-            ts = t0[sl, None] + (steps[:k] + u) * dt[sl, None]  # [r, k]
-            mids = ts + 0.5 * dt[sl, None]
+            edges = cone_positions(t0[sl], dt[sl], steps[: k + 1] + u, cone_angle)  # [r, k + 1]
+            ts, ends = edges[:, :-1], edges[:, 1:]
+            mids = 0.5 * (ts + ends)
             keep = (steps[:k] < n_steps[sl, None]) & (mids < t1[sl, None])
-            cell = None  # flat cell index of every midpoint, built axis by axis (int32, in place)
-            for axis in range(3):
-                c = torch.addcmul(origins_g[sl, axis, None], mids, dirs_g[sl, axis, None])
-                c = c.floor_().clamp_(0, res - 1).to(torch.int32)
-                cell = c if cell is None else cell.mul_(res).add_(c)
-            keep &= self.occupied[cell]
+            if warp is None:
+                origins_g = (rays.origins[sl] - self.aabb[0]) * scale  # rays in grid units
+                dirs_g = rays.directions[sl] * scale
+                cell = None  # flat cell index of every midpoint, built axis by axis (int32, in place)
+                for axis in range(3):
+                    c = torch.addcmul(origins_g[:, axis, None], mids, dirs_g[:, axis, None])
+                    c = c.floor_().clamp_(0, res - 1).to(torch.int32)
+                    cell = c if cell is None else cell.mul_(res).add_(c)
+                keep &= self.occupied[cell]
+            else:
+                rows, cols = keep.nonzero(as_tuple=True)
+                pts = rays.origins[sl][rows] + mids[rows, cols, None] * rays.directions[sl][rows]
+                keep[rows, cols] = self.is_occupied(warp(pts))
             rows, cols = keep.nonzero(as_tuple=True)
             ray_parts.append(rows + r0)
-            starts = ts[rows, cols]
-            start_parts.append(starts)
-            end_parts.append(torch.minimum(starts + dt[sl][rows], t1[sl][rows]))
+            start_parts.append(ts[rows, cols])
+            end_parts.append(torch.minimum(ends[rows, cols], t1[sl][rows]))
         if not ray_parts:
             return PackedSamples(empty.long(), empty, empty, n_rays)
         return PackedSamples(torch.cat(ray_parts), torch.cat(start_parts), torch.cat(end_parts), n_rays)
 
 
-class OccupancySampler:
-    """The occupancy grid as a sampler (:mod:`turbonerf.samplers.base`): fixed steps of
-    ``step_size`` (at most ``max_samples`` per ray) through occupied cells, jittered in
-    training; :meth:`update` refreshes the grid from the field's density every
-    ``grid.update_every`` steps."""
+def cone_steps(t0: Tensor, t1: Tensor, dt: Tensor, cone_angle: float) -> Tensor:
+    """[R] float: steps to march from t0 to t1 with dt(t) = max(dt, cone_angle * t) (rounded up;
+    <= 0 where t1 <= t0). t0, t1, dt: [R]."""
+    if cone_angle <= 0:
+        return torch.ceil((t1 - t0) / dt)
+    t_switch = dt / cone_angle  # where cone steps become longer than dt
+    lin_end = torch.minimum(t1, torch.maximum(t0, t_switch))
+    n_lin = torch.ceil((lin_end - t0).clamp_min(0) / dt)
+    start_geo = t0 + n_lin * dt
+    n_geo = torch.ceil(torch.log(torch.clamp(t1 / start_geo.clamp_min(1e-12), min=1.0)) / math.log1p(cone_angle))
+    return torch.where(t1 > t0, n_lin + n_geo, torch.zeros_like(t0))
 
-    def __init__(self, grid: OccupancyGrid, step_size: float, max_samples: int = 1024):
+
+def cone_positions(t0: Tensor, dt: Tensor, k: Tensor, cone_angle: float) -> Tensor:
+    """[R, K] t after k (fractional) steps from t0 [R] with dt(t) = max(dt, cone_angle * t);
+    dt: [R]; k: [K] or [R, K]."""
+    k = k if k.dim() == 2 else k[None]
+    linear = t0[:, None] + k * dt[:, None]
+    if cone_angle <= 0:
+        return linear
+    t_switch = dt / cone_angle
+    n_lin = torch.ceil((t_switch - t0).clamp_min(0) / dt)[:, None]  # linear steps before cone stepping
+    start_geo = t0[:, None] + n_lin * dt[:, None]
+    geometric = start_geo * torch.pow(1.0 + cone_angle, (k - n_lin).clamp_min(0))
+    return torch.where(k <= n_lin, linear, geometric)
+
+
+class OccupancySampler:
+    """The occupancy grid as a sampler (:mod:`turbonerf.samplers.base`): steps of ``step_size``
+    (growing with distance by ``cone_angle``; at most ``max_samples`` per ray) through occupied
+    cells, jittered in training; :meth:`update` refreshes the grid from the field's density
+    every ``grid.update_every`` steps. With ``warp`` the grid lives in warped (contracted) space
+    and the density callables it is refreshed with take warped points."""
+
+    def __init__(self, grid: OccupancyGrid, step_size: float, max_samples: int = 1024, cone_angle: float = 0.0,
+                 warp: Callable[[Tensor], Tensor] | None = None):
         self.grid = grid
         self.step_size = step_size
         self.max_samples = max_samples
+        self.cone_angle = cone_angle
+        self.warp = warp
 
     def sample(self, rays: RayBundle, density_fn=None, train: bool = False) -> PackedSamples:
-        return self.grid.march(rays, self.step_size, self.max_samples, jitter=train)
+        return self.grid.march(rays, self.step_size, self.max_samples, jitter=train, cone_angle=self.cone_angle,
+                               warp=self.warp)
 
     def update(self, step: int, density_fn: DensityFn) -> None:
         self.grid.update(step, density_fn)
