@@ -29,6 +29,7 @@ from typing import Callable, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from turbonerf.data.scene import Scene
 from turbonerf.errors import TurboNerfError
 from turbonerf.rays import RayBundle
 
@@ -86,6 +87,12 @@ class Method(nn.Module, ABC):
         """Inference: rgb [R, 3], depth [R], opacity [R]."""
         out = self(rays, background, train=False)
         return {k: out[k] for k in IMAGE_OUTPUTS}
+
+    @classmethod
+    def config_for_scene(cls, config, scene: Scene):
+        """The config with its scene-dependent settings resolved (e.g. "auto" values), when a
+        run starts training on ``scene``; what it returns is saved in run.json. Default: as is."""
+        return config
 
     def training_loss(self, rays: RayBundle, target: Tensor, background: Tensor) -> tuple[Tensor, dict[str, float]]:
         """One training forward pass and its loss (``forward(train=True)`` then ``loss``)."""
