@@ -102,3 +102,17 @@ def test_fits_the_tiny_scene(tiny_scene, tmp_path):
     first = sum(r["mse"] for r in log[:5]) / 5
     last = sum(r["mse"] for r in log[-5:]) / 5
     assert last < 0.5 * first
+
+
+def test_box_mode_samples_only_inside_the_box():
+    torch.manual_seed(0)
+    model = Nerfacto(tiny_config(n_images=1, scene_contraction="box"), AABB)
+    rays = model._ray_interval(_rays(32))
+    samples = model.sampler.propose(rays, train=True).samples
+    pos = samples.positions(rays)
+    assert (pos.abs() <= 1.5 + 1e-4).all()
+    # rays that miss the box: empty interval, nothing in front of the background
+    d = torch.tensor([[0.0, 0.0, 1.0]]).expand(8, -1)
+    away = RayBundle(torch.tensor([[0.0, 0.0, 4.0]]).expand(8, -1), d, d, torch.full((8,), 2.0), torch.full((8,), 6.0))
+    out = model.render(away, torch.tensor([0.2, 0.4, 0.6]))
+    assert torch.all(out["opacity"] == 0) and torch.allclose(out["rgb"], torch.tensor([0.2, 0.4, 0.6]).expand(8, -1))

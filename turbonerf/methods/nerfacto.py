@@ -13,9 +13,10 @@ Scenes (``scene_contraction``, resolved from the scene when training starts, see
 :meth:`Nerfacto.config_for_scene`):
 
 - Blender (bounded, white background) -> ``box``: the hash grids cover the scene box and space
-  outside it is empty, so the white background is never painted into the volume; rays keep the
-  scene's near / far (2, 6). nerfstudio contracts space for Blender too; with everything in a
-  known box contraction only spends grid resolution on empty space.
+  outside it is empty, so the white background is never painted into the volume; each ray's
+  [near, far] (2, 6) is clipped to the box, so no sample lands where the density is zero.
+  nerfstudio contracts space for Blender too; with everything in a known box, contraction only
+  spends grid resolution and samples on empty space.
 - LLFF -> ``box`` in NDC: the parser maps rays to NDC (the box [-1, 1]^3 then holds the whole
   frustum, infinity included), which is already the contraction that suits forward-facing
   captures and keeps the comparison with the other methods like for like. In NDC (t in [0, 1],
@@ -58,6 +59,7 @@ from turbonerf.rays import RayBundle
 from turbonerf.render.losses import distortion_loss, interlevel_loss
 from turbonerf.render.volrend import composite
 from turbonerf.samplers.base import SamplerUpdate
+from turbonerf.samplers.occupancy import ray_aabb_intersect
 from turbonerf.samplers.proposal import ProposalSampler
 
 CONTRACTIONS = ("auto", "box", "contract")
@@ -183,11 +185,19 @@ class Nerfacto(Method):
         return replace(config, **changes)
 
     def _ray_interval(self, rays: RayBundle) -> RayBundle:
-        """With contraction, rays run to max(far, contract_far)."""
-        if not self.contract:
-            return rays
-        far = rays.far.clamp(min=self.config.contract_far)
-        return RayBundle(rays.origins, rays.directions, rays.viewdirs, rays.near, far, rays.radii, rays.camera_indices)
+        """The interval the proposals sample: with contraction [near, max(far, contract_far)];
+        in a box, [near, far] clipped to the box (a ray that misses it gets an empty interval at
+        far), so that no sample is spent where the density is zero by construction."""
+        near, far = rays.near, rays.far
+        if self.contract:
+            far = far.clamp(min=self.config.contract_far)
+        else:
+            t_enter, t_exit = ray_aabb_intersect(rays.origins, rays.directions, self.field.aabb)
+            clipped_near, clipped_far = torch.maximum(near, t_enter), torch.minimum(far, t_exit)
+            hit = clipped_near < clipped_far
+            near = torch.where(hit, clipped_near, far)
+            far = torch.where(hit, clipped_far, far)
+        return RayBundle(rays.origins, rays.directions, rays.viewdirs, near, far, rays.radii, rays.camera_indices)
 
     def _appearance(self, rays: RayBundle, ray_indices: Tensor, train: bool) -> Tensor | None:
         """[S, appearance_dim] per-sample embedding: the ray's training image when training, the
