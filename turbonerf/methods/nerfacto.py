@@ -154,23 +154,43 @@ class Nerfacto(Method):
         self.contract = c.scene_contraction == "contract"
         aabb = aabb.detach().float().reshape(2, 3)
         self.field = NerfactoField(
-            aabb, self.contract, max(c.n_images, 0), c.appearance_dim, c.n_levels, c.log2_table_size,
-            c.base_resolution, c.max_resolution, c.hidden, c.density_layers, c.geo_features,
-            c.color_hidden, c.color_layers, c.sh_degree, c.hash_backend,
+            aabb,
+            self.contract,
+            n_images=max(c.n_images, 0),
+            appearance_dim=c.appearance_dim,
+            n_levels=c.n_levels,
+            log2_table_size=c.log2_table_size,
+            base_resolution=c.base_resolution,
+            max_resolution=c.max_resolution,
+            hidden=c.hidden,
+            density_layers=c.density_layers,
+            geo_features=c.geo_features,
+            color_hidden=c.color_hidden,
+            color_layers=c.color_layers,
+            sh_degree=c.sh_degree,
+            hash_backend=c.hash_backend,
         )
         self.proposals = nn.ModuleList(
-            ProposalDensityField(aabb, self.contract, c.proposal_levels, c.proposal_log2_table_size, 16, res, c.proposal_hidden, 1, c.hash_backend)
+            ProposalDensityField(
+                aabb,
+                self.contract,
+                n_levels=c.proposal_levels,
+                log2_table_size=c.proposal_log2_table_size,
+                max_resolution=res,
+                hidden=c.proposal_hidden,
+                hash_backend=c.hash_backend,
+            )
             for res in (c.proposal_max_resolution_1, c.proposal_max_resolution_2)
         )
         self.sampler = ProposalSampler(
             [p.density for p in self.proposals],
-            (c.proposal_samples_1, c.proposal_samples_2),
-            c.n_samples,
-            c.anneal_steps,
-            c.anneal_slope,
-            c.proposal_update_every,
-            c.proposal_update_warmup,
-            c.histogram_padding,
+            n_proposal_samples=(c.proposal_samples_1, c.proposal_samples_2),
+            n_samples=c.n_samples,
+            anneal_steps=c.anneal_steps,
+            anneal_slope=c.anneal_slope,
+            update_every=c.proposal_update_every,
+            update_warmup=c.proposal_update_warmup,
+            histogram_padding=c.histogram_padding,
         )
 
     @classmethod
