@@ -22,6 +22,9 @@ TINY = {
     "instant-ngp": ["n_levels=4", "log2_table_size=12", "base_resolution=8", "max_resolution=64", "hidden=16",
                     "grid_resolution=16", "steps_per_diagonal=128", "grid_update_every=2", "grid_warmup_steps=4"],
     "r2l": ["width=16", "depth=4", "n_points=4", "pos_freqs=2"],
+    "nerfacto": ["n_levels=4", "log2_table_size=12", "max_resolution=64", "hidden=16", "color_hidden=16", "appearance_dim=4",
+                 "proposal_levels=2", "proposal_log2_table_size=10", "proposal_max_resolution_1=32", "proposal_max_resolution_2=32",
+                 "proposal_samples_1=16", "proposal_samples_2=8", "n_samples=8", "anneal_steps=4"],
 }
 
 

@@ -85,3 +85,15 @@ def test_gradients_flow_to_densities_and_colours():
     out["rgb"].sum().backward()
     assert sig.grad is not None and torch.isfinite(sig.grad).all() and sig.grad.abs().sum() > 0
     assert rgb.grad.abs().sum() > 0
+
+
+def test_dense_weights_match_packed_weights():
+    from turbonerf.rays import packed_from_dense
+    from turbonerf.render.volrend import render_weight_dense, render_weight_from_density
+
+    gen = torch.Generator().manual_seed(1)
+    edges = torch.sort(torch.rand(6, 11, generator=gen) * 4.0, dim=-1).values
+    sigmas = torch.rand(6, 10, generator=gen) * 3.0
+    s = packed_from_dense(edges)
+    packed, _, _ = render_weight_from_density(s.t_starts, s.t_ends, sigmas.reshape(-1), s.ray_indices, s.n_rays)
+    assert torch.allclose(render_weight_dense(edges, sigmas), packed.reshape(6, 10), atol=1e-6)

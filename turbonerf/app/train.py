@@ -105,8 +105,8 @@ def sample_pixels(
 
 
 def _setup_spec(opts: TrainOptions, scene: Scene) -> RunSpec:
-    cfg_cls, _ = get_method(opts.method)
-    config = apply_overrides(cfg_cls(), opts.overrides)
+    cfg_cls, model_cls = get_method(opts.method)
+    config = model_cls.config_for_scene(apply_overrides(cfg_cls(), opts.overrides), scene)
     return RunSpec(method=opts.method, config=asdict(config), scene=SceneMeta.from_scene(scene, opts.downscale), seed=opts.seed)
 
 

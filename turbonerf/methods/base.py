@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from turbonerf.cameras import Cameras
+from turbonerf.data.scene import Scene
 from turbonerf.errors import TurboNerfError
 from turbonerf.rays import RayBundle
 
@@ -90,6 +91,12 @@ class Method(nn.Module, ABC):
         """Inference: rgb [R, 3], depth [R], opacity [R]."""
         out = self(rays, background, train=False)
         return {k: out[k] for k in IMAGE_OUTPUTS}
+
+    @classmethod
+    def config_for_scene(cls, config, scene: Scene):
+        """The config with its scene-dependent settings resolved (e.g. "auto" values), when a
+        run starts training on ``scene``; what it returns is saved in run.json. Default: as is."""
+        return config
 
     def training_loss(self, rays: RayBundle, target: Tensor, background: Tensor) -> tuple[Tensor, dict[str, float]]:
         """One training forward pass and its loss (``forward(train=True)`` then ``loss``)."""

@@ -10,6 +10,7 @@ from turbonerf.methods.r2l import R2L, R2LConfig
 from turbonerf.errors import TurboNerfError
 from turbonerf.methods.efficient_nerf import EfficientNeRF, EfficientNeRFConfig
 from turbonerf.methods.instant_ngp import InstantNGP, InstantNGPConfig
+from turbonerf.methods.nerfacto import Nerfacto, NerfactoConfig
 from turbonerf.methods.vanilla_nerf import VanillaNeRF, VanillaNeRFConfig
 
 METHODS: dict[str, tuple[type, type]] = {
@@ -17,6 +18,7 @@ METHODS: dict[str, tuple[type, type]] = {
     "vanilla-nerf": (VanillaNeRFConfig, VanillaNeRF),
     "instant-ngp": (InstantNGPConfig, InstantNGP),
     "r2l": (R2LConfig, R2L),
+    "nerfacto": (NerfactoConfig, Nerfacto),
 }
 
 

@@ -98,3 +98,16 @@ def composite(
     if background is not None:
         rgb = rgb + (1.0 - opacity)[:, None] * background
     return {"rgb": rgb, "depth": depth, "opacity": opacity, "weights": weights}
+
+
+def render_weight_dense(t_edges: Tensor, sigmas: Tensor) -> Tensor:
+    """Compositing weights w_i = T_i * alpha_i when every ray has the same S samples.
+
+    Args:
+        t_edges: [R, S+1] interval edges; sigmas: [R, S] densities.
+    Returns:
+        weights: [R, S].
+    """
+    sigma_delta = sigmas * (t_edges[:, 1:] - t_edges[:, :-1])
+    before = torch.cumsum(sigma_delta, dim=-1) - sigma_delta
+    return torch.exp(-before) * (1.0 - torch.exp(-sigma_delta))
