@@ -10,12 +10,14 @@ from turbonerf.methods.r2l import R2L, R2LConfig
 from turbonerf.errors import TurboNerfError
 from turbonerf.methods.efficient_nerf import EfficientNeRF, EfficientNeRFConfig
 from turbonerf.methods.instant_ngp import InstantNGP, InstantNGPConfig
+from turbonerf.methods.mip_nerf import MipNeRF, MipNeRFConfig
 from turbonerf.methods.vanilla_nerf import VanillaNeRF, VanillaNeRFConfig
 
 METHODS: dict[str, tuple[type, type]] = {
     "efficient-nerf": (EfficientNeRFConfig, EfficientNeRF),
     "vanilla-nerf": (VanillaNeRFConfig, VanillaNeRF),
     "instant-ngp": (InstantNGPConfig, InstantNGP),
+    "mip-nerf": (MipNeRFConfig, MipNeRF),
     "r2l": (R2LConfig, R2L),
 }
 
