@@ -46,19 +46,30 @@ from turbonerf.render.renderer import RenderFn, render_rays_chunked
 from turbonerf.samplers.activation import (
     REDUCTIONS,
     TRANSFORMS,
-    activation_fine_edges,
-    activation_values,
+    reduce_activations,
     transform_along_ray,
     upsample_along_ray,
     upsample_image,
     weights_from_estimate,
 )
-from turbonerf.samplers.pdf import merge_edges, sample_from_pdf
 from turbonerf.samplers.uniform import stratified_edges
 
 REFERENCE_FCTS = ("std", "std_half", "std_half_sq")
 """the reference's along-ray transforms, in its index order 0, 1, 2"""
 SWEEP_LAYERS = (0, 1, 2)
+
+
+def fct_name(fct: str) -> str:
+    """An along-ray transform by name or by the reference code's integer code ("0", "1", "2":
+    std, std_half, std_half_sq, as in nerfinternals' ``--fct 0``) -> its name."""
+    text = str(fct).strip()
+    if text.isdigit():
+        if int(text) < len(REFERENCE_FCTS):
+            return REFERENCE_FCTS[int(text)]
+        raise TurboNerfError(f"unknown --fct {text}: the reference's codes are 0, 1, 2 ({', '.join(REFERENCE_FCTS)})")
+    if text not in TRANSFORMS:
+        raise TurboNerfError(f"unknown --fct '{text}' (choose from {', '.join(TRANSFORMS)}, or the codes 0, 1, 2)")
+    return text
 STAGES = ("t_act", "t_coarse", "t_fine")
 
 EFFICIENT_NERF_REASON = (
@@ -188,28 +199,31 @@ def render_rays_base(model: CoarseToFine, rays: RayBundle, background: Tensor, t
     with timer.stage("t_coarse"):
         edges, w, _ = model.coarse_stage(rays, background, train=False)
     with timer.stage("t_fine"):
-        fine_edges = merge_edges(edges, sample_from_pdf(edges, w, model.n_fine, deterministic=True))
-        fine = model.fine_stage(rays, background, fine_edges, train=False)
+        fine = model.fine_stage(rays, background, model.fine_edges(edges, w, train=False), train=False)
     return _outputs(fine)
 
 
 def activation_values_for(model, config: SamplerConfig, rays: RayBundle, n_samples: int) -> Tensor:
     """[R, n_samples] reduced activations of ``config.net``'s trunk layer ``config.layer`` at
-    n_samples uniform bins over each ray's [near, far]."""
-    mlp = model.trunk(config.net)
+    n_samples uniform bins over each ray's [near, far] (the method's own trunk input for a bin:
+    its midpoint for vanilla NeRF, its frustum's IPE for Mip-NeRF)."""
     edges = stratified_edges(rays.near, rays.far, n_samples, jitter=False)
-    return activation_values(lambda x: mlp.trunk_features(x, upto=config.layer), rays, edges, config.reduce)
+    act = model.trunk_activations(rays, edges, config.layer, config.net)
+    return reduce_activations(act, config.reduce).reshape(len(rays), n_samples)
 
 
 def render_rays_from_estimate(
     model, rays: RayBundle, estimate: Tensor, background: Tensor, timer: StageTimer, padding: float = 0.01
 ) -> dict[str, Tensor]:
-    """Fine pass (timed as t_fine) on the n_coarse uniform bins plus n_fine samples drawn from a
-    density estimate [R, n_coarse]."""
+    """Fine pass (timed as t_fine) on the bins the method derives from the n_coarse uniform bins
+    and the normalised compositing weights of a density estimate [R, n_coarse], with ``padding``
+    as the weight floor (vanilla NeRF: the uniform bins plus n_fine inverse-CDF samples, exactly
+    :func:`~turbonerf.samplers.activation.activation_fine_edges`; Mip-NeRF: blur-pool and n_fine
+    + 1 resampled edges)."""
     with timer.stage("t_fine"):
         edges = stratified_edges(rays.near, rays.far, model.n_coarse, jitter=False)
-        fine_edges = activation_fine_edges(edges, estimate, model.n_fine, padding=padding, deterministic=True)
-        fine = model.fine_stage(rays, background, fine_edges, train=False)
+        w = weights_from_estimate(edges, estimate)
+        fine = model.fine_stage(rays, background, model.fine_edges(edges, w, train=False, padding=padding), train=False)
     return _outputs(fine)
 
 
@@ -355,11 +369,9 @@ def estimate_diagnostics(
     pick = torch.arange(0, h * w, stride, device=device)
     sub = rays[pick]
     edges = stratified_edges(sub.near, sub.far, n, jitter=False)
-    t_mid = 0.5 * (edges[:, :-1] + edges[:, 1:])
-    pts = (sub.origins[:, None, :] + t_mid[..., None] * sub.directions[:, None, :]).reshape(-1, 3)
-    truth = model.trunk("fine").density(pts).float().reshape(len(sub), n)
+    truth = model.bin_density(sub, edges, "fine").float()
     if config.sampler == "default":
-        est = model.trunk("coarse").density(pts).float().reshape(len(sub), n)
+        est = model.bin_density(sub, edges, "coarse").float()
     elif config.upsample:
         est = _upsampled_estimate(model, config, rays, h, w, chunk)[pick]
     else:
@@ -383,8 +395,9 @@ def estimate_diagnostics(
 
 
 def format_table(stats: dict) -> str:
-    """A markdown table of a stats.json: configuration, time per image with its split, quality,
-    speed-up against ``base``."""
+    """A markdown table of a stats.json (one top-level entry per configuration, see
+    :mod:`turbonerf.app.sweep`): configuration, time per image with its split, quality, speed-up
+    against ``base``."""
     lines = [
         "| configuration | t / image [s] | t_act | t_coarse | t_fine | t_other | PSNR | SSIM | LPIPS | speed-up vs base |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -393,10 +406,11 @@ def format_table(stats: dict) -> str:
     def f(v, fmt):
         return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
 
-    for key, e in stats["configs"].items():
+    for key, e in stats.items():
+        m, q, d = e["metrics"], e["metrics"]["quantitative"], e.get("diagnostics", {})
         lines.append(
-            f"| {key} | {f(e['t'], '.3f')} | {f(e['t_act'], '.3f')} | {f(e['t_coarse'], '.3f')} | {f(e['t_fine'], '.3f')} "
-            f"| {f(e['t_other'], '.3f')} | {f(e['psnr'], '.2f')} | {f(e['ssim'], '.4f')} | {f(e['lpips'], '.4f')} "
-            f"| {f(e.get('speedup_vs_base'), '.2f')}x |"
+            f"| {key} | {f(e['t'], '.3f')} | {f(q['t_act'], '.3f')} | {f(q['t_coarse'], '.3f')} | {f(q['t_fine'], '.3f')} "
+            f"| {f(d.get('t_other'), '.3f')} | {f(m['psnr'], '.2f')} | {f(m['ssim'], '.4f')} | {f(m['lpips'], '.4f')} "
+            f"| {f(d.get('speedup_vs_base'), '.2f')}x |"
         )
     return "\n".join(lines)
