@@ -4,11 +4,15 @@ its own coarse-to-fine pipeline, with render time split into stages.
 Configurations (keys as in the reference code's ``stats.json``):
 
 - ``base``: the method's coarse-to-fine pipeline (n_coarse uniform samples through the whole
-  coarse MLP, n_fine inverse-CDF samples, fine MLP on the union), reproduced stage by stage.
+  coarse MLP, then the fine MLP on the bins the method derives from the coarse weights,
+  ``CoarseToFine.fine_edges``: vanilla NeRF the union with n_fine inverse-CDF samples, Mip-NeRF
+  n_fine blur-pooled resampled bins), reproduced stage by stage.
 - ``layer_{L:02d}_ups_{0|1}_fct_{name}``: the coarse MLP is evaluated only up to trunk layer L
-  at n_coarse uniform samples, its ReLU activations reduced to a density estimate
-  (:mod:`turbonerf.samplers.activation`), and the fine MLP runs on the union of the uniform
-  bins and n_fine samples drawn from that estimate: the same fine-pass size as ``base``.
+  at n_coarse uniform samples (on the method's own trunk input: points for vanilla NeRF, the
+  IPE of the frustums for Mip-NeRF, whose two levels share one MLP), its ReLU activations
+  reduced to a density estimate (:mod:`turbonerf.samplers.activation`), whose normalised
+  compositing weights go through the same ``fine_edges`` (with the sweep's padding): the same
+  fine-pass size as ``base``.
   ``ups_1``: the activation pass runs at every second pixel in both image directions and at
   n_coarse // 2 samples per ray (8x fewer points), nearest-upsampled back. A suffix
   ``_red_{how}`` marks a reduction other than the reference's mean over the hidden units, and
@@ -20,7 +24,7 @@ assembled [H, W] outputs. Inside it, three disjoint stage timers accumulate over
 
 - ``t_act``: uniform bins, the partial trunk, reductions, upsampling, transform -> estimate;
 - ``t_coarse``: uniform bins, the whole coarse MLP, compositing weights (0 for activation configs);
-- ``t_fine``: weights -> inverse-CDF samples -> merged intervals -> fine MLP -> compositing.
+- ``t_fine``: weights -> inverse-CDF samples -> fine bins -> fine MLP -> compositing.
 
 ``t_other = t - (t_act + t_coarse + t_fine) >= 0`` is everything outside the stages (ray
 generation, slicing into chunks, concatenating and reshaping outputs), so the four add up to
@@ -309,12 +313,14 @@ def render_image_timed(
 def evaluations_per_ray(model, config: SamplerConfig) -> dict[str, float]:
     """Network evaluations per rendered ray: ``act`` points through ``act_layers`` trunk layers,
     ``coarse`` and ``fine`` points through the whole MLP (the upsampled pass evaluates one ray in
-    four at half the samples)."""
-    n_coarse, n_fine = model.n_coarse, model.n_fine
+    four at half the samples). The fine pass is what the method's own render spends after its
+    coarse pass: n_coarse + n_fine for vanilla NeRF (the union), n_fine for Mip-NeRF."""
+    n_coarse = model.n_coarse
+    fine = float(model.samples_per_ray() - n_coarse)
     if config.sampler == "default":
-        return {"act": 0.0, "act_layers": 0, "coarse": float(n_coarse), "fine": float(n_coarse + n_fine)}
+        return {"act": 0.0, "act_layers": 0, "coarse": float(n_coarse), "fine": fine}
     act = (max(1, n_coarse // 2) / 4.0) if config.upsample else float(n_coarse)
-    return {"act": act, "act_layers": config.layer + 1, "coarse": 0.0, "fine": float(n_coarse + n_fine)}
+    return {"act": act, "act_layers": config.layer + 1, "coarse": 0.0, "fine": fine}
 
 
 def _ranks(x: Tensor) -> Tensor:
