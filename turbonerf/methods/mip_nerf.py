@@ -166,6 +166,9 @@ class MipNeRF(Method):
         """The shared MLP on n_coarse + n_fine frustums."""
         return float(linear_flops(self.mlp) * (self.n_coarse + self.n_fine))
 
+    def baking_field(self):
+        raise TurboNerfError("mip-nerf has no field to bake: its MLP reads the Gaussian of a conical frustum (IPE), not a point")
+
     def make_optimizer(self):
         c = self.config
 
