@@ -82,3 +82,21 @@ def test_ipe_fades_high_frequencies_of_wide_frustums_and_is_the_plain_encoding_o
     wide = integrated_pos_enc(x, torch.full_like(x, 1e-2), 0, 16)[0].reshape(2, 16, 3)
     assert torch.allclose(narrow[:, :3], pe.reshape(2, 16, 3)[:, :3], atol=1e-3)  # low degrees barely change
     assert wide[:, 8:].abs().max() < 1e-6 and narrow[:, 6].abs().max() > 0.1  # 4^8 * 1e-2 / 2 >> 1
+
+
+def test_cylinder_gaussian_matches_monte_carlo():
+    from turbonerf.encodings.ipe import cylinder_to_gaussian
+
+    g = torch.Generator().manual_seed(2)
+    n, t0, t1, radius = 1_000_000, 1.0, 1.6, 0.1
+    u, v, w = torch.rand(3, n, generator=g, dtype=torch.float64)
+    t = t0 + u * (t1 - t0)
+    rho, theta = radius * torch.sqrt(v), 2.0 * math.pi * w
+    e1 = torch.nn.functional.normalize(torch.linalg.cross(AXIS, torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)), dim=0)
+    e2 = torch.linalg.cross(AXIS, e1)
+    pts = ORIGIN + t[:, None] * AXIS + rho[:, None] * (torch.cos(theta)[:, None] * e1 + torch.sin(theta)[:, None] * e2)
+    tt = lambda x: torch.tensor([[x]], dtype=torch.float64)  # noqa: E731
+    mean, cov = cylinder_to_gaussian(ORIGIN[None], AXIS[None], torch.tensor([radius], dtype=torch.float64), tt(t0), tt(t1))
+    mc_mean, mc_var = pts.mean(0), pts.var(0)
+    assert torch.all((mean[0, 0] - mc_mean).abs() <= 5 * torch.sqrt(mc_var / n))
+    assert torch.all((cov[0, 0] - mc_var).abs() <= 5 * mc_var * math.sqrt(3.0 / n))

@@ -60,6 +60,11 @@ def test_cone_radius_changes_the_output_and_is_required():
     assert not torch.allclose(a, b)
     with pytest.raises(TurboNerfError, match="cone radii"):
         model.render(_rays(radii=False), torch.ones(3))
+    cylinder = MipNeRF(MipNeRFConfig(**{**SMALL.__dict__, "ray_shape": "cylinder"}), torch.zeros(2, 3))
+    cylinder.load_state_dict(model.state_dict())
+    assert not torch.allclose(cylinder.render(rays, torch.ones(3))["rgb"], a)
+    with pytest.raises(TurboNerfError, match="ray_shape"):
+        MipNeRF(MipNeRFConfig(ray_shape="sphere"), torch.zeros(2, 3))
 
 
 def test_loss_weights_the_coarse_level_by_a_tenth_and_both_levels_get_gradients():

@@ -50,13 +50,30 @@ def frustum_moments(t0: Tensor, t1: Tensor, radius: Tensor) -> tuple[Tensor, Ten
     return t_mean, t_var, r_var
 
 
+def lift_gaussian(origins: Tensor, directions: Tensor, t_mean: Tensor, t_var: Tensor, r_var: Tensor) -> tuple[Tensor, Tensor]:
+    """A Gaussian given along rays, in world coordinates (the official ``lift_gaussian``, diagonal):
+    mean o + t_mean d, covariance t_var d d^T + r_var (I - d d^T / |d|^2), of which only the
+    diagonal is returned.
+
+    Args:
+        origins, directions: [R, 3] (directions need not be unit).
+        t_mean, t_var, r_var: [R, S].
+    Returns:
+        means [R, S, 3], cov_diag [R, S, 3].
+    """
+    d = directions[:, None, :]
+    d2 = d * d
+    null_diag = 1.0 - d2 / d2.sum(dim=-1, keepdim=True).clamp(min=1e-10)
+    means = origins[:, None, :] + d * t_mean[..., None]
+    cov_diag = t_var[..., None] * d2 + r_var[..., None] * null_diag
+    return means, cov_diag
+
+
 def conical_frustum_to_gaussian(
     origins: Tensor, directions: Tensor, radii: Tensor, t0: Tensor, t1: Tensor
 ) -> tuple[Tensor, Tensor]:
-    """Gaussian (mean, diagonal covariance) of the frustums [t0, t1] of R cones.
-
-    The covariance along the axis d is t_var d d^T and across it r_var (I - d d^T / |d|^2)
-    (the official ``lift_gaussian``); only its diagonal is returned.
+    """Gaussian (mean, diagonal covariance) of the frustums [t0, t1] of R cones (apex at the
+    origin, radius ``radii`` * t): :func:`frustum_moments` lifted by :func:`lift_gaussian`.
 
     Args:
         origins, directions: [R, 3] cone apexes and axes (need not be unit).
@@ -65,13 +82,17 @@ def conical_frustum_to_gaussian(
     Returns:
         means [R, S, 3], cov_diag [R, S, 3].
     """
-    t_mean, t_var, r_var = frustum_moments(t0, t1, radii[:, None])
-    d = directions[:, None, :]
-    d2 = d * d
-    null_diag = 1.0 - d2 / d2.sum(dim=-1, keepdim=True).clamp(min=1e-10)
-    means = origins[:, None, :] + d * t_mean[..., None]
-    cov_diag = t_var[..., None] * d2 + r_var[..., None] * null_diag
-    return means, cov_diag
+    return lift_gaussian(origins, directions, *frustum_moments(t0, t1, radii[:, None]))
+
+
+def cylinder_to_gaussian(
+    origins: Tensor, directions: Tensor, radii: Tensor, t0: Tensor, t1: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Like :func:`conical_frustum_to_gaussian` for cylinders of constant radius ``radii`` [R]
+    (the official ``ray_shape='cylinder'``, its LLFF setting): t_mean = (t0 + t1) / 2,
+    t_var = (t1 - t0)^2 / 12, r_var = radius^2 / 4."""
+    r_var = (radii * radii / 4.0)[:, None].expand_as(t0)
+    return lift_gaussian(origins, directions, 0.5 * (t0 + t1), (t1 - t0) ** 2 / 12.0, r_var)
 
 
 def ipe_dim(min_deg: int = 0, max_deg: int = 16, in_dim: int = 3) -> int:

@@ -52,6 +52,10 @@ class MipMLP(nn.Module):
         self.feature = nn.Linear(width, width)
         self.color_hidden = nn.Linear(width + self.dir_enc.out_dim(3), color_width)
         self.color_head = nn.Linear(color_width, 3)
+        for m in self.modules():  # the official initialisation: Glorot-uniform weights, zero biases
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
 
     def encode(self, means: Tensor, cov_diag: Tensor) -> Tensor:
         """means, cov_diag: [N, 3] -> IPE [N, 2 * 3 * (max_deg - min_deg)]."""

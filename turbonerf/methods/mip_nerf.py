@@ -18,7 +18,8 @@ Learning rate as the official code: log-linear from ``lr`` to ``lr * lr_final_fa
 ``lr_decay_steps``, times a warm-up factor rising from ``lr_delay_mult`` to 1 along a quarter sine
 over ``lr_delay_steps``. Official values throughout (Blender config), except that
 ``lr_decay_steps`` should be set to the length of the training run, as the official code does
-with max_steps.
+with max_steps. The official LLFF config adds ``ray_shape=cylinder`` and ``density_noise_std=1``.
+Glorot-uniform initialisation and zero biases, as flax's Dense in the official code.
 
 Activation-based sampling (:mod:`turbonerf.eval.activation_eval`) works on it as on vanilla NeRF
 (it is a :class:`~turbonerf.methods.base.CoarseToFine`): the shared MLP's trunk is read on the
@@ -34,7 +35,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from turbonerf.encodings.ipe import conical_frustum_to_gaussian
+from turbonerf.encodings.ipe import conical_frustum_to_gaussian, cylinder_to_gaussian
 from turbonerf.errors import TurboNerfError
 from turbonerf.fields.mip_mlp import MipMLP
 from turbonerf.methods.base import Method, adam, linear_flops
@@ -76,6 +77,8 @@ class MipNeRFConfig:
     """weight of the coarse level's MSE in the loss"""
     density_noise_std: float = 0.0
     """std of Gaussian noise added to the raw density during training (official: 1.0 on LLFF)"""
+    ray_shape: str = "cone"
+    """"cone" (conical frustums) or "cylinder" (constant radius; the official LLFF setting)"""
     lr: float = 5e-4
     """initial Adam learning rate"""
     lr_final_factor: float = 0.01
@@ -96,13 +99,16 @@ class MipNeRF(Method):
         super().__init__()
         self.config = c = config
         self.n_coarse, self.n_fine = c.n_coarse, c.n_fine
+        if c.ray_shape not in ("cone", "cylinder"):
+            raise TurboNerfError(f"mip-nerf: ray_shape must be cone or cylinder, got '{c.ray_shape}'")
         self.mlp = MipMLP(c.min_deg, c.max_deg, c.dir_freqs, c.depth, c.width, c.skip, c.color_width, c.density_bias, c.rgb_padding)
 
     def _gaussians(self, rays: RayBundle, edges: Tensor) -> tuple[Tensor, Tensor]:
         """Frustum Gaussians of the bins ``edges`` [R, S + 1]: means [R * S, 3], cov_diag [R * S, 3]."""
         if rays.radii is None:
             raise TurboNerfError("mip-nerf needs rays with cone radii (RayBundle.radii, set by make_rays)")
-        means, cov = conical_frustum_to_gaussian(rays.origins, rays.directions, rays.radii, edges[:, :-1], edges[:, 1:])
+        to_gaussian = conical_frustum_to_gaussian if self.config.ray_shape == "cone" else cylinder_to_gaussian
+        means, cov = to_gaussian(rays.origins, rays.directions, rays.radii, edges[:, :-1], edges[:, 1:])
         return means.reshape(-1, 3), cov.reshape(-1, 3)
 
     def _shade(self, rays: RayBundle, edges: Tensor, background: Tensor, train: bool) -> dict:
