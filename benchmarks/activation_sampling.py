@@ -1,5 +1,5 @@
 """Activation-based sampling (Radl et al., CVPRW 2024) against coarse-to-fine sampling on a trained
-vanilla-nerf run: render time per image split into t_act / t_coarse / t_fine, quality, speed-up.
+vanilla-nerf or mip-nerf run: render time per image split into t_act / t_coarse / t_fine, quality, speed-up.
 
 Runs the sweep ``base`` + layer 0,1,2 x fct std,std_half,std_half_sq x upsample off/on (the
 reference code's configurations), writes RUN/<out-name>/stats.json and prints two markdown tables:
@@ -26,8 +26,8 @@ def diagnostics_table(stats: dict) -> str:
     def f(v):
         return "n/a" if v is None else f"{v:.3f}"
 
-    for key, e in stats["configs"].items():
-        d = e.get("estimate_vs_fine") or {}
+    for key, e in stats.items():
+        d = e["diagnostics"].get("estimate_vs_fine") or {}
         lines.append(
             f"| {key} | {d.get('n_rays', 'n/a')} | {f(d.get('pearson'))} | {f(d.get('spearman'))} "
             f"| {f(d.get('pdf_overlap'))} | {f(d.get('pdf_overlap_uniform'))} |"
@@ -37,7 +37,7 @@ def diagnostics_table(stats: dict) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", type=Path, required=True, help="a trained vanilla-nerf run folder")
+    p.add_argument("--run", type=Path, required=True, help="a trained vanilla-nerf or mip-nerf run folder")
     p.add_argument("--split", default="test")
     p.add_argument("--every", type=int, default=1, help="every K-th image of the split")
     p.add_argument("--limit", type=int, default=None, help="at most N images")
@@ -45,7 +45,7 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--chunk", type=int, default=4096)
     p.add_argument("--layers", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--fct", action="append", default=None, help="along-ray transform(s) (default: std, std_half, std_half_sq)")
+    p.add_argument("--fct", action="append", default=None, help="along-ray transform(s), names or the reference codes 0, 1, 2 (default: all three)")
     p.add_argument("--reduce", default="mean", help="reduction over hidden units (mean: the paper)")
     p.add_argument("--act-net", default="coarse", choices=["coarse", "fine"], help="whose trunk is read (coarse: the paper's code)")
     p.add_argument("--no-upsample", action="store_true", help="leave out the upsampled configurations")
@@ -56,30 +56,30 @@ def main() -> None:
 
     from turbonerf.app.evaluate import EvalOptions
     from turbonerf.app.sweep import SweepOptions, evaluate_sampler_configs
-    from turbonerf.eval.activation_eval import REFERENCE_FCTS, format_table, sweep_configs
+    from turbonerf.eval.activation_eval import REFERENCE_FCTS, fct_name, format_table, sweep_configs
 
     configs = sweep_configs(
         layers=args.layers,
-        fcts=args.fct or REFERENCE_FCTS,
+        fcts=[fct_name(f) for f in args.fct] if args.fct else REFERENCE_FCTS,
         upsample=(False,) if args.no_upsample else (False, True),
         reduce=args.reduce,
         net=args.act_net,
     )
     opts = EvalOptions(args.split, args.limit, args.every, args.downscale, args.device, args.chunk, bf16=not args.fp32)
     sweep = SweepOptions(save_images=args.save_images, drop_missing_layers=True, out_name=args.out_name)
-    stats = evaluate_sampler_configs(args.run, configs, opts, sweep)
+    stats, meta = evaluate_sampler_configs(args.run, configs, opts, sweep)
     print(
-        f"## activation-based sampling: {stats['method']} (step {stats['step']}), {stats['n_images']} {stats['split']} images "
-        f"at {stats['width']}x{stats['height']}, {stats['device']}, {'bf16' if stats['bf16'] else 'fp32'}\n"
+        f"## activation-based sampling: {meta['method']} (step {meta['step']}), {meta['n_images']} {meta['split']} images "
+        f"at {meta['width']}x{meta['height']}, {meta['device']}, {'bf16' if meta['bf16'] else 'fp32'}\n"
     )
     print("Seconds per image; t = t_act + t_coarse + t_fine + t_other (ray generation and output assembly).\n")
     print(format_table(stats))
     print("\nDensity estimate vs the fine network (first image, rays with fine opacity > 0.5):\n")
     print(diagnostics_table(stats))
-    if stats["skipped"]:
-        print(f"\nskipped (no such layer): {', '.join(stats['skipped'])}")
-    if stats["lpips_reason"]:
-        print(f"\nLPIPS not computed: {stats['lpips_reason']}")
+    if meta["skipped"]:
+        print(f"\nskipped (no such layer): {', '.join(meta['skipped'])}")
+    if meta["lpips_reason"]:
+        print(f"\nLPIPS not computed: {meta['lpips_reason']}")
     print(f"\n-> {Path(args.run) / args.out_name / 'stats.json'}")
 
 

@@ -20,6 +20,7 @@ from turbonerf.eval.activation_eval import (
     StageTimer,
     check_supported,
     estimate_diagnostics,
+    fct_name,
     render_image_timed,
     render_rays_base,
     sweep_configs,
@@ -119,23 +120,29 @@ def test_diagnostics_measure_agreement_with_the_fine_network(trained):
 def test_stats_json_has_one_entry_per_configuration(trained):
     run, _, _ = trained
     configs = [BASE, ACT, ACT_UPS]
-    stats = evaluate_sampler_configs(run, configs, EvalOptions(limit=2, progress=False, chunk=128))
+    stats, meta = evaluate_sampler_configs(run, configs, EvalOptions(limit=2, progress=False, chunk=128))
     on_disk = json.loads((run / "eval" / "stats.json").read_text())
     assert on_disk == json.loads(json.dumps(stats))
-    assert list(on_disk["configs"]) == ["base", "layer_00_ups_0_fct_std", "layer_01_ups_1_fct_std_half"]
-    assert on_disk["n_images"] == 2 and on_disk["method"] == "vanilla-nerf"
-    for key, e in on_disk["configs"].items():
-        keys = ("psnr", "ssim", "lpips", "t", *STAGES, "t_other", "totals", "speedup_vs_base", "evals_per_ray", "estimate_vs_fine")
-        for k in (*keys, "per_image"):
-            assert k in e, (key, k)
-        assert e["psnr"] > 20 and 0 < e["ssim"] <= 1
-        assert len(e["per_image"]) == 2
-        assert e["totals"]["t"] == pytest.approx(sum(r["t"] for r in e["per_image"]))
-        assert e["t"] == pytest.approx(e["totals"]["t"] / 2)
-        assert e["t_act"] + e["t_coarse"] + e["t_fine"] + e["t_other"] == pytest.approx(e["t"])
-    assert on_disk["configs"]["base"]["speedup_vs_base"] == 1.0
-    assert on_disk["configs"]["base"]["evals_per_ray"] == {"act": 0.0, "act_layers": 0, "coarse": 16.0, "fine": 32.0}
-    assert on_disk["configs"]["layer_01_ups_1_fct_std_half"]["evals_per_ray"]["act"] == 2.0  # 8 samples, 1 ray in 4
+    assert json.loads((run / "eval" / "stats_meta.json").read_text()) == json.loads(json.dumps(meta))
+    # the reference code's layout: every top-level key is a configuration
+    assert list(on_disk) == ["base", "layer_00_ups_0_fct_std", "layer_01_ups_1_fct_std_half"]
+    assert meta["n_images"] == 2 and meta["method"] == "vanilla-nerf" and meta["configs"] == list(on_disk)
+    for key, e in on_disk.items():
+        assert set(e) == {"t", "metrics", "diagnostics"}, key
+        m, q, d = e["metrics"], e["metrics"]["quantitative"], e["diagnostics"]
+        assert set(m) == {"psnr", "ssim", "lpips", "quantitative"} and set(q) == set(STAGES)
+        for k in ("t_other", "totals", "speedup_vs_base", "evals_per_ray", "estimate_vs_fine", "per_image", "layer", "fct"):
+            assert k in d, (key, k)
+        assert m["psnr"] > 20 and 0 < m["ssim"] <= 1
+        assert len(d["per_image"]) == 2
+        assert d["totals"]["t"] == pytest.approx(sum(r["t"] for r in d["per_image"]))
+        assert e["t"] == pytest.approx(d["totals"]["t"] / 2)
+        assert q["t_act"] + q["t_coarse"] + q["t_fine"] + d["t_other"] == pytest.approx(e["t"])
+    assert on_disk["base"]["diagnostics"]["speedup_vs_base"] == 1.0
+    assert on_disk["base"]["metrics"]["quantitative"]["t_act"] == 0.0
+    assert on_disk["layer_00_ups_0_fct_std"]["metrics"]["quantitative"]["t_coarse"] == 0.0
+    assert on_disk["base"]["diagnostics"]["evals_per_ray"] == {"act": 0.0, "act_layers": 0, "coarse": 16.0, "fine": 32.0}
+    assert on_disk["layer_01_ups_1_fct_std_half"]["diagnostics"]["evals_per_ray"]["act"] == 2.0  # 8 samples, 1 ray in 4
 
 
 def test_configuration_keys_follow_the_reference():
@@ -147,6 +154,10 @@ def test_configuration_keys_follow_the_reference():
     assert len(keys) == 19 and keys[0] == "base" and len(set(keys)) == 19
     with pytest.raises(TurboNerfError, match="--fct"):
         SamplerConfig("activation", fct="mean")
+    assert [fct_name(c) for c in ("0", "1", "2", "std_half", "none")] == ["std", "std_half", "std_half_sq", "std_half", "none"]
+    for bad in ("3", "-1", "mean"):
+        with pytest.raises(TurboNerfError, match="--fct"):
+            fct_name(bad)
 
 
 def test_methods_without_a_coarse_fine_nerf_pair_are_refused():
@@ -168,14 +179,22 @@ def test_cli_activation_sampler_and_sweep(tiny_scene, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| base |" in out and "| layer_01_ups_0_fct_std |" in out and "stats.json" in out
     stats = json.loads((run / "eval" / "stats.json").read_text())
-    assert list(stats["configs"]) == ["base", "layer_01_ups_0_fct_std"]
+    assert list(stats) == ["base", "layer_01_ups_0_fct_std"]
+
+    # the reference code's integer codes: --fct 0 | 1 | 2 = std | std_half | std_half_sq
+    assert main(["eval", "--run", str(run), "--sampler", "activation", "--layer", "0", "--fct", "2", "--no-progress"]) == 0
+    assert "| layer_00_ups_0_fct_std_half_sq |" in capsys.readouterr().out
+    assert list(json.loads((run / "eval" / "stats.json").read_text())) == ["base", "layer_00_ups_0_fct_std_half_sq"]
+    assert main(["eval", "--run", str(run), "--sampler", "activation", "--fct", "3", "--no-progress"]) == 2
+    assert "unknown --fct 3" in capsys.readouterr().err
 
     # TINY_VANILLA has 2 trunk layers: the sweep leaves out the layer-2 configurations and says so
     assert main(["eval", "--run", str(run), "--sweep", "--limit", "1", "--no-progress"]) == 0
     out = capsys.readouterr().out
     stats = json.loads((run / "eval" / "stats.json").read_text())
-    assert len(stats["configs"]) == 1 + 2 * 3 * 2
-    assert len(stats["skipped"]) == 6 and "skipped layer_02_ups_0_fct_std" in out
+    meta = json.loads((run / "eval" / "stats_meta.json").read_text())
+    assert len(stats) == 1 + 2 * 3 * 2
+    assert len(meta["skipped"]) == 6 and "skipped layer_02_ups_0_fct_std" in out
 
     assert main(["eval", "--run", str(run), "--sampler", "activation", "--layer", "2", "--no-progress"]) == 2
     assert "--layer 2 does not exist" in capsys.readouterr().err

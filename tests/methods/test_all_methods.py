@@ -25,6 +25,7 @@ TINY = {
     "nerfacto": ["n_levels=4", "log2_table_size=12", "max_resolution=64", "hidden=16", "color_hidden=16", "appearance_dim=4",
                  "proposal_levels=2", "proposal_log2_table_size=10", "proposal_max_resolution_1=32", "proposal_max_resolution_2=32",
                  "proposal_samples_1=16", "proposal_samples_2=8", "n_samples=8", "anneal_steps=4"],
+    "mip-nerf": ["width=32", "depth=3", "skip=1", "color_width=16", "n_coarse=8", "n_fine=8", "max_deg=6"],
 }
 
 
@@ -65,10 +66,11 @@ def test_method_trains_evaluates_renders_and_bakes(method, tiny_scene, tmp_path)
         assert baked["renderer"].startswith("nerftree") and baked["params"] is None and baked["psnr"] > 0
         render_sequence(run, tmp_path / "tree_frames", RenderOptions(path="test", frames=1, progress=False), baked=True)
     else:
-        assert method == "r2l"  # a light field has no density to bake
+        assert method in ("r2l", "mip-nerf")  # a light field has no density; Mip-NeRF's MLP needs frustums, not points
 
     if isinstance(model, CoarseToFine):
         from turbonerf.app.sweep import evaluate_sampler_configs, sampler_configs
 
-        stats = evaluate_sampler_configs(run, sampler_configs(False, 0, "std", False, "mean", "coarse"), EvalOptions(limit=1, progress=False))
-        assert set(stats["configs"]) == {"base", "layer_00_ups_0_fct_std"}
+        stats, meta = evaluate_sampler_configs(run, sampler_configs(False, 0, "std", False, "mean", "coarse"), EvalOptions(limit=1, progress=False))
+        assert set(stats) == {"base", "layer_00_ups_0_fct_std"} and meta["method"] == method
+        assert all(e["metrics"]["psnr"] > 0 for e in stats.values())

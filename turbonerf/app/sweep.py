@@ -1,6 +1,21 @@
 """``turbonerf eval --sampler activation`` / ``--sweep``: a coarse-to-fine run rendered once per
 sampler configuration (its own coarse pass, ``base``, and activation-based sampling), scored and
-timed stage by stage into ``RUN/eval/stats.json`` (the pieces: :mod:`turbonerf.eval.activation_eval`)."""
+timed stage by stage into ``RUN/eval/stats.json`` (the pieces: :mod:`turbonerf.eval.activation_eval`).
+
+``stats.json`` has the layout of the reference code (nerfinternals): one top-level entry per
+configuration, keyed ``base`` or ``layer_LL_ups_U_fct_NAME``::
+
+    {"layer_00_ups_0_fct_std": {"t": seconds per image,
+                                "metrics": {"psnr", "ssim", "lpips",
+                                            "quantitative": {"t_act", "t_coarse", "t_fine"}},
+                                "diagnostics": {...}}, ...}
+
+``diagnostics`` holds what turbonerf adds (the configuration's fields, lpips_vgg, t_other,
+per-image totals, speed-up against base, network evaluations per ray, the estimate's agreement
+with the fine network, per-image rows). The run's metadata (method, step, split, image size,
+device, skipped configurations, ...) goes to ``stats_meta.json`` beside it, so that every
+top-level key of stats.json is a configuration.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +40,7 @@ from turbonerf.eval.activation_eval import (
     check_layer,
     check_supported,
     estimate_diagnostics,
+    fct_name,
     evaluations_per_ray,
     format_table,
     make_render_fn,
@@ -36,10 +52,11 @@ __all__ = ["SweepOptions", "evaluate_sampler_configs", "format_table", "sampler_
 
 
 def sampler_configs(sweep: bool, layer: int, fct: str, upsample: bool, reduce: str, net: str) -> list[SamplerConfig]:
-    """``base`` plus either every reference configuration (``sweep``) or the one asked for."""
+    """``base`` plus either every reference configuration (``sweep``) or the one asked for
+    (``fct``: a transform's name or the reference's code 0, 1, 2)."""
     if sweep:
         return sweep_configs(reduce=reduce, net=net)
-    return [BASE, SamplerConfig("activation", layer, fct, upsample, reduce, net)]
+    return [BASE, SamplerConfig("activation", layer, fct_name(fct), upsample, reduce, net)]
 from turbonerf.eval.lpips import LpipsScorer
 from turbonerf.eval.scores import image_scores, mean_scores
 from turbonerf.io.files import atomic_write_text
@@ -66,7 +83,7 @@ class SweepOptions:
 
 def evaluate_sampler_configs(
     run_dir: Path, configs: Sequence[SamplerConfig], opts: EvalOptions | None = None, sweep: SweepOptions | None = None
-) -> dict:
+) -> tuple[dict, dict]:
     """:func:`sweep_run` with the run folder locked (it writes RUN/eval/stats.json)."""
     with RunLock(Path(run_dir), "eval --sweep"):
         return sweep_run(run_dir, configs, opts, sweep)
@@ -74,9 +91,9 @@ def evaluate_sampler_configs(
 
 def sweep_run(
     run_dir: Path, configs: Sequence[SamplerConfig], opts: EvalOptions | None = None, sweep: SweepOptions | None = None
-) -> dict:
+) -> tuple[dict, dict]:
     """Render ``split`` of a coarse-to-fine run once per configuration, score it and time it; write
-    ``RUN/<out_name>/stats.json`` and return its contents.
+    ``RUN/<out_name>/stats.json`` and ``stats_meta.json`` and return their contents (stats, meta).
 
     ``drop_missing_layers``: leave out (and list under ``skipped``) configurations reading a
     layer the network does not have, instead of failing (for sweeps over small networks).
@@ -86,10 +103,10 @@ def sweep_run(
     With ``diagnostics``, each configuration's density estimate is also compared with the fine
     network along the rays of the first image (:func:`estimate_diagnostics`, untimed).
 
-    stats.json: run metadata plus ``configs``: {key: {the config's fields, psnr, ssim, lpips,
-    t (mean seconds per image), t_act, t_coarse, t_fine, t_other (means), totals (sums over
-    images), speedup_vs_base (base t / t), evals_per_ray, estimate_vs_fine (or None),
-    per_image: [...]}}.
+    stats.json (see the module docstring): {key: {t (mean seconds per image), metrics: {psnr,
+    ssim, lpips (means), quantitative: {t_act, t_coarse, t_fine} (means)}, diagnostics: {the
+    config's fields, lpips_vgg, t_other (mean), totals (sums over images of t and the stages),
+    speedup_vs_base (base t / t), evals_per_ray, estimate_vs_fine (or None), per_image: [...]}}}.
     """
     opts, sweep = opts or EvalOptions(), sweep or SweepOptions()
     check_eval_options(opts)
@@ -153,24 +170,36 @@ def sweep_run(
             bar.update(1)
     bar.close()
 
-    entries = {}
+    stats = {}
+    timing = ("t", *STAGES, "t_other")
     for cfg in configs:
         rows = per[cfg.key]
-        timing = ("t", *STAGES, "t_other")
-        entries[cfg.key] = {
-            **asdict(cfg),
-            **mean_scores(rows),
-            **{k: _mean([r[k] for r in rows]) for k in timing},
-            "totals": {k: sum(r[k] for r in rows) for k in timing},
-            "evals_per_ray": evaluations_per_ray(model, cfg),
-            "estimate_vs_fine": diag.get(cfg.key),
-            "per_image": rows,
+        scores = mean_scores(rows)
+        times = {k: _mean([r[k] for r in rows]) for k in timing}
+        stats[cfg.key] = {
+            "t": times["t"],
+            "metrics": {
+                "psnr": scores["psnr"],
+                "ssim": scores["ssim"],
+                "lpips": scores["lpips"],
+                "quantitative": {k: times[k] for k in STAGES},
+            },
+            "diagnostics": {
+                **asdict(cfg),
+                **{k: v for k, v in scores.items() if k not in ("psnr", "ssim", "lpips")},
+                "t_other": times["t_other"],
+                "totals": {k: sum(r[k] for r in rows) for k in timing},
+                "speedup_vs_base": None,
+                "evals_per_ray": evaluations_per_ray(model, cfg),
+                "estimate_vs_fine": diag.get(cfg.key),
+                "per_image": rows,
+            },
         }
-    if "base" in entries:
-        base_t = entries["base"]["t"]
-        for e in entries.values():
-            e["speedup_vs_base"] = base_t / e["t"] if e["t"] > 0 else math.nan
-    stats = {
+    if "base" in stats:
+        base_t = stats["base"]["t"]
+        for e in stats.values():
+            e["diagnostics"]["speedup_vs_base"] = base_t / e["t"] if e["t"] > 0 else math.nan
+    meta = {
         "method": spec.method,
         "run": str(run_dir),
         "step": meta.get("step"),
@@ -184,9 +213,10 @@ def sweep_run(
         "pdf_padding": padding,
         "lpips_reason": lpips.reason,
         "skipped": skipped,
-        "configs": entries,
+        "configs": list(stats),
     }
     atomic_write_text(out_dir / "stats.json", json.dumps(stats, indent=2))
-    return stats
+    atomic_write_text(out_dir / "stats_meta.json", json.dumps(meta, indent=2))
+    return stats, meta
 
 

@@ -118,7 +118,7 @@ def evaluate(
     ),
     layer: int = typer.Option(0, help="activation sampler: trunk layer (0-based) whose ReLU activations are read"),
     fct: str = typer.Option(
-        "std", help="activation sampler: along-ray transform std | std_half | std_half_sq (the paper's fct 0, 1, 2) | none"
+        "std", help="activation sampler: along-ray transform std | std_half | std_half_sq | none, or the reference code's 0 | 1 | 2 (std, std_half, std_half_sq)"
     ),
     upsample: bool = typer.Option(
         False, help="activation sampler: activation pass at half resolution in x, y and along the ray, nearest-upsampled"
@@ -153,13 +153,13 @@ def evaluate(
         from turbonerf.app.sweep import SweepOptions, evaluate_sampler_configs, format_table, sampler_configs
 
         configs = sampler_configs(sweep, layer, fct, upsample, reduce, act_net)
-        stats = evaluate_sampler_configs(run, configs, opts, SweepOptions(save_images=save_images, drop_missing_layers=sweep))
-        print(f"{stats['method']} on {stats['n_images']} {split} images at {stats['width']}x{stats['height']}, {stats['device']}:")
+        stats, meta = evaluate_sampler_configs(run, configs, opts, SweepOptions(save_images=save_images, drop_missing_layers=sweep))
+        print(f"{meta['method']} on {meta['n_images']} {split} images at {meta['width']}x{meta['height']}, {meta['device']}:")
         print(format_table(stats))
-        for key in stats.get("skipped", []):
+        for key in meta.get("skipped", []):
             print(f"skipped {key}: the network has no such layer")
-        if stats.get("lpips_reason"):
-            print(f"LPIPS not computed: {stats['lpips_reason']}")
+        if meta.get("lpips_reason"):
+            print(f"LPIPS not computed: {meta['lpips_reason']}")
         print(f"-> {Path(run) / 'eval' / 'stats.json'}")
         return
     is_baked = baked or tree is not None

@@ -4,11 +4,15 @@ its own coarse-to-fine pipeline, with render time split into stages.
 Configurations (keys as in the reference code's ``stats.json``):
 
 - ``base``: the method's coarse-to-fine pipeline (n_coarse uniform samples through the whole
-  coarse MLP, n_fine inverse-CDF samples, fine MLP on the union), reproduced stage by stage.
+  coarse MLP, then the fine MLP on the bins the method derives from the coarse weights,
+  ``CoarseToFine.fine_edges``: vanilla NeRF the union with n_fine inverse-CDF samples, Mip-NeRF
+  n_fine blur-pooled resampled bins), reproduced stage by stage.
 - ``layer_{L:02d}_ups_{0|1}_fct_{name}``: the coarse MLP is evaluated only up to trunk layer L
-  at n_coarse uniform samples, its ReLU activations reduced to a density estimate
-  (:mod:`turbonerf.samplers.activation`), and the fine MLP runs on the union of the uniform
-  bins and n_fine samples drawn from that estimate: the same fine-pass size as ``base``.
+  at n_coarse uniform samples (on the method's own trunk input: points for vanilla NeRF, the
+  IPE of the frustums for Mip-NeRF, whose two levels share one MLP), its ReLU activations
+  reduced to a density estimate (:mod:`turbonerf.samplers.activation`), whose normalised
+  compositing weights go through the same ``fine_edges`` (with the sweep's padding): the same
+  fine-pass size as ``base``.
   ``ups_1``: the activation pass runs at every second pixel in both image directions and at
   n_coarse // 2 samples per ray (8x fewer points), nearest-upsampled back. A suffix
   ``_red_{how}`` marks a reduction other than the reference's mean over the hidden units, and
@@ -20,7 +24,7 @@ assembled [H, W] outputs. Inside it, three disjoint stage timers accumulate over
 
 - ``t_act``: uniform bins, the partial trunk, reductions, upsampling, transform -> estimate;
 - ``t_coarse``: uniform bins, the whole coarse MLP, compositing weights (0 for activation configs);
-- ``t_fine``: weights -> inverse-CDF samples -> merged intervals -> fine MLP -> compositing.
+- ``t_fine``: weights -> inverse-CDF samples -> fine bins -> fine MLP -> compositing.
 
 ``t_other = t - (t_act + t_coarse + t_fine) >= 0`` is everything outside the stages (ray
 generation, slicing into chunks, concatenating and reshaping outputs), so the four add up to
@@ -46,19 +50,30 @@ from turbonerf.render.renderer import RenderFn, render_rays_chunked
 from turbonerf.samplers.activation import (
     REDUCTIONS,
     TRANSFORMS,
-    activation_fine_edges,
-    activation_values,
+    reduce_activations,
     transform_along_ray,
     upsample_along_ray,
     upsample_image,
     weights_from_estimate,
 )
-from turbonerf.samplers.pdf import merge_edges, sample_from_pdf
 from turbonerf.samplers.uniform import stratified_edges
 
 REFERENCE_FCTS = ("std", "std_half", "std_half_sq")
 """the reference's along-ray transforms, in its index order 0, 1, 2"""
 SWEEP_LAYERS = (0, 1, 2)
+
+
+def fct_name(fct: str) -> str:
+    """An along-ray transform by name or by the reference code's integer code ("0", "1", "2":
+    std, std_half, std_half_sq, as in nerfinternals' ``--fct 0``) -> its name."""
+    text = str(fct).strip()
+    if text.isdigit():
+        if int(text) < len(REFERENCE_FCTS):
+            return REFERENCE_FCTS[int(text)]
+        raise TurboNerfError(f"unknown --fct {text}: the reference's codes are 0, 1, 2 ({', '.join(REFERENCE_FCTS)})")
+    if text not in TRANSFORMS:
+        raise TurboNerfError(f"unknown --fct '{text}' (choose from {', '.join(TRANSFORMS)}, or the codes 0, 1, 2)")
+    return text
 STAGES = ("t_act", "t_coarse", "t_fine")
 
 EFFICIENT_NERF_REASON = (
@@ -188,28 +203,31 @@ def render_rays_base(model: CoarseToFine, rays: RayBundle, background: Tensor, t
     with timer.stage("t_coarse"):
         edges, w, _ = model.coarse_stage(rays, background, train=False)
     with timer.stage("t_fine"):
-        fine_edges = merge_edges(edges, sample_from_pdf(edges, w, model.n_fine, deterministic=True))
-        fine = model.fine_stage(rays, background, fine_edges, train=False)
+        fine = model.fine_stage(rays, background, model.fine_edges(edges, w, train=False), train=False)
     return _outputs(fine)
 
 
 def activation_values_for(model, config: SamplerConfig, rays: RayBundle, n_samples: int) -> Tensor:
     """[R, n_samples] reduced activations of ``config.net``'s trunk layer ``config.layer`` at
-    n_samples uniform bins over each ray's [near, far]."""
-    mlp = model.trunk(config.net)
+    n_samples uniform bins over each ray's [near, far] (the method's own trunk input for a bin:
+    its midpoint for vanilla NeRF, its frustum's IPE for Mip-NeRF)."""
     edges = stratified_edges(rays.near, rays.far, n_samples, jitter=False)
-    return activation_values(lambda x: mlp.trunk_features(x, upto=config.layer), rays, edges, config.reduce)
+    act = model.trunk_activations(rays, edges, config.layer, config.net)
+    return reduce_activations(act, config.reduce).reshape(len(rays), n_samples)
 
 
 def render_rays_from_estimate(
     model, rays: RayBundle, estimate: Tensor, background: Tensor, timer: StageTimer, padding: float = 0.01
 ) -> dict[str, Tensor]:
-    """Fine pass (timed as t_fine) on the n_coarse uniform bins plus n_fine samples drawn from a
-    density estimate [R, n_coarse]."""
+    """Fine pass (timed as t_fine) on the bins the method derives from the n_coarse uniform bins
+    and the normalised compositing weights of a density estimate [R, n_coarse], with ``padding``
+    as the weight floor (vanilla NeRF: the uniform bins plus n_fine inverse-CDF samples, exactly
+    :func:`~turbonerf.samplers.activation.activation_fine_edges`; Mip-NeRF: blur-pool and n_fine
+    + 1 resampled edges)."""
     with timer.stage("t_fine"):
         edges = stratified_edges(rays.near, rays.far, model.n_coarse, jitter=False)
-        fine_edges = activation_fine_edges(edges, estimate, model.n_fine, padding=padding, deterministic=True)
-        fine = model.fine_stage(rays, background, fine_edges, train=False)
+        w = weights_from_estimate(edges, estimate)
+        fine = model.fine_stage(rays, background, model.fine_edges(edges, w, train=False, padding=padding), train=False)
     return _outputs(fine)
 
 
@@ -295,12 +313,14 @@ def render_image_timed(
 def evaluations_per_ray(model, config: SamplerConfig) -> dict[str, float]:
     """Network evaluations per rendered ray: ``act`` points through ``act_layers`` trunk layers,
     ``coarse`` and ``fine`` points through the whole MLP (the upsampled pass evaluates one ray in
-    four at half the samples)."""
-    n_coarse, n_fine = model.n_coarse, model.n_fine
+    four at half the samples). The fine pass is what the method's own render spends after its
+    coarse pass: n_coarse + n_fine for vanilla NeRF (the union), n_fine for Mip-NeRF."""
+    n_coarse = model.n_coarse
+    fine = float(model.samples_per_ray() - n_coarse)
     if config.sampler == "default":
-        return {"act": 0.0, "act_layers": 0, "coarse": float(n_coarse), "fine": float(n_coarse + n_fine)}
+        return {"act": 0.0, "act_layers": 0, "coarse": float(n_coarse), "fine": fine}
     act = (max(1, n_coarse // 2) / 4.0) if config.upsample else float(n_coarse)
-    return {"act": act, "act_layers": config.layer + 1, "coarse": 0.0, "fine": float(n_coarse + n_fine)}
+    return {"act": act, "act_layers": config.layer + 1, "coarse": 0.0, "fine": fine}
 
 
 def _ranks(x: Tensor) -> Tensor:
@@ -355,11 +375,9 @@ def estimate_diagnostics(
     pick = torch.arange(0, h * w, stride, device=device)
     sub = rays[pick]
     edges = stratified_edges(sub.near, sub.far, n, jitter=False)
-    t_mid = 0.5 * (edges[:, :-1] + edges[:, 1:])
-    pts = (sub.origins[:, None, :] + t_mid[..., None] * sub.directions[:, None, :]).reshape(-1, 3)
-    truth = model.trunk("fine").density(pts).float().reshape(len(sub), n)
+    truth = model.bin_density(sub, edges, "fine").float()
     if config.sampler == "default":
-        est = model.trunk("coarse").density(pts).float().reshape(len(sub), n)
+        est = model.bin_density(sub, edges, "coarse").float()
     elif config.upsample:
         est = _upsampled_estimate(model, config, rays, h, w, chunk)[pick]
     else:
@@ -383,8 +401,9 @@ def estimate_diagnostics(
 
 
 def format_table(stats: dict) -> str:
-    """A markdown table of a stats.json: configuration, time per image with its split, quality,
-    speed-up against ``base``."""
+    """A markdown table of a stats.json (one top-level entry per configuration, see
+    :mod:`turbonerf.app.sweep`): configuration, time per image with its split, quality, speed-up
+    against ``base``."""
     lines = [
         "| configuration | t / image [s] | t_act | t_coarse | t_fine | t_other | PSNR | SSIM | LPIPS | speed-up vs base |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -393,10 +412,11 @@ def format_table(stats: dict) -> str:
     def f(v, fmt):
         return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
 
-    for key, e in stats["configs"].items():
+    for key, e in stats.items():
+        m, q, d = e["metrics"], e["metrics"]["quantitative"], e.get("diagnostics", {})
         lines.append(
-            f"| {key} | {f(e['t'], '.3f')} | {f(e['t_act'], '.3f')} | {f(e['t_coarse'], '.3f')} | {f(e['t_fine'], '.3f')} "
-            f"| {f(e['t_other'], '.3f')} | {f(e['psnr'], '.2f')} | {f(e['ssim'], '.4f')} | {f(e['lpips'], '.4f')} "
-            f"| {f(e.get('speedup_vs_base'), '.2f')}x |"
+            f"| {key} | {f(e['t'], '.3f')} | {f(q['t_act'], '.3f')} | {f(q['t_coarse'], '.3f')} | {f(q['t_fine'], '.3f')} "
+            f"| {f(d.get('t_other'), '.3f')} | {f(m['psnr'], '.2f')} | {f(m['ssim'], '.4f')} | {f(m['lpips'], '.4f')} "
+            f"| {f(d.get('speedup_vs_base'), '.2f')}x |"
         )
     return "\n".join(lines)

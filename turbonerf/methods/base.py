@@ -129,8 +129,16 @@ class CoarseToFine(Protocol):
     Mip-NeRF): what activation-based sampling replaces. Stages, all without jitter at inference:
 
     - ``coarse_stage(rays, background, train) -> (edges [R, n_coarse + 1], weights [R, n_coarse], outputs)``;
-    - ``fine_stage(rays, background, fine_edges, train) -> outputs`` on the merged intervals;
-    - ``trunk(net)``: the ``"coarse"`` or ``"fine"`` network (a NeRF MLP with ``trunk_features``).
+    - ``fine_edges(edges, weights, train, padding=None) -> fine_edges [R, S + 1]``: the method's
+      own way from bins and their weights to the fine level's bins (vanilla: the union of the
+      bins and n_fine inverse-CDF samples; Mip-NeRF: blur-pool, then n_fine + 1 new edges).
+      ``padding``: the uniform weight floor (None: the method's own);
+    - ``fine_stage(rays, background, fine_edges, train) -> outputs`` on those bins;
+    - ``trunk(net)``: the ``"coarse"`` or ``"fine"`` network (its ``trunk`` lists its trunk layers);
+    - ``trunk_activations(rays, edges, layer, net) -> [R * S, W]``: ReLU activations of trunk
+      layer ``layer`` of ``net`` for the S bins ``edges`` [R, S + 1] (vanilla: at the bin
+      midpoints; Mip-NeRF: the IPE of the bins' frustums);
+    - ``bin_density(rays, edges, net) -> [R, S]``: that network's density for the same bins.
     """
 
     n_coarse: int
@@ -138,6 +146,12 @@ class CoarseToFine(Protocol):
 
     def coarse_stage(self, rays: RayBundle, background: Tensor, train: bool): ...
 
+    def fine_edges(self, edges: Tensor, weights: Tensor, train: bool, padding: float | None = None) -> Tensor: ...
+
     def fine_stage(self, rays: RayBundle, background: Tensor, fine_edges: Tensor, train: bool) -> dict: ...
 
     def trunk(self, net: str) -> nn.Module: ...
+
+    def trunk_activations(self, rays: RayBundle, edges: Tensor, layer: int, net: str) -> Tensor: ...
+
+    def bin_density(self, rays: RayBundle, edges: Tensor, net: str) -> Tensor: ...

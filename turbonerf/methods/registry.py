@@ -11,12 +11,14 @@ from turbonerf.errors import TurboNerfError
 from turbonerf.methods.efficient_nerf import EfficientNeRF, EfficientNeRFConfig
 from turbonerf.methods.instant_ngp import InstantNGP, InstantNGPConfig
 from turbonerf.methods.nerfacto import Nerfacto, NerfactoConfig
+from turbonerf.methods.mip_nerf import MipNeRF, MipNeRFConfig
 from turbonerf.methods.vanilla_nerf import VanillaNeRF, VanillaNeRFConfig
 
 METHODS: dict[str, tuple[type, type]] = {
     "efficient-nerf": (EfficientNeRFConfig, EfficientNeRF),
     "vanilla-nerf": (VanillaNeRFConfig, VanillaNeRF),
     "instant-ngp": (InstantNGPConfig, InstantNGP),
+    "mip-nerf": (MipNeRFConfig, MipNeRF),
     "r2l": (R2LConfig, R2L),
     "nerfacto": (NerfactoConfig, Nerfacto),
 }

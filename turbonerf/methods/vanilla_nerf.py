@@ -78,14 +78,28 @@ class VanillaNeRF(Method):
         """The fine MLP on the merged intervals ``fine_edges`` [R, S + 1]."""
         return self._shade(self.fine, rays, fine_edges, background, train)
 
+    def fine_edges(self, edges: Tensor, weights: Tensor, train: bool = False, padding: float | None = None) -> Tensor:
+        """The union of ``edges`` [R, B + 1] and n_fine inverse-CDF samples of ``weights`` [R, B]
+        (``padding`` added per bin, default 1e-5; random quantiles when ``train``): [R, B + n_fine + 1]."""
+        eps = 1e-5 if padding is None else padding
+        return merge_edges(edges, sample_from_pdf(edges, weights, self.n_fine, deterministic=not train, eps=eps))
+
     def trunk(self, net: str) -> NeRFMLP:
         return {"coarse": self.coarse, "fine": self.fine}[net]
+
+    def trunk_activations(self, rays: RayBundle, edges: Tensor, layer: int, net: str) -> Tensor:
+        """[R * S, width] activations of trunk layer ``layer`` at the midpoints of the bins ``edges`` [R, S + 1]."""
+        return self.trunk(net).trunk_features(packed_from_dense(edges).positions(rays), upto=layer)
+
+    def bin_density(self, rays: RayBundle, edges: Tensor, net: str) -> Tensor:
+        """[R, S] density of ``net`` at the midpoints of the bins ``edges`` [R, S + 1]."""
+        pts = packed_from_dense(edges).positions(rays)
+        return self.trunk(net).density(pts).float().reshape(edges.shape[0], -1)
 
     def forward(self, rays: RayBundle, background: Tensor, train: bool = False) -> dict:
         """Fine outputs (rgb, depth, opacity, weights) and ``coarse_rgb`` [R, 3]."""
         edges, w, coarse = self.coarse_stage(rays, background, train)
-        t_fine = sample_from_pdf(edges, w, self.n_fine, deterministic=not train)
-        out = self.fine_stage(rays, background, merge_edges(edges, t_fine), train)
+        out = self.fine_stage(rays, background, self.fine_edges(edges, w, train), train)
         out["coarse_rgb"] = coarse["rgb"]
         return out
 
