@@ -19,7 +19,7 @@ def test_bench_two_methods_two_budgets_then_nothing_reruns(tiny_scene, tmp_path,
             "--batch-rays", "64", "--no-progress", "--no-lpips-vgg", "--bake", "--bake-coarse-res", "8"]
     for kv in TINY + [kv.replace("instant-ngp:", "instant-ngp@paper:") for kv in TINY if kv.startswith("instant-ngp:")]:
         args += ["--set", kv]
-    args += ["--set", "instant-ngp@paper:schedule=method", "--set", "instant-ngp@paper:carve_from_views=false"]
+    args += ["--set", "instant-ngp:schedule=budget", "--set", "instant-ngp@paper:carve_from_views=false"]
     assert main(args) == 0
     data = json.loads((out / "bench.json").read_text())
     assert len(data["records"]) == 3 * 2 + 3  # methods x budgets + a baked tree per method

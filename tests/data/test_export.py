@@ -51,3 +51,4 @@ def test_fern_as_an_unbounded_capture_trains_contracted(tmp_path):
     assert model.contracted
     frac = float(model.grid.allowed.float().mean())
     assert 0.0 < frac < 0.6  # the cells no camera sees are gone before the first step
+    assert torch.equal(model.grid.occupied & ~model.grid.allowed, torch.zeros_like(model.grid.allowed))

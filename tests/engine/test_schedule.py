@@ -29,10 +29,10 @@ def test_budget_progress_takes_the_tighter_budget():
     assert budget_progress(10, 45.0, math.inf, math.inf) == 0.0
 
 
-def test_auto_schedule_follows_the_budget_given():
-    assert budget_schedule(TrainOptions(method=None, data=None, out=".")) is None
-    assert budget_schedule(TrainOptions(method=None, data=None, out=".", max_steps=10)) is not None
-    assert budget_schedule(TrainOptions(method=None, data=None, out=".", max_minutes=1.0, schedule="method")) is None
+def test_the_budget_schedule_is_asked_for_and_needs_a_budget():
+    assert budget_schedule(TrainOptions(method=None, data=None, out=".", max_steps=10)) is None
+    assert budget_schedule(TrainOptions(method=None, data=None, out=".", max_steps=10, schedule="budget")) is not None
+    assert budget_schedule(TrainOptions(method=None, data=None, out=".", max_minutes=1.0, schedule="budget")) is not None
     with pytest.raises(TurboNerfError, match="needs a budget"):
         budget_schedule(TrainOptions(method=None, data=None, out=".", schedule="budget"))
 
@@ -40,7 +40,7 @@ def test_auto_schedule_follows_the_budget_given():
 def test_training_follows_the_budget_schedule_and_says_so(tiny_scene, tmp_path):
     run = tmp_path / "run"
     train(TrainOptions(method="vanilla-nerf", data=tiny_scene, out=run, max_steps=20, batch_rays=32, overrides=TINY_VANILLA,
-                       progress=False, log_every=1, lr_final=0.1))
+                       progress=False, log_every=1, schedule="budget", lr_final=0.1))
     lrs = [json.loads(line)["lr"] for line in (run / "train_log.jsonl").read_text().splitlines()]
     base = max(lrs)
     s = BudgetSchedule(final=0.1)

@@ -1,10 +1,10 @@
 """``turbonerf bench``: every method on every scene under one protocol, resumable, with plots.
 
-Protocol (written into ``bench.json``): with the budget schedule (the default) each (scene,
-method, budget) is its own training run whose learning rate is scheduled over that budget, as a
-user who asks for that many minutes gets; with ``schedule="method"`` (the papers' step
-schedules) each (scene, method) trains once for the largest budget at ``downscale``, keeping
-snapshots when its training time passes the smaller budgets. Every run or snapshot is evaluated
+Protocol (written into ``bench.json``): with the papers' step schedules (``schedule="method"``,
+the default) each (scene, method) trains once for the largest budget at ``downscale``, keeping
+snapshots when its training time passes the smaller budgets; with the budget schedule each
+(scene, method, budget) is its own training run whose learning rate is scheduled over that
+budget, as a user who asks for that many minutes gets. Every run or snapshot is evaluated
 on the same test views (every ``every``-th) at the training resolution with the same thread
 settings.
 
@@ -73,9 +73,9 @@ class BenchOptions:
     overrides: list[str] = field(default_factory=list)
     """METHOD:KEY=VALUE method options"""
     batch_rays: int = 1024
-    schedule: str = "budget"
-    """"budget": one run per budget, its learning rate scheduled over it; "method": one run per
-    method with the paper's step schedule and snapshots at the smaller budgets"""
+    schedule: str = "method"
+    """"method": one run per method with the paper's step schedule and snapshots at the smaller
+    budgets; "budget": one run per budget, its learning rate scheduled over it"""
     threads: int | None = None
     lpips_vgg: bool = True
     progress: bool = True

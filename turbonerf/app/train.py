@@ -46,9 +46,10 @@ class TrainOptions:
     max_steps: int | None = None
     """None: DEFAULT_MAX_STEPS, and no step budget for the schedule"""
     max_minutes: float | None = None
-    schedule: str = "auto"
-    """learning-rate schedule: "budget" (warm-up and decay as fractions of the budget), "method"
-    (the paper's step schedule) or "auto" (budget when --max-minutes or --max-steps is given)"""
+    schedule: str = "method"
+    """learning-rate schedule: "method" (the paper's step schedule) or "budget" (warm-up and decay
+    as fractions of --max-minutes / --max-steps). Not the default: on lego it did not beat the
+    step schedules at 1.5-5 minute budgets (BENCHMARKS.md, "Quality per minute")"""
     lr_final: float = BudgetSchedule.final
     """budget schedule: factor of the learning rate when the budget is spent"""
     downscale: int = 1
@@ -79,7 +80,7 @@ class TrainResult:
 
 DEFAULT_METHOD = "vanilla-nerf"
 DEFAULT_MAX_STEPS = 200_000
-SCHEDULES = ("auto", "budget", "method")
+SCHEDULES = ("method", "budget")
 
 __all__ = ["TrainOptions", "TrainResult", "TrainingInterrupted", "available_methods", "sample_pixels", "train"]
 
@@ -184,7 +185,7 @@ def train(opts: TrainOptions) -> TrainResult:
 def budget_schedule(opts: TrainOptions) -> BudgetSchedule | None:
     """The budget schedule this run trains with, or None for the method's own step schedule."""
     budget_given = opts.max_minutes is not None or opts.max_steps is not None
-    if opts.schedule == "method" or (opts.schedule == "auto" and not budget_given):
+    if opts.schedule == "method":
         return None
     if not budget_given:
         raise TurboNerfError("--schedule budget needs a budget: give --max-minutes and/or --max-steps")

@@ -56,10 +56,10 @@ def train(
     max_steps: Optional[int] = typer.Option(None, help="stop after this many optimisation steps (default 200000)"),
     max_minutes: Optional[float] = typer.Option(None, help="stop after this many minutes of training"),
     schedule: str = typer.Option(
-        "auto",
-        help="learning-rate schedule: 'budget' (warm-up over the first 2% of the budget, the full rate until 60%, "
-        "then an exponential fall to --lr-final at its end; the budget is --max-minutes and/or --max-steps), 'method' (the paper's "
-        "step schedule) or 'auto' (budget when --max-minutes or --max-steps is given)",
+        "method",
+        help="learning-rate schedule: 'method' (the paper's step schedule) or 'budget' (warm-up over the first 2% of "
+        "the budget, the full rate until 60%, then an exponential fall to --lr-final at its end; the budget is "
+        "--max-minutes and/or --max-steps)",
     ),
     lr_final: float = typer.Option(0.1, help="budget schedule: learning-rate factor at the end of the budget"),
     downscale: int = typer.Option(1, help="shrink images (and intrinsics) by this integer factor"),
@@ -334,9 +334,9 @@ def bench(
     ),
     batch_rays: int = typer.Option(1024, help="rays per training step"),
     schedule: str = typer.Option(
-        "budget",
-        help="'budget': one run per budget, its learning rate scheduled over that budget; 'method': one run per "
-        "method with the paper's step schedule, snapshots at the smaller budgets",
+        "method",
+        help="'method': one run per method with the paper's step schedule, snapshots at the smaller budgets; "
+        "'budget': one run per budget, its learning rate scheduled over that budget",
     ),
     threads: Optional[int] = typer.Option(None, help="torch threads (default: torch's choice)"),
     lpips_vgg: bool = typer.Option(True, "--lpips-vgg/--no-lpips-vgg", help="also score LPIPS-VGG"),

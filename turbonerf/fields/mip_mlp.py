@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from turbonerf.encodings.frequency import FrequencyEncoding
 from turbonerf.encodings.ipe import integrated_pos_enc, ipe_dim
+from turbonerf.fields.nerf_mlp import skip_trunk
 
 
 class MipMLP(nn.Module):
@@ -69,14 +70,7 @@ class MipMLP(nn.Module):
         Returns:
             [N, width] ReLU activations.
         """
-        enc = self.encode(means, cov_diag)
-        h = enc
-        last = len(self.trunk) - 1 if upto is None else upto
-        for i, layer in enumerate(self.trunk[: last + 1]):
-            if i == self.skip + 1:
-                h = torch.cat([enc, h], dim=-1)
-            h = F.relu(layer(h))
-        return h
+        return skip_trunk(self.trunk, self.encode(means, cov_diag), self.skip, upto)
 
     def activate_density(self, raw: Tensor) -> Tensor:
         """raw density [N] -> softplus(raw + density_bias) (float32)."""

@@ -9,6 +9,18 @@ from torch import Tensor, nn
 from turbonerf.encodings.frequency import FrequencyEncoding
 
 
+def skip_trunk(trunk: nn.ModuleList, enc: Tensor, skip: int, upto: int | None = None) -> Tensor:
+    """ReLU activations after trunk layer ``upto`` (inclusive; None: the last) of a NeRF-style
+    trunk whose input ``enc`` [N, C] is concatenated again before layer ``skip + 1``. Returns [N, width]."""
+    h = enc
+    last = len(trunk) - 1 if upto is None else upto
+    for i, layer in enumerate(trunk[: last + 1]):
+        if i == skip + 1:
+            h = torch.cat([enc, h], dim=-1)
+        h = F.relu(layer(h))
+    return h
+
+
 class NeRFMLP(nn.Module):
     """The MLP of Mildenhall et al.: ``depth`` x ``width`` trunk with the encoded input
     concatenated again after layer ``skip``, a density head, and a ``color_width`` colour branch
@@ -50,14 +62,7 @@ class NeRFMLP(nn.Module):
         Returns:
             [N, width] ReLU activations.
         """
-        enc = self.pos_enc(x)
-        h = enc
-        last = len(self.trunk) - 1 if upto is None else upto
-        for i, layer in enumerate(self.trunk[: last + 1]):
-            if i == self.skip + 1:
-                h = torch.cat([enc, h], dim=-1)
-            h = F.relu(layer(h))
-        return h
+        return skip_trunk(self.trunk, self.pos_enc(x), self.skip, upto)
 
     def density(self, x: Tensor) -> Tensor:
         """x: [N, 3] -> sigma [N] (ReLU, as in the paper)."""
