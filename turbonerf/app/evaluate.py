@@ -135,7 +135,8 @@ def evaluate_run(
 ) -> dict:
     """Evaluate a run with what :func:`renderer_for_run` picks (the model, a snapshot
     ``checkpoint``, or with ``baked`` its NerfTree); writes ``RUN/<out_name>/results.json``
-    (default ``eval``, or ``eval_baked`` for a tree) and returns the results."""
+    (default ``eval``, or ``eval_baked`` for a tree, with ``_<split>`` appended for a split other
+    than test, so that scoring the train views keeps the test results) and returns the results."""
     opts = opts or EvalOptions()
     check_eval_options(opts)
     dev = runtime.resolve_device(opts.device)
@@ -143,6 +144,6 @@ def evaluate_run(
     renderer = renderer_for_run(Path(run_dir), dev, baked=baked, tree=tree, checkpoint=checkpoint)
     if checkpoint is not None:
         renderer.meta["checkpoint"] = str(checkpoint)
-    name = out_name or ("eval_baked" if baked else "eval")
+    name = out_name or ("eval_baked" if baked else "eval") + ("" if opts.split == "test" else f"_{opts.split}")
     with RunLock(Path(run_dir), "eval"):
         return evaluate_renderer(Path(run_dir), renderer, opts, dev, Path(run_dir) / name)
