@@ -35,13 +35,12 @@ densities run without a graph. ``--set proposal_update_every=0`` trains them on 
 Not ported: nerfstudio's camera-pose optimiser and its "last sample" background colour (the
 scene's background is used).
 
-CPU cost (lego at --downscale 4, 1024 rays per step, bf16, pinned to one core beside other jobs;
-seconds per step over steps 10-40): 0.60 and 1.02 in two runs under different load; with
-``proposal_samples_1=128 proposal_samples_2=64 n_samples=32`` 0.45 in the run that gave 1.02.
-Instant-NGP over its first 40 steps (occupancy grid still about half occupied) took 3.1 s/step
-there; its steady state is lower (BENCHMARKS.md). The hash-grid kernels dominate: the NeRF
-field's 16 levels on 48 samples and the proposals' 5 levels on 256 + 96 samples per ray. The
-defaults stay nerfstudio's; the smaller sample counts are an option, their quality unmeasured.
+CPU cost (``turbonerf bench`` on lego at 200x200, 1024 rays per step, one thread pinned to a
+core while the other core ran another benchmark; BENCHMARKS.md): 0.47 s per step against
+Instant-NGP's 0.21, 22.98 dB against 25.84 after 5 minutes. The hash-grid kernels dominate: the
+NeRF field's 16 levels on 48 samples and the proposals' 5 levels on 256 + 96 samples per ray.
+The defaults stay nerfstudio's; ``proposal_samples_1=128 proposal_samples_2=64 n_samples=32``
+is cheaper, its quality unmeasured.
 """
 
 from __future__ import annotations
