@@ -63,3 +63,22 @@ def test_truncated_checkpoint_is_refused(tmp_path):
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(TurboNerfError, match="t.safetensors"):
         ck.load_checkpoint(path)
+
+
+def test_a_checkpoint_from_before_the_carved_grids_still_loads(tmp_path):
+    import torch
+
+    from turbonerf.engine.loop import load_model_tensors
+    from turbonerf.errors import TurboNerfError
+    from turbonerf.methods.instant_ngp import InstantNGP, InstantNGPConfig
+
+    cfg = InstantNGPConfig(n_levels=4, log2_table_size=12, max_resolution=64, hidden=16, grid_resolution=16)
+    old = {f"model.{k}": v for k, v in InstantNGP(cfg, torch.tensor([[-1.0] * 3, [1.0] * 3])).state_dict().items()
+           if k != "grid.allowed"}
+    model = InstantNGP(cfg, torch.tensor([[-1.0] * 3, [1.0] * 3]))
+    model.grid.allowed.zero_()
+    load_model_tensors(model, old, tmp_path / "old.safetensors")
+    assert not model.grid.allowed.any()  # kept as built
+    del old["model.grid.density"]
+    with pytest.raises(TurboNerfError, match="grid.density"):
+        load_model_tensors(model, old, tmp_path / "old.safetensors")

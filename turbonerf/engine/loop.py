@@ -178,11 +178,23 @@ def save_trainee(trainee: Trainee, state: LoopState, path: Path | None = None, r
     save_checkpoint(path or trainee.checkpoint, model_state | opt_state | rng_tensors(trainee.generator), meta, rotate=rotate)
 
 
+def optional_state_keys(model: nn.Module) -> set[str]:
+    """state_dict keys that a checkpoint may lack (its value then stays as the model built it):
+    the buffers each submodule names in its ``OPTIONAL_STATE`` class attribute."""
+    keys = set()
+    for prefix, module in model.named_modules():
+        for name in getattr(type(module), "OPTIONAL_STATE", ()):
+            keys.add(f"{prefix}.{name}" if prefix else name)
+    return keys
+
+
 def load_model_tensors(model: nn.Module, tensors: dict[str, Tensor], path: Path) -> None:
     """Load the ``model.``-prefixed entries of a checkpoint into ``model``; a mismatch names the file
     and the tensors concerned."""
     state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     expected = model.state_dict()
+    for key in optional_state_keys(model) - set(state):  # added after older checkpoints were written
+        state[key] = expected[key]
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:

@@ -61,6 +61,9 @@ class OccupancyGrid(nn.Module):
         chunk: points per call of ``density_fn``.
     """
 
+    OPTIONAL_STATE = ("allowed",)
+    """checkpoints written before carving lack it: every cell stays allowed"""
+
     def __init__(
         self,
         aabb: Tensor,

@@ -44,6 +44,9 @@ class DensityGrid(nn.Module):
         beta: momentum rate of :meth:`observe`.
     """
 
+    OPTIONAL_STATE = ("allowed",)
+    """checkpoints written before carving lack it: every cell stays allowed"""
+
     def __init__(self, aabb: Tensor, resolution: int = 128, init: float = 10.0, beta: float = 0.1):
         super().__init__()
         self.resolution = int(resolution)
