@@ -16,6 +16,7 @@ from turbonerf.app.validate import require_positive
 from turbonerf.data.formats import load_scene, scene_info
 from turbonerf.data.scene import Split
 from turbonerf.engine import runtime
+from turbonerf.engine.distributed import Replicas, close, device_for_rank, replicas_from_env
 from turbonerf.errors import TurboNerfError
 from turbonerf.eval.lpips import LpipsScorer
 from turbonerf.eval.scores import image_scores, mean_scores
@@ -75,16 +76,23 @@ def eval_images(spec_data: str, downscale: int, opts: EvalOptions) -> tuple[obje
     return scene, data, indices
 
 
-def evaluate_renderer(run_dir: Path, renderer: RunRenderer, opts: EvalOptions, device: torch.device, out_dir: Path) -> dict:
+def evaluate_renderer(
+    run_dir: Path, renderer: RunRenderer, opts: EvalOptions, device: torch.device, out_dir: Path, replicas: Replicas = Replicas()
+) -> dict:
     """Render and score the images of ``opts`` with ``renderer``; write ``out_dir/results.json``
-    and ``out_dir/images``; return the results."""
+    and ``out_dir/images``; return the results.
+
+    With several processes (``torchrun``), rank r renders images r, r + N, ...; rank 0 gathers the
+    per-image scores and writes results.json in the split's order, the same file one process writes
+    (``ms_per_frame`` is then each frame's time on its own process; ``processes`` says how many)."""
     spec, meta = renderer.spec, renderer.meta
     scene, data, indices = eval_images(spec.scene.data, opts.downscale or spec.scene.downscale, opts)
     chunk = opts.chunk or renderer.chunk
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     lpips = LpipsScorer()
     per_image = []
-    for i in tqdm(indices, desc=f"eval {opts.split}", disable=not opts.progress, unit="img"):
+    mine = [indices[k] for k in replicas.shard(len(indices))]
+    for i in tqdm(mine, desc=f"eval {opts.split}", disable=not (opts.progress and replicas.is_main), unit="img"):
         t0 = time.perf_counter()
         with runtime.autocast(device, opts.bf16):
             out = render_image(
@@ -96,7 +104,12 @@ def evaluate_renderer(run_dir: Path, renderer: RunRenderer, opts: EvalOptions, d
         save_png(out_dir / "images" / f"{name}.png", out["rgb"])
         save_png(out_dir / "images" / f"{name}_depth.png", depth_to_png(out["depth"], out["opacity"]))
         scores = image_scores(out["rgb"], target, lpips, vgg=opts.lpips_vgg)
-        per_image.append({"name": name, **scores, "ms": ms})
+        per_image.append({"name": name, **scores, "ms": ms, "index": i})
+    per_image = sorted((r for shard in replicas.gather(per_image) for r in shard), key=lambda r: r["index"])
+    if not replicas.is_main:
+        return {}  # rank 0 writes and returns the results
+    for r in per_image:
+        del r["index"]
 
     def mean(key: str):
         vals = [r[key] for r in per_image if r[key] is not None]
@@ -113,6 +126,7 @@ def evaluate_renderer(run_dir: Path, renderer: RunRenderer, opts: EvalOptions, d
         "width": data.cameras.width,
         "height": data.cameras.height,
         "device": device_name(device),
+        "processes": replicas.world_size,
         **mean_scores(per_image),
         "lpips_reason": lpips.reason,
         "ms_per_frame": mean("ms"),
@@ -140,10 +154,19 @@ def evaluate_run(
     opts = opts or EvalOptions()
     check_eval_options(opts)
     dev = runtime.resolve_device(opts.device)
-    runtime.configure(dev)
-    renderer = renderer_for_run(Path(run_dir), dev, baked=baked, tree=tree, checkpoint=checkpoint)
-    if checkpoint is not None:
-        renderer.meta["checkpoint"] = str(checkpoint)
-    name = out_name or ("eval_baked" if baked else "eval") + ("" if opts.split == "test" else f"_{opts.split}")
-    with RunLock(Path(run_dir), "eval"):
-        return evaluate_renderer(Path(run_dir), renderer, opts, dev, Path(run_dir) / name)
+    replicas = replicas_from_env(dev)
+    try:
+        dev = device_for_rank(dev, replicas)
+        runtime.configure(dev)
+        renderer = renderer_for_run(Path(run_dir), dev, baked=baked, tree=tree, checkpoint=checkpoint)
+        if checkpoint is not None:
+            renderer.meta["checkpoint"] = str(checkpoint)
+        name = out_name or ("eval_baked" if baked else "eval") + ("" if opts.split == "test" else f"_{opts.split}")
+        if not replicas.is_main:  # rank 0 holds the run's lock for all
+            replicas.barrier()
+            return evaluate_renderer(Path(run_dir), renderer, opts, dev, Path(run_dir) / name, replicas)
+        with RunLock(Path(run_dir), "eval"):
+            replicas.barrier()
+            return evaluate_renderer(Path(run_dir), renderer, opts, dev, Path(run_dir) / name, replicas)
+    finally:
+        close(replicas)

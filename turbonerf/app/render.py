@@ -12,10 +12,11 @@ from tqdm.auto import tqdm
 from turbonerf.cameras import Cameras
 from turbonerf.data.formats import load_scene
 from turbonerf.engine import runtime
+from turbonerf.engine.distributed import Replicas, close, device_for_rank, replicas_from_env
 from turbonerf.app.runs import RunSpec, TreeOptions, renderer_for_run
 from turbonerf.app.validate import require_positive
 from turbonerf.errors import TurboNerfError
-from turbonerf.io.media import depth_to_png, save_png, to_uint8, write_video
+from turbonerf.io.media import depth_to_png, load_png, save_png, to_uint8, write_video
 from turbonerf.render.paths import orbit_path, spiral_path
 from turbonerf.render.renderer import render_image
 
@@ -54,7 +55,10 @@ def render_sequence(
     run_dir: Path, out: Path, opts: RenderOptions | None = None, baked: bool = False, tree: TreeOptions | None = None
 ) -> dict[str, Path]:
     """Render ``opts.frames`` frames along a path into ``out`` (rgb/, depth/, opacity/ PNGs, rgb
-    and depth videos) with what :func:`renderer_for_run` picks (the model, or with ``baked`` a tree)."""
+    and depth videos) with what :func:`renderer_for_run` picks (the model, or with ``baked`` a tree).
+
+    With several processes (``torchrun``), rank r renders frames r, r + N, ...; rank 0 then reads
+    all frames back for the videos and returns the paths (the other ranks return ``{}``)."""
     opts = opts or RenderOptions()
     require_positive("--frames", opts.frames)
     require_positive("--fps", opts.fps)
@@ -64,24 +68,36 @@ def render_sequence(
     if out.exists() and any(out.iterdir()) and not opts.overwrite:
         raise TurboNerfError("output folder exists and is not empty (use --overwrite)", out)
     dev = runtime.resolve_device(opts.device)
+    replicas = replicas_from_env(dev)
+    try:
+        replicas.barrier()  # every rank has checked the output folder before any writes to it
+        return _render_frames(run_dir, out, opts, baked, tree, device_for_rank(dev, replicas), replicas)
+    finally:
+        close(replicas)
+
+
+def _render_frames(
+    run_dir: Path, out: Path, opts: RenderOptions, baked: bool, tree: TreeOptions | None, dev: torch.device, replicas: Replicas
+) -> dict[str, Path]:
     runtime.configure(dev)
     renderer = renderer_for_run(Path(run_dir), dev, baked=baked, tree=tree)
     spec = renderer.spec
     cams = path_cameras(spec, opts.path, opts.frames, opts.downscale or spec.scene.downscale)
     for sub in ("rgb", "depth", "opacity"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    rgb_frames, depth_frames = [], []
     s = spec.scene
-    for i in tqdm(range(len(cams)), desc=f"render {opts.path}", disable=not opts.progress, unit="frame"):
+    mine = replicas.shard(len(cams))
+    for i in tqdm(mine, desc=f"render {opts.path}", disable=not (opts.progress and replicas.is_main), unit="frame"):
         with runtime.autocast(dev):
             img = render_image(renderer.render, cams, i, s.near, s.far, s.ndc, s.background, chunk=renderer.chunk, device=dev)
-        rgb = to_uint8(img["rgb"])
-        depth = depth_to_png(img["depth"], img["opacity"])
-        save_png(out / "rgb" / f"{i:04d}.png", rgb)
-        save_png(out / "depth" / f"{i:04d}.png", depth)
+        save_png(out / "rgb" / f"{i:04d}.png", to_uint8(img["rgb"]))
+        save_png(out / "depth" / f"{i:04d}.png", depth_to_png(img["depth"], img["opacity"]))
         save_png(out / "opacity" / f"{i:04d}.png", img["opacity"])
-        rgb_frames.append(rgb)
-        depth_frames.append(np.asarray(depth))
+    replicas.barrier()
+    if not replicas.is_main:
+        return {}
+    rgb_frames = [load_png(out / "rgb" / f"{i:04d}.png") for i in range(len(cams))]
+    depth_frames = [load_png(out / "depth" / f"{i:04d}.png") for i in range(len(cams))]
     return {
         "frames": out,
         "video": write_video(out / "rgb.mp4", rgb_frames, opts.fps),

@@ -28,6 +28,7 @@ from turbonerf.app.runs import (
 )
 from turbonerf.app.validate import require_positive
 from turbonerf.engine.checkpoint import clean_orphans
+from turbonerf.engine.distributed import Replicas, close, device_for_rank, rank_seed, replicas_from_env
 from turbonerf.engine.schedule import BudgetSchedule
 from turbonerf.engine.loop import LoopOptions, LoopState, StepOutput, Trainee, TrainingInterrupted, restore_trainee, run_loop
 from turbonerf.errors import TurboNerfError
@@ -76,6 +77,8 @@ class TrainResult:
     step: int
     seconds: float
     last_psnr: float
+    main: bool = True
+    """False in the processes other than rank 0 of a data-parallel run (which print nothing)"""
 
 
 DEFAULT_METHOD = "vanilla-nerf"
@@ -136,9 +139,21 @@ def train(opts: TrainOptions) -> TrainResult:
     """Train ``opts.method`` on ``opts.data`` into the run folder ``opts.out``.
 
     Nothing is written until every option, the scene and the method's config have been checked;
-    the run folder is locked while training (:class:`RunLock`)."""
+    the run folder is locked while training (:class:`RunLock`).
+
+    Started by ``torchrun`` with several processes, every rank trains its own batches of
+    ``batch_rays`` rays and the gradients are averaged (:mod:`turbonerf.engine.distributed`);
+    rank 0 alone writes the run folder."""
     check_train_options(opts)
     device = runtime.resolve_device(opts.device)
+    replicas = replicas_from_env(device)
+    try:
+        return _train(opts, device_for_rank(device, replicas), replicas)
+    finally:
+        close(replicas)
+
+
+def _train(opts: TrainOptions, device: torch.device, replicas: Replicas) -> TrainResult:
     runtime.configure(device)
     out = Path(opts.out)
     fresh = not (opts.resume and (out / RUN_FILE).is_file() and any(out.joinpath("checkpoints").glob("*.safetensors")))
@@ -170,8 +185,12 @@ def train(opts: TrainOptions) -> TrainResult:
             build_model(spec, torch.device("cpu"))
         except (ValueError, RuntimeError, ZeroDivisionError) as e:
             raise TurboNerfError(f"the options of {method} do not make a valid model ({e})") from None
+    spec = replace(spec, training=training_record(opts, replicas))
+    replicas.barrier()  # every rank has checked the options and the folder before rank 0 writes
+    if not replicas.is_main:
+        replicas.barrier()  # rank 0 has prepared the run folder
+        return _train_locked(opts, spec, scene, train_split, device, out, opts.resume and not fresh, replicas)
     with RunLock(out, "train"):
-        spec = replace(spec, training=training_record(opts))
         if not opts.resume:
             prepare_run_dir(out, opts.overwrite, protected=(data,))
         write_run_spec(out, spec)
@@ -179,7 +198,8 @@ def train(opts: TrainOptions) -> TrainResult:
             print(f"note: {out} holds no checkpoint yet; training starts at step 0", file=sys.stderr)
         for orphan in clean_orphans(out / CHECKPOINT.parent):
             print(f"note: removed {orphan.name}, left by an interrupted checkpoint write", file=sys.stderr)
-        return _train_locked(opts, spec, scene, train_split, device, out, resume=opts.resume and not fresh)
+        replicas.barrier()
+        return _train_locked(opts, spec, scene, train_split, device, out, opts.resume and not fresh, replicas)
 
 
 def budget_schedule(opts: TrainOptions) -> BudgetSchedule | None:
@@ -192,20 +212,25 @@ def budget_schedule(opts: TrainOptions) -> BudgetSchedule | None:
     return BudgetSchedule(final=opts.lr_final)
 
 
-def training_record(opts: TrainOptions) -> dict:
-    """What run.json says about how the latest training session ran."""
+def training_record(opts: TrainOptions, replicas: Replicas = Replicas()) -> dict:
+    """What run.json says about how the latest training session ran (``batch_rays`` per process;
+    ``global_batch_rays`` over all ``processes``)."""
     schedule = budget_schedule(opts)
     return {
         "max_steps": opts.max_steps,
         "max_minutes": opts.max_minutes,
         "schedule": {"kind": "method"} if schedule is None else schedule.describe(),
         "batch_rays": opts.batch_rays,
+        "processes": replicas.world_size,
+        "global_batch_rays": opts.batch_rays * replicas.world_size,
     }
 
 
-def _train_locked(opts: TrainOptions, spec: RunSpec, scene, train_split, device, out: Path, resume: bool) -> TrainResult:
-    torch.manual_seed(spec.seed)
-    gen = torch.Generator().manual_seed(spec.seed)
+def _train_locked(
+    opts: TrainOptions, spec: RunSpec, scene, train_split, device, out: Path, resume: bool, replicas: Replicas
+) -> TrainResult:
+    torch.manual_seed(spec.seed)  # the same on every rank: shared randomness (grid probes) stays in step
+    gen = torch.Generator().manual_seed(rank_seed(spec.seed, replicas.rank))  # each rank its own rays
     model = build_model(spec, device)
     model.train()
     optimizer, lr_factor = model.make_optimizer()
@@ -213,11 +238,13 @@ def _train_locked(opts: TrainOptions, spec: RunSpec, scene, train_split, device,
     state = LoopState()
     if resume:
         state = restore_trainee(trainee, spec.method, device)
+        if not replicas.is_main:  # the checkpoint holds rank 0's generator; any number of ranks may resume
+            gen.manual_seed(rank_seed(spec.seed, replicas.rank) + state.step)
     elif not scene.ndc:
         t0 = time.perf_counter()
         prior = model.prepare_from_views(train_split.cameras, train_split.alphas)
         state.seconds = time.perf_counter() - t0  # part of the training time (and of its budget)
-        if prior and opts.progress:
+        if prior and opts.progress and replicas.is_main:
             print("from the training views: " + ", ".join(f"{k} {v:.3g}" for k, v in prior.items()), file=sys.stderr)
 
     images = train_split.images.to(device)
@@ -246,7 +273,7 @@ def _train_locked(opts: TrainOptions, spec: RunSpec, scene, train_split, device,
         snapshot_minutes=list(opts.snapshot_minutes),
         bf16=opts.bf16,
         progress=opts.progress,
-        desc=f"train {spec.method}",
+        desc=f"train {spec.method}" + (f" x{replicas.world_size} processes" if replicas.distributed else ""),
     )
-    state = run_loop(trainee, step_fn, state, loop_opts, device, out / "train_log.jsonl", model.callbacks())
-    return TrainResult(out, state.step, state.seconds, state.last_psnr)
+    state = run_loop(trainee, step_fn, state, loop_opts, device, out / "train_log.jsonl", model.callbacks(), replicas)
+    return TrainResult(out, state.step, state.seconds, state.last_psnr, replicas.is_main)

@@ -72,6 +72,9 @@ def train(
     overwrite: bool = typer.Option(False, help="replace an existing run folder"),
     fp32: bool = typer.Option(False, help="train in fp32 instead of bf16 autocast"),
     progress: bool = typer.Option(True, help="show a progress bar"),
+    nproc: int = typer.Option(
+        1, help="run as N processes on this machine (torchrun, gloo on 127.0.0.1): data-parallel training, the global batch is N x --batch-rays; for several machines call torchrun yourself (README)"
+    ),
 ):
     """Train a method on a scene. Ctrl-C saves a checkpoint; --resume continues from it."""
     from turbonerf.app.train import TrainOptions
@@ -97,7 +100,8 @@ def train(
         progress=progress,
     )
     result = run_training(opts)
-    print(f"trained {result.step} steps in {result.seconds / 60:.1f} min (last batch PSNR {result.last_psnr:.2f} dB) -> {result.run_dir}")
+    if result.main:
+        print(f"trained {result.step} steps in {result.seconds / 60:.1f} min (last batch PSNR {result.last_psnr:.2f} dB) -> {result.run_dir}")
 
 
 @app.command("eval")
@@ -110,6 +114,9 @@ def evaluate(
     device: str = typer.Option("auto", help="'auto', 'cpu' or 'cuda[:N]'"),
     chunk: Optional[int] = typer.Option(None, help="rays rendered at once (default: 4096 for a model, 1M for a tree)"),
     progress: bool = typer.Option(True, help="show a progress bar"),
+    nproc: int = typer.Option(
+        1, help="run as N processes on this machine (torchrun, gloo on 127.0.0.1): each renders and scores every N-th image, rank 0 writes one results.json; for several machines call torchrun yourself (README)"
+    ),
     lpips_vgg: bool = typer.Option(True, "--lpips-vgg/--no-lpips-vgg", help="also score LPIPS-VGG (slow at high resolution)"),
     sampler: str = typer.Option(
         "default",
@@ -164,6 +171,8 @@ def evaluate(
         return
     is_baked = baked or tree is not None
     r = evaluate_run(run, opts, baked=is_baked, tree=TreeOptions(tree, lookup, step_scale))
+    if not r:  # a rank other than 0 of a sharded evaluation
+        return
     where = Path(run) / ("eval_baked" if is_baked else "eval") / "results.json"
     ssim_txt = "n/a" if r["ssim"] is None else f"{r['ssim']:.4f}"
     lpips_txt = "n/a" if r.get("lpips") is None else f"{r['lpips']:.4f}"
@@ -185,6 +194,9 @@ def render(
     device: str = typer.Option("auto", help="'auto', 'cpu' or 'cuda[:N]'"),
     overwrite: bool = typer.Option(False, help="write into an existing non-empty output folder"),
     progress: bool = typer.Option(True, help="show a progress bar"),
+    nproc: int = typer.Option(
+        1, help="run as N processes on this machine (torchrun, gloo on 127.0.0.1): each renders every N-th frame, rank 0 writes the videos; for several machines call torchrun yourself (README)"
+    ),
     baked: bool = typer.Option(False, "--baked", help="render with the run's baked NerfTree (RUN/baked/nerftree.safetensors)"),
     tree: Optional[Path] = typer.Option(None, help="NerfTree file to render with (implies --baked)"),
     lookup: str = typer.Option("nearest", help="NerfTree lookup: nearest (fastest) or trilinear"),
@@ -198,7 +210,8 @@ def render(
 
     opts = RenderOptions(path=path, frames=frames, downscale=downscale, fps=fps, device=device, overwrite=overwrite, progress=progress)
     res = render_sequence(run, out, opts, baked=baked or tree is not None, tree=TreeOptions(tree, lookup, step_scale))
-    print(f"frames in {res['frames']}; video {res['video']}; depth video {res['depth_video']}")
+    if res:  # empty on the ranks other than 0 of a sharded render
+        print(f"frames in {res['frames']}; video {res['video']}; depth video {res['depth_video']}")
 
 
 @app.command()
@@ -413,13 +426,19 @@ def expand_multi_values(args: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``turbonerf`` console script; returns the exit status."""
+    from turbonerf.app.launch import launch_local, pop_nproc
     from turbonerf.app.train import TrainingInterrupted
 
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
+    if args[:1] == ["--"]:  # torchrun ... -m turbonerf -- train ...
+        args = args[1:]
     args = expand_multi_values(args)
     try:
+        nproc, args = pop_nproc(args)
+        if nproc > 1:
+            return launch_local(nproc, args)
         app(args=args, prog_name="turbonerf")  # standalone: usage errors print and raise SystemExit
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)

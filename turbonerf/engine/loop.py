@@ -13,13 +13,20 @@ What differs per model comes in through two small pieces:
 - callbacks (:class:`Callback`): ``before_step(step)`` runs under autocast before the forward
   pass (occupancy-grid refreshes, proposal annealing), ``after_step(step, output)`` after the
   optimizer step (density-grid momentum updates from the forward outputs, hard-example pools,
-  a live viewer, a distributed all-reduce).
+  a live viewer).
+
+Data-parallel training (``torchrun``) comes in through ``replicas``
+(:class:`turbonerf.engine.distributed.Replicas`): gradients are averaged between backward and the
+optimizer step, grids are broadcast from rank 0 every ``sync_every`` steps, the step's
+non-finite flag and the elapsed seconds are agreed on, and rank 0 alone logs, checkpoints and
+draws the bar. With one process each of these is a no-op.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -33,10 +40,12 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from turbonerf.engine import runtime
+from turbonerf.engine.distributed import ReplicaLost, Replicas, state_fingerprint
 from turbonerf.engine.schedule import budget_progress
 from turbonerf.engine.checkpoint import (
     NonFiniteCheckpoint,
     load_checkpoint_or_previous,
+    non_finite_tensors,
     load_optimizer_tensors,
     optimizer_tensors,
     save_checkpoint,
@@ -95,6 +104,9 @@ class LoopOptions:
     """consecutive steps with a non-finite loss or gradient (each skipped) before the run rolls back"""
     max_rollbacks: int = 3
     """rollbacks to the last good checkpoint (each halving the learning rate) before training stops"""
+    sync_every: int = 16
+    """data-parallel runs: broadcast the model's buffers (occupancy / density grids) from rank 0
+    every this many steps (and before every checkpoint)"""
 
 
 @dataclass
@@ -136,9 +148,10 @@ class Trainee:
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
 
 
-def checkpoint_due(step: int, last_step: int, last_time: float, every_steps: int, every_minutes: float) -> bool:
-    """True when ``every_steps`` steps or ``every_minutes`` minutes have passed since the last checkpoint."""
-    return step - last_step >= every_steps or time.monotonic() - last_time > 60 * every_minutes
+def checkpoint_due(step: int, last_step: int, seconds: float, last_seconds: float, every_steps: int, every_minutes: float) -> bool:
+    """True when ``every_steps`` steps or ``every_minutes`` minutes of training have passed since
+    the last checkpoint (training seconds, which every rank of a data-parallel run agrees on)."""
+    return step - last_step >= every_steps or seconds - last_seconds > 60 * every_minutes
 
 
 @contextmanager
@@ -176,6 +189,15 @@ def save_trainee(trainee: Trainee, state: LoopState, path: Path | None = None, r
     meta = {**trainee.meta(), "step": state.step, "seconds": state.seconds, "psnr": _finite_or_none(state.last_psnr),
             "lr_scale": state.lr_scale, "rollbacks": state.rollbacks, "optimizer_groups": groups}
     save_checkpoint(path or trainee.checkpoint, model_state | opt_state | rng_tensors(trainee.generator), meta, rotate=rotate)
+
+
+def check_trainee_finite(trainee: Trainee, path: Path) -> None:
+    """What :func:`save_trainee` refuses, without writing: ranks other than 0 of a data-parallel
+    run take the same roll-back decision as rank 0 this way."""
+    opt_state, _ = optimizer_tensors(trainee.optimizer)
+    bad = non_finite_tensors(trainee.model.state_dict() | opt_state)
+    if bad:
+        raise NonFiniteCheckpoint(f"not saved: {len(bad)} tensor(s) hold NaN or inf (first: {bad[0]})", path)
 
 
 def optional_state_keys(model: nn.Module) -> set[str]:
@@ -269,6 +291,7 @@ def run_loop(
     device: torch.device,
     log_path: Path,
     callbacks: list[Callback] = (),
+    replicas: Replicas = Replicas(),
 ) -> LoopState:
     """Train until ``opts.max_steps`` or ``opts.max_seconds``; returns the final state.
 
@@ -283,6 +306,11 @@ def run_loop(
     model and optimizer go back to the last checkpoint (which is finite: non-finite tensors are
     never saved) and the learning rate is halved; after ``max_rollbacks`` rollbacks training
     stops with a TurboNerfError that says so.
+
+    With ``replicas`` of several processes (data-parallel), every rank runs this loop on its own
+    batches: see :mod:`turbonerf.engine.distributed` for what keeps the replicas identical. The
+    last log line then records each rank's :func:`state_fingerprint`, and training ends with an
+    error if they differ.
     """
     optimizer = trainee.optimizer
     params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -290,25 +318,39 @@ def run_loop(
     snapshots = sorted(m for m in opts.snapshot_minutes if 60.0 * m > state.seconds)
     bad_in_row = 0
     method = trainee.meta().get("method", "")
-    if not trainee.checkpoint.is_file():
+    main = replicas.is_main
+    replicas.broadcast_parameters(trainee.model)
+    replicas.broadcast_buffers(trainee.model)
+    state.seconds = replicas.agree([state.seconds])[0]
+    if main and not trainee.checkpoint.is_file():
         save_trainee(trainee, state)
-    last_ckpt_step, last_ckpt_time = state.step, time.monotonic()
+    last_ckpt_step, last_ckpt_seconds = state.step, state.seconds
     by_time = math.isfinite(opts.max_seconds)  # the bar shows the budget the user gave: time, else steps
     bar = tqdm(
         total=round(opts.max_seconds) if by_time else opts.max_steps, initial=round(state.seconds) if by_time else state.step,
-        disable=not opts.progress, desc=opts.desc, unit="s" if by_time else "step", dynamic_ncols=True,
+        disable=not (opts.progress and main), desc=opts.desc, unit="s" if by_time else "step", dynamic_ncols=True,
         bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} s [{elapsed}<{remaining}{postfix}]" if by_time else None,
     )
+    comm = {"seconds": 0.0, "bytes": 0}  # data-parallel traffic since the last log line
 
     def advance_bar() -> None:
         target = min(round(state.seconds), bar.total) if by_time else state.step
         bar.update(target - bar.n)  # negative after a rollback; tqdm redraws at most ~10 times a second
 
     def checkpoint(path: Path | None = None, rotate: bool = True) -> None:
-        nonlocal last_ckpt_step, last_ckpt_time
-        save_trainee(trainee, state, path, rotate)
+        nonlocal last_ckpt_step, last_ckpt_seconds
+        if main:
+            save_trainee(trainee, state, path, rotate)
+        else:
+            check_trainee_finite(trainee, path or trainee.checkpoint)
         if path is None:
-            last_ckpt_step, last_ckpt_time = state.step, time.monotonic()
+            last_ckpt_step, last_ckpt_seconds = state.step, state.seconds
+
+    def synced_checkpoint(path: Path | None = None, rotate: bool = True) -> None:
+        t = time.perf_counter()
+        comm["bytes"] += replicas.broadcast_buffers(trainee.model)
+        comm["seconds"] += time.perf_counter() - t
+        checkpoint(path, rotate)
 
     def roll_back(reason: str) -> None:
         nonlocal bad_in_row
@@ -320,16 +362,20 @@ def run_loop(
                 trainee.checkpoint,
             )
         seconds, rollbacks, scale = state.seconds, state.rollbacks + 1, state.lr_scale * 0.5
+        generator_state = trainee.generator.get_state() if trainee.generator is not None and not main else None
         restored = restore_trainee(trainee, method, device)
+        if generator_state is not None:  # the checkpoint holds rank 0's batch generator
+            trainee.generator.set_state(generator_state)
         state.step, state.last_psnr = restored.step, restored.last_psnr
         state.seconds, state.rollbacks, state.lr_scale = seconds, rollbacks, scale
         bad_in_row = 0
         advance_bar()
         msg = f"{reason}: rolled back to step {state.step} with the learning rate x{scale:g}"
-        bar.write(f"warning: {msg}") if opts.progress else print(f"warning: {msg}", file=sys.stderr)
+        if main:
+            bar.write(f"warning: {msg}") if opts.progress else print(f"warning: {msg}", file=sys.stderr)
 
     try:
-        with sigterm_as_keyboard_interrupt(), open(log_path, "a") as log:
+        with sigterm_as_keyboard_interrupt(), open(log_path if main else os.devnull, "a") as log:
             while state.step < opts.max_steps and state.seconds < opts.max_seconds:
                 t0 = time.perf_counter()
                 step = state.step
@@ -349,6 +395,12 @@ def run_loop(
                 if finite:
                     out.loss.backward()
                     finite = grads_finite(params)
+                if replicas.distributed:
+                    tc = time.perf_counter()
+                    finite = replicas.agree([0.0 if finite else 1.0])[0] == 0.0  # one rank's NaN skips the step everywhere
+                    if finite:
+                        comm["bytes"] += replicas.average_gradients(params)
+                    comm["seconds"] += time.perf_counter() - tc
                 state.seconds += time.perf_counter() - t0
                 if not finite:
                     optimizer.zero_grad(set_to_none=True)
@@ -363,7 +415,12 @@ def run_loop(
                 for cb in callbacks:
                     cb.after_step(step, out)
                 state.step += 1
-                state.seconds += time.perf_counter() - t1
+                if replicas.distributed:
+                    if state.step % opts.sync_every == 0:
+                        comm["bytes"] += replicas.broadcast_buffers(trainee.model)
+                    state.seconds = replicas.agree([state.seconds + time.perf_counter() - t1])[0]
+                else:
+                    state.seconds += time.perf_counter() - t1
                 state.last_psnr = mse_to_psnr(out.stats.get("mse", loss))
                 advance_bar()
                 if state.step % opts.log_every == 0 or state.step == 1:
@@ -371,24 +428,42 @@ def run_loop(
                     bar.set_postfix(step=state.step, loss=f"{loss:.4f}", psnr=f"{state.last_psnr:.2f}", eta=f"{left / 60:.1f}min", refresh=False)
                     rec = {"step": state.step, "seconds": round(state.seconds, 3), "loss": loss, "psnr": state.last_psnr,
                            "lr": optimizer.param_groups[0]["lr"], **out.stats}
+                    if replicas.distributed:
+                        rec |= {"comm_seconds": round(comm["seconds"], 4), "comm_mb": round(comm["bytes"] / 2**20, 2)}
+                        comm["seconds"], comm["bytes"] = 0.0, 0
                     log.write(json_line(rec) + "\n")
                     log.flush()
                 try:
                     if snapshots and state.seconds >= 60.0 * snapshots[0]:
-                        checkpoint(trainee.checkpoint.with_name(f"snapshot_{snapshots[0]:g}min.safetensors"), rotate=False)
+                        synced_checkpoint(trainee.checkpoint.with_name(f"snapshot_{snapshots[0]:g}min.safetensors"), rotate=False)
                         snapshots.pop(0)
-                    if checkpoint_due(state.step, last_ckpt_step, last_ckpt_time, opts.checkpoint_every, opts.checkpoint_minutes):
-                        checkpoint()
+                    if checkpoint_due(state.step, last_ckpt_step, state.seconds, last_ckpt_seconds, opts.checkpoint_every, opts.checkpoint_minutes):
+                        synced_checkpoint()
                 except NonFiniteCheckpoint as err:
                     roll_back(f"the model holds non-finite values ({err.problem})")
+            if replicas.distributed:
+                replicas.broadcast_buffers(trainee.model)
+                prints = replicas.gather(state_fingerprint(trainee.model))
+                log.write(json_line({"step": state.step, "replicas": replicas.world_size, "fingerprints": prints}) + "\n")
+                if len(set(prints)) != 1:
+                    raise TurboNerfError(
+                        f"the {replicas.world_size} replicas of the model differ at the end of training (fingerprints "
+                        f"{', '.join(p[:12] for p in prints)}); rank 0's state is saved", trainee.checkpoint
+                    )
     except KeyboardInterrupt:
         bar.close()
         _final_save(checkpoint, state, last_ckpt_step)
         raise TrainingInterrupted(
             f"interrupted at step {state.step}; checkpoint saved to {trainee.checkpoint} (continue with --resume)"
         ) from None
+    except ReplicaLost:
+        bar.close()
+        if main and state.step != last_ckpt_step:
+            _final_save(checkpoint, state, last_ckpt_step)  # a lost replica: keep what rank 0 trained
+        raise
     bar.close()
     _final_save(checkpoint, state, last_ckpt_step)
+    replicas.barrier()  # nobody leaves before rank 0's checkpoint is on disk
     return state
 
 

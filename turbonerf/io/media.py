@@ -80,6 +80,16 @@ def save_png(path: str | Path, img) -> Path:
     return path
 
 
+def load_png(path: str | Path) -> np.ndarray:
+    """An 8-bit image written by :func:`save_png`: [H, W] or [H, W, C] uint8."""
+    import imageio.v3 as iio
+
+    try:
+        return np.asarray(iio.imread(Path(path)))
+    except OSError as e:
+        raise TurboNerfError(f"cannot read image ({e.strerror or e})", path) from None
+
+
 def depth_to_png(
     depth,
     opacity=None,

@@ -1,0 +1,217 @@
+"""Data-parallel training and sharded work on PyTorch's own distributed engine.
+
+A run started by ``torchrun`` (or ``turbonerf ... --nproc N``, which starts torchrun) has one
+process per rank; :func:`replicas_from_env` joins them into a process group (gloo on CPUs, nccl
+on GPUs) and returns :class:`Replicas`, the one object the training loop and the sharded
+commands talk to. A plain ``turbonerf`` process gets ``Replicas()`` (one rank), whose every
+operation is a no-op, so the single-process code path is the same code.
+
+How the replicas of one model stay identical (checked at the end of training by
+:func:`state_fingerprint`):
+
+- every rank builds the model from the same seed, and the torch global random generator is
+  seeded the same on every rank: randomness that is not about *which rays* a rank trains
+  (occupancy-grid probes, stratified jitter) is shared; only the batch generator is seeded with
+  ``seed + rank`` (:func:`rank_seed`);
+- gradients are averaged with one all-reduce over a flat buffer per dtype
+  (:meth:`Replicas.average_gradients`), an explicit all-reduce rather than DDP's module wrapper,
+  because the methods' numba hash-grid backward and their many entry points (forward, loss,
+  callbacks) do not fit a wrapped ``forward``; identical gradients and identical optimizers give
+  identical parameters;
+- state that is not a parameter (occupancy and density grids, which each rank updates from its
+  own samples) is broadcast from rank 0 every ``sync_every`` steps and before every checkpoint
+  (:meth:`Replicas.broadcast_buffers`);
+- decisions that would otherwise differ between ranks (a non-finite loss on one rank, the time
+  budget, a checkpoint due by time) are taken on values all-reduced with MAX (:meth:`Replicas.agree`).
+
+The learning-rate rule: gradients are averaged, not summed, and the learning rate is the one a
+single process uses; N ranks with ``--batch-rays B`` therefore train like one process with
+``--batch-rays N*B`` (same expected gradient, N times the rays per step).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from turbonerf.errors import TurboNerfError
+
+RENDEZVOUS_FILE_VAR = "TURBONERF_RENDEZVOUS_FILE"
+"""set by ``--nproc`` (:mod:`turbonerf.app.launch`): the processes meet through this file instead
+of torchrun's TCP store"""
+DEFAULT_TIMEOUT_S = 120.0
+"""how long a collective waits for a silent rank before the job ends with an error"""
+
+
+class ReplicaLost(TurboNerfError):
+    """Another rank stopped (crashed, killed, or out of memory) while this one waited for it."""
+
+
+@dataclass(frozen=True)
+class Replicas:
+    """The processes that train (or share the work of) one run: ``rank`` of ``world_size``.
+
+    ``Replicas()`` is one process alone; every collective below then returns at once."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str | None = None
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 writes run.json, logs, checkpoints, results and draws the progress bar."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def describe(self) -> dict:
+        return {"world_size": self.world_size, "backend": self.backend}
+
+    def shard(self, n: int) -> list[int]:
+        """The items of ``range(n)`` this rank handles: every ``world_size``-th, starting at ``rank``."""
+        return list(range(self.rank, n, self.world_size))
+
+    def agree(self, values: list[float]) -> list[float]:
+        """The element-wise maximum of ``values`` over all ranks (flags, elapsed seconds)."""
+        if not self.distributed:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64)
+        _collective(lambda: dist.all_reduce(t, op=dist.ReduceOp.MAX), "agree on the step's flags")
+        return t.tolist()
+
+    def average_gradients(self, params: list[Tensor]) -> int:
+        """Replace every parameter's gradient by its mean over the ranks; returns the bytes sent.
+
+        Gradients are packed into one flat buffer per dtype (a parameter without a gradient
+        contributes zeros, so every rank packs the same layout) and all-reduced once each.
+        """
+        if not self.distributed:
+            return 0
+        by_dtype: dict[torch.dtype, list[Tensor]] = {}
+        for p in params:
+            by_dtype.setdefault(p.dtype, []).append(p)
+        sent = 0
+        for group in by_dtype.values():
+            flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in group])
+            _collective(lambda: dist.all_reduce(flat, op=dist.ReduceOp.SUM), "average the gradients")
+            flat.div_(self.world_size)
+            sent += flat.numel() * flat.element_size()
+            offset = 0
+            for p in group:
+                n = p.numel()
+                p.grad = flat[offset : offset + n].view_as(p)
+                offset += n
+        return sent
+
+    def broadcast_buffers(self, module: nn.Module) -> int:
+        """Copy every buffer of ``module`` from rank 0 to the other ranks; returns the bytes sent."""
+        if not self.distributed:
+            return 0
+        sent = 0
+        for buf in module.buffers():
+            _collective(lambda: dist.broadcast(buf, src=0), "share the grids")
+            sent += buf.numel() * buf.element_size()
+        return sent
+
+    def broadcast_parameters(self, module: nn.Module) -> None:
+        """Copy every parameter of ``module`` from rank 0 (so replicas start identical even where a
+        model's initialisation is not seeded)."""
+        if not self.distributed:
+            return
+        with torch.no_grad():
+            for p in module.parameters():
+                _collective(lambda: dist.broadcast(p.data, src=0), "share the initial parameters")
+
+    def gather(self, obj: object) -> list[object]:
+        """``obj`` of every rank, in rank order (small JSON-like objects only)."""
+        if not self.distributed:
+            return [obj]
+        out: list[object] = [None] * self.world_size
+        _collective(lambda: dist.all_gather_object(out, obj), "gather results")
+        return out
+
+    def barrier(self) -> None:
+        if self.distributed:
+            _collective(dist.barrier, "wait for the other ranks")
+
+
+def _collective(op, what: str) -> None:
+    """Run a collective; a rank that went away becomes a one-line :class:`ReplicaLost`."""
+    try:
+        op()
+    except (RuntimeError, dist.DistError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ReplicaLost(
+            f"another process of this run stopped while this one waited to {what} ({first[:160]}); "
+            "the job ends here: the last checkpoint is kept, continue with --resume (any number of processes)"
+        ) from None
+
+
+def launched_as_replica() -> bool:
+    """True in a process started by torchrun (torch.distributed.run) or by ``--nproc``."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def replicas_from_env(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S) -> Replicas:
+    """Join the process group torchrun set up (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``...) or
+    ``--nproc`` did (the same variables, and a rendezvous file), or return ``Replicas()`` when
+    this process is alone.
+
+    The backend is gloo on CPUs and nccl on CUDA devices; a collective that waits longer than
+    ``timeout_s`` for another rank fails instead of hanging.
+    """
+    if not launched_as_replica():
+        return Replicas()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if world <= 1:
+        return Replicas()
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if not dist.is_available():
+        raise TurboNerfError("this build of torch has no torch.distributed: run one process")
+    if not dist.is_initialized():
+        kwargs = {"device_id": torch.device("cuda", local)} if device.type == "cuda" else {}
+        if RENDEZVOUS_FILE_VAR in os.environ:
+            kwargs |= {"init_method": f"file://{os.environ[RENDEZVOUS_FILE_VAR]}", "rank": rank, "world_size": world}
+        dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s), **kwargs)
+    return Replicas(rank=rank, world_size=world, local_rank=local, backend=backend)
+
+
+def device_for_rank(device: torch.device, replicas: Replicas) -> torch.device:
+    """On a multi-GPU node each rank uses its own GPU (``cuda:LOCAL_RANK``); CPUs are shared."""
+    if device.type == "cuda" and replicas.distributed and device.index is None:
+        torch.cuda.set_device(replicas.local_rank)
+        return torch.device("cuda", replicas.local_rank)
+    return device
+
+
+def close(replicas: Replicas) -> None:
+    """Leave the process group (at the end of a command)."""
+    if replicas.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The batch generator's seed of ``rank``: rank 0 keeps ``seed`` (a 1-process run draws what it always drew)."""
+    return seed + 1_000_003 * rank
+
+
+def state_fingerprint(module: nn.Module) -> str:
+    """SHA-256 of every parameter and buffer (names, shapes, dtypes and exact bytes): equal on two
+    replicas if and only if their states are bit-for-bit identical."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
