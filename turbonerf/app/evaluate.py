@@ -92,6 +92,8 @@ def evaluate_renderer(
     lpips = LpipsScorer()
     per_image = []
     mine = [indices[k] for k in replicas.shard(len(indices))]
+    replicas.barrier()
+    start = time.perf_counter()
     for i in tqdm(mine, desc=f"eval {opts.split}", disable=not (opts.progress and replicas.is_main), unit="img"):
         t0 = time.perf_counter()
         with runtime.autocast(device, opts.bf16):
@@ -106,6 +108,7 @@ def evaluate_renderer(
         scores = image_scores(out["rgb"], target, lpips, vgg=opts.lpips_vgg)
         per_image.append({"name": name, **scores, "ms": ms, "index": i})
     per_image = sorted((r for shard in replicas.gather(per_image) for r in shard), key=lambda r: r["index"])
+    wall = time.perf_counter() - start
     if not replicas.is_main:
         return {}  # rank 0 writes and returns the results
     for r in per_image:
@@ -130,6 +133,7 @@ def evaluate_renderer(
         **mean_scores(per_image),
         "lpips_reason": lpips.reason,
         "ms_per_frame": mean("ms"),
+        "wall_seconds": wall,  # rendering and scoring, all processes together: n_images / wall_seconds = throughput
         **renderer.describe(),
         "per_image": per_image,
     }

@@ -1,0 +1,53 @@
+"""The single-process Replicas are no-ops; fingerprints tell identical states from different ones."""
+
+import torch
+from torch import nn
+
+from turbonerf.engine.distributed import Replicas, rank_seed, replicas_from_env, state_fingerprint
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 2)
+        self.register_buffer("grid", torch.zeros(4, 4))
+        self.register_buffer("bits", torch.zeros(5, dtype=torch.bool))
+
+
+def test_one_process_is_a_no_op(monkeypatch):
+    for var in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    replicas = replicas_from_env(torch.device("cpu"))
+    assert replicas == Replicas() and replicas.is_main and not replicas.distributed
+    model = Tiny()
+    model.lin.weight.grad = torch.ones_like(model.lin.weight)
+    assert replicas.average_gradients(list(model.parameters())) == 0
+    assert torch.equal(model.lin.weight.grad, torch.ones_like(model.lin.weight))
+    assert replicas.agree([1.0, 2.5]) == [1.0, 2.5]
+    assert replicas.gather({"a": 1}) == [{"a": 1}]
+    assert replicas.shard(5) == [0, 1, 2, 3, 4]
+
+
+def test_shards_cover_every_item_once():
+    shards = [Replicas(rank=r, world_size=3).shard(10) for r in range(3)]
+    assert sorted(i for s in shards for i in s) == list(range(10))
+    assert shards[1] == [1, 4, 7]
+
+
+def test_rank_seeds_differ_and_rank_0_keeps_the_seed():
+    assert rank_seed(7, 0) == 7
+    assert len({rank_seed(7, r) for r in range(8)}) == 8
+
+
+def test_fingerprint_sees_one_changed_bit_in_a_parameter_or_a_buffer():
+    torch.manual_seed(0)
+    a = Tiny()
+    b = Tiny()
+    b.load_state_dict(a.state_dict())
+    assert state_fingerprint(a) == state_fingerprint(b)
+    with torch.no_grad():
+        b.lin.weight[0, 0] = torch.nextafter(b.lin.weight[0, 0], torch.tensor(1.0))
+    assert state_fingerprint(a) != state_fingerprint(b)
+    b.load_state_dict(a.state_dict())
+    b.bits[3] = True
+    assert state_fingerprint(a) != state_fingerprint(b)
