@@ -107,6 +107,15 @@ def test_torchrun_eval_writes_the_results_of_one_process(tiny_scene, tmp_path):
     assert res.returncode == 0, res.stderr
     assert sorted(p.name for p in (out / "rgb").iterdir()) == [f"{i:04d}.png" for i in range(5)]
     assert (out / "rgb.mp4").stat().st_size > 0 and res.stdout.count("frames in") == 1
+    # a distillation with two processes: shared pseudo-data chunks, then a data-parallel student
+    student = tmp_path / "student"
+    res = cli("distill", "--nproc", "2", "--teacher", str(run), "--out", str(student), "--num-pseudo-images", "4",
+              "--max-steps", "20", "--batch-rays", "64", "--no-progress", "--set", "width=16", "--set", "depth=4")
+    assert res.returncode == 0, res.stderr
+    manifest = json.loads((student / "pseudo" / "manifest.json").read_text())
+    assert [c["index"] for c in manifest["chunks"]] == [0, 1, 2, 3] and res.stdout.count("distilled") == 1
+    final = log_records(student)[-1]
+    assert final["replicas"] == 2 and len(set(final["fingerprints"])) == 1
 
 
 def free_port() -> int:

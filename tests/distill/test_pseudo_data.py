@@ -124,3 +124,44 @@ def test_box_cameras_stay_in_the_boxes_of_the_training_cameras():
         assert pose[:, 1] @ torch.tensor([0.0, 1.0, 0.0]) > 0.9  # and is not rolled
     assert math.isclose(float(pd._azimuth_arc(torch.tensor([0.0, 0.1, 0.2]))[1]), 0.2, abs_tol=1e-6)
     assert pd._azimuth_arc(torch.linspace(0, 6, 12))[1] == pytest.approx(2 * math.pi)
+
+
+def test_two_ranks_share_the_chunks_and_write_the_store_one_process_writes(tmp_path):
+    """Two ranks (threads here, with a gather built on a barrier) render alternate chunks; rank 0's
+    manifest lists them all and the store reads back as one process's does."""
+    import threading
+
+    cams, spec, bg = _ring(), _spec(per_chunk=1), torch.ones(3)
+    pd.generate_pseudo_data(tmp_path / "one", _fake_teacher, cams, spec, 5, bg, progress=False)
+    slots: list = [None, None]
+    barrier = threading.Barrier(2)
+    rendered: dict[int, int] = {}
+    calls = {0: 0, 1: 0}
+
+    def run(rank: int) -> None:
+        def gather(obj):
+            slots[rank] = obj
+            barrier.wait()
+            out = list(slots)
+            barrier.wait()
+            return out
+
+        def teacher(rays, background):
+            calls[rank] += 1  # one call per chunk here (64 rays)
+            return _fake_teacher(rays, background)
+
+        res = pd.generate_pseudo_data(tmp_path / "two", teacher, cams, spec, 5, bg, progress=False, rank=rank, world_size=2, gather=gather)
+        rendered[rank] = res.images
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert rendered == {0: 5, 1: 5}  # both ranks know of every chunk
+    assert calls == {0: 3, 1: 2}  # chunks 0, 2, 4 and 1, 3
+    manifest = json.loads((tmp_path / "two" / pd.MANIFEST).read_text())
+    assert [c["index"] for c in manifest["chunks"]] == [0, 1, 2, 3, 4]
+    ra, ca = pd.PseudoRays(tmp_path / "one").read_all()
+    rb, cb = pd.PseudoRays(tmp_path / "two").read_all()
+    assert np.array_equal(ra, rb) and np.array_equal(ca, cb)

@@ -48,6 +48,7 @@ from turbonerf.distill.hard_examples import HardExamplePool
 from turbonerf.distill.pseudo_data import PseudoDataResult, PseudoDataSpec, PseudoRays, generate_pseudo_data, resolve_pose_mode
 from turbonerf.engine import runtime
 from turbonerf.engine.checkpoint import read_checkpoint_meta
+from turbonerf.engine.distributed import Replicas, close, device_for_rank, rank_seed, replicas_from_env
 from turbonerf.engine.loop import (
     LoopOptions,
     LoopState,
@@ -130,6 +131,8 @@ class DistillResult:
     last_psnr: float
     messages: list[str]
     """notes for the user (early stop of generation, fallbacks)"""
+    main: bool = True
+    """False in the processes other than rank 0 of a multi-process run (which print nothing)"""
 
 
 def teacher_renderer(run_dir: Path, device: torch.device, choice: str) -> RunRenderer:
@@ -180,9 +183,11 @@ def _student_spec(opts: DistillOptions, teacher_spec: RunSpec) -> RunSpec:
 
 
 def make_pseudo_data(
-    opts: DistillOptions, out: Path, pseudo_root: Path, seed: int, teacher: RunRenderer, scene, device: torch.device
+    opts: DistillOptions, out: Path, pseudo_root: Path, seed: int, teacher: RunRenderer, scene, device: torch.device,
+    replicas: Replicas = Replicas(),
 ) -> tuple[PseudoDataResult, float, list[str]]:
-    """Stage 1 of :func:`distill`: (what was generated, this run's generation seconds so far, notes)."""
+    """Stage 1 of :func:`distill`: (what was generated, this run's generation seconds so far, notes).
+    Several processes share the chunks (:func:`generate_pseudo_data`'s rounds)."""
     messages = []
     budget_s = math.inf if opts.max_minutes is None else 60.0 * opts.max_minutes
     teacher_name = teacher.spec.method if teacher.tree is None else teacher.name
@@ -206,6 +211,7 @@ def make_pseudo_data(
             pseudo = generate_pseudo_data(
                 pseudo_root, teacher.render, cams, pspec, opts.num_pseudo_images, scene.background, device=device,
                 chunk_rays=opts.render_chunk, bf16=opts.bf16, max_seconds=gen_budget, progress=opts.progress,
+                rank=replicas.rank, world_size=replicas.world_size, gather=replicas.gather,
             )
     except KeyboardInterrupt:
         raise TrainingInterrupted(
@@ -238,23 +244,34 @@ class HardExampleFeed:
 
 
 def distill(opts: DistillOptions) -> DistillResult:
-    """Distil the teacher run ``opts.teacher`` into a student run ``opts.out`` (locked while it runs)."""
+    """Distil the teacher run ``opts.teacher`` into a student run ``opts.out`` (locked while it runs).
+
+    With several processes (``--nproc`` / torchrun) they share the pseudo-data chunks, then train
+    the student data-parallel (``batch_rays`` fresh rays per process); rank 0 writes the run."""
     require_positive("--max-steps", opts.max_steps)
     if opts.max_minutes is not None:
         require_positive("--max-minutes", opts.max_minutes)
     require_positive("--batch-rays", opts.batch_rays)
     require_at_least("--num-pseudo-images", opts.num_pseudo_images, 0)
     device = runtime.resolve_device(opts.device)
-    runtime.configure(device, opts.threads)
-    out = Path(opts.out)
-    if not opts.resume:  # fail on a bad student option or output folder before loading anything
-        _student_config(opts)
-        check_out_folder(out, opts.overwrite, protected=(Path(opts.teacher),))
-    with RunLock(out, "distill"):
-        return _distill_locked(opts, device, out)
+    replicas = replicas_from_env(device)
+    try:
+        device = device_for_rank(device, replicas)
+        runtime.configure(device, opts.threads)
+        out = Path(opts.out)
+        if not opts.resume:  # fail on a bad student option or output folder before loading anything
+            _student_config(opts)
+            check_out_folder(out, opts.overwrite, protected=(Path(opts.teacher),))
+        replicas.barrier()
+        if not replicas.is_main:
+            return _distill_locked(opts, device, out, replicas)
+        with RunLock(out, "distill"):
+            return _distill_locked(opts, device, out, replicas)
+    finally:
+        close(replicas)
 
 
-def _distill_locked(opts: DistillOptions, device: torch.device, out: Path) -> DistillResult:
+def _distill_locked(opts: DistillOptions, device: torch.device, out: Path, replicas: Replicas) -> DistillResult:
     messages: list[str] = []
     teacher = teacher_renderer(Path(opts.teacher), device, opts.teacher_renderer)
     tspec = teacher.spec
@@ -266,7 +283,7 @@ def _distill_locked(opts: DistillOptions, device: torch.device, out: Path) -> Di
         spec = _student_spec(opts, tspec)
     scene = load_scene(tspec.scene.data, downscale=tspec.scene.downscale, splits=("train",))
     train_split = scene.split("train")
-    if not opts.resume:
+    if not opts.resume and replicas.is_main:
         prepare_run_dir(out, opts.overwrite, protected=(Path(opts.teacher), Path(tspec.scene.data)))
         write_run_spec(out, spec)
     pseudo_root = Path(opts.pseudo_dir) if opts.pseudo_dir else out / "pseudo"
@@ -274,17 +291,20 @@ def _distill_locked(opts: DistillOptions, device: torch.device, out: Path) -> Di
         pseudo_root = Path(json.loads((out / DISTILL_FILE).read_text()).get("pseudo_dir", pseudo_root))
     info = {"teacher": str(Path(opts.teacher).resolve()), "teacher_method": tspec.method, "pseudo_dir": str(pseudo_root.resolve()),
             **{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items() if k not in ("teacher", "out", "pseudo_dir")}}
-    atomic_write_text(out / DISTILL_FILE, json.dumps(info, indent=2))
+    if replicas.is_main:
+        atomic_write_text(out / DISTILL_FILE, json.dumps(info, indent=2))
+    replicas.barrier()  # the run folder exists before any rank writes pseudo data into it
 
     # --- pseudo data
-    pseudo, gen_seconds, notes = make_pseudo_data(opts, out, pseudo_root, spec.seed, teacher, scene, device)
+    pseudo, gen_seconds, notes = make_pseudo_data(opts, out, pseudo_root, spec.seed, teacher, scene, device, replicas)
     messages += notes
+    replicas.barrier()  # rank 0's manifest lists every chunk before anyone reads it
     del teacher
     gc.collect()
 
     # --- student, through the one training loop
     torch.manual_seed(spec.seed)
-    gen = torch.Generator().manual_seed(spec.seed)
+    gen = torch.Generator().manual_seed(rank_seed(spec.seed, replicas.rank))
     model = build_model(spec, device)
     model.train()
     optimizer, lr_factor = model.make_optimizer()
@@ -297,6 +317,8 @@ def _distill_locked(opts: DistillOptions, device: torch.device, out: Path) -> Di
     state = LoopState()
     if opts.resume and trainee.checkpoint.is_file():
         state = restore_trainee(trainee, spec.method, device)
+        if not replicas.is_main:  # the checkpoint holds rank 0's generator
+            gen.manual_seed(rank_seed(spec.seed, replicas.rank) + state.step)
 
     data = PseudoRays(pseudo_root)
     n_pseudo, n_real = split_batch(opts.batch_rays, opts.real_fraction, len(data) > 0)
@@ -334,8 +356,8 @@ def _distill_locked(opts: DistillOptions, device: torch.device, out: Path) -> Di
         log_every=opts.log_every,
         bf16=opts.bf16,
         progress=opts.progress,
-        desc="distill r2l",
+        desc="distill r2l" + (f" x{replicas.world_size} processes" if replicas.distributed else ""),
     )
     callbacks = [HardExampleFeed(pool, opts.hard_ratio)] if pool is not None else []
-    state = run_loop(trainee, step_fn, state, loop_opts, device, out / "train_log.jsonl", callbacks)
-    return DistillResult(out, state.step, state.seconds, gen_seconds, pseudo, state.last_psnr, messages)
+    state = run_loop(trainee, step_fn, state, loop_opts, device, out / "train_log.jsonl", callbacks, replicas)
+    return DistillResult(out, state.step, state.seconds, gen_seconds, pseudo, state.last_psnr, messages, replicas.is_main)

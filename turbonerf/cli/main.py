@@ -270,6 +270,9 @@ def distill(
     overwrite: bool = typer.Option(False, help="replace an existing student folder"),
     fp32: bool = typer.Option(False, help="fp32 instead of bf16 autocast"),
     progress: bool = typer.Option(True, help="show progress bars"),
+    nproc: int = typer.Option(
+        1, help="run as N processes on this machine: they share the pseudo-data chunks, then train the student data-parallel"
+    ),
 ):
     """Distil a trained run into a neural light field (R2L): teacher pseudo data + real rays + hard examples."""
     from turbonerf.app.distill import DistillOptions
@@ -299,6 +302,8 @@ def distill(
         progress=progress,
     )
     res = run_distill(opts)
+    if not res.main:
+        return
     for line in res.messages:
         print(line)
     print(

@@ -39,6 +39,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -283,6 +284,11 @@ def render_pseudo_chunk(
     return np.concatenate(rays_out), np.concatenate(rgb_out)
 
 
+def alone(obj: object) -> list[object]:
+    """The ``gather`` of one process: its own value."""
+    return [obj]
+
+
 def generate_pseudo_data(
     root: Path,
     render_fn: RenderFn,
@@ -295,6 +301,9 @@ def generate_pseudo_data(
     bf16: bool = True,
     max_seconds: float | None = None,
     progress: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
+    gather: Callable[[object], list[object]] = alone,
 ) -> PseudoDataResult:
     """Render ``num_images`` pseudo images with ``render_fn`` into ``root``, resuming from the
     chunks already listed in its manifest (which must have been made with the same ``spec``).
@@ -305,6 +314,11 @@ def generate_pseudo_data(
         spec: the settings (``pose_mode`` must be resolved: box or sphere).
         num_images: total pseudo images wanted (rounded up to whole chunks).
         max_seconds: stop before starting a chunk once this call has spent this long.
+        rank, world_size, gather: several processes share the chunks (rank r renders the r-th,
+            (r+N)-th, ... missing chunk, in rounds of one chunk each); after each round ``gather``
+            (every rank's value of an object, in rank order) tells every rank what was made and
+            rank 0 alone rewrites the manifest. Chunk i depends on (seed, i) alone, so the store
+            is the same whoever renders it.
     """
     if spec.pose_mode not in ("box", "sphere"):
         raise TurboNerfError(f"pose mode must be resolved to box or sphere, got '{spec.pose_mode}'")
@@ -314,27 +328,34 @@ def generate_pseudo_data(
     done = _completed(read_manifest(root), spec, root)
     n_chunks = math.ceil(num_images / spec.images_per_chunk)
     todo = [i for i in range(n_chunks) if i not in done]
-    _write_manifest(root, spec, done)
+    mine = todo[rank::world_size]
+    if rank == 0:
+        _write_manifest(root, spec, done)
     t0 = time.perf_counter()
     new_rays, new_chunks, stopped = 0, 0, False
     bar = tqdm(total=n_chunks * spec.images_per_chunk, initial=(n_chunks - len(todo)) * spec.images_per_chunk,
-               disable=not progress, desc="pseudo data", unit="img", dynamic_ncols=True)
+               disable=not (progress and rank == 0), desc="pseudo data", unit="img", dynamic_ncols=True)
     try:
-        for i in todo:
-            elapsed = time.perf_counter() - t0
+        for k in range(math.ceil(len(todo) / world_size)):
+            elapsed = max(gather(time.perf_counter() - t0))
             if max_seconds is not None and elapsed >= max_seconds:
                 stopped = True
                 break
-            tc = time.perf_counter()
-            rays, rgb = render_pseudo_chunk(render_fn, cameras, spec, i, background, device, chunk_rays, bf16)
-            rays_path, rgb_path = chunk_paths(root, i)
-            _atomic_save_npy(rays_path, rays)
-            _atomic_save_npy(rgb_path, rgb)
-            done[i] = {"rays": int(rays.shape[0]), "seconds": round(time.perf_counter() - tc, 4)}
-            _write_manifest(root, spec, done)
-            new_rays += int(rays.shape[0])
-            new_chunks += 1
-            bar.update(spec.images_per_chunk)
+            made = {}
+            if k < len(mine):
+                i, tc = mine[k], time.perf_counter()
+                rays, rgb = render_pseudo_chunk(render_fn, cameras, spec, i, background, device, chunk_rays, bf16)
+                rays_path, rgb_path = chunk_paths(root, i)
+                _atomic_save_npy(rays_path, rays)
+                _atomic_save_npy(rgb_path, rgb)
+                made[i] = {"rays": int(rays.shape[0]), "seconds": round(time.perf_counter() - tc, 4)}
+            for part in gather(made):
+                done.update(part)
+                new_rays += sum(c["rays"] for c in part.values())
+                new_chunks += len(part)
+                bar.update(spec.images_per_chunk * len(part))
+            if rank == 0:
+                _write_manifest(root, spec, done)
             bar.set_postfix(rays_per_s=f"{new_rays / max(time.perf_counter() - t0, 1e-9):.0f}")
     finally:
         bar.close()
