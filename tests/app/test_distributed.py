@@ -18,12 +18,13 @@ from conftest import TINY_VANILLA
 from turbonerf.app.launch import pop_nproc
 from turbonerf.app.runs import load_trained
 from turbonerf.cli.main import main
-from turbonerf.engine.distributed import state_fingerprint
+from turbonerf.engine.distributed import SPARSE_MIN_NUMEL, state_fingerprint
 from turbonerf.errors import TurboNerfError
 
 TINY = {
     "vanilla-nerf": TINY_VANILLA,
-    "instant-ngp": ["n_levels=4", "log2_table_size=12", "base_resolution=8", "max_resolution=64", "hidden=16",
+    # a hash table of >= SPARSE_MIN_NUMEL entries: its gradient is averaged by rows
+    "instant-ngp": ["n_levels=4", "log2_table_size=17", "base_resolution=8", "max_resolution=128", "hidden=16",
                     "grid_resolution=16", "steps_per_diagonal=128", "grid_update_every=2", "grid_warmup_steps=4"],
 }
 STEPS, BATCH = 50, 32
@@ -63,6 +64,8 @@ def test_two_processes_train_one_model(method, tiny_scene, tmp_path):
     model, spec, meta = load_trained(run, torch.device("cpu"))
     assert state_fingerprint(model) == final["fingerprints"][0]
     assert meta["step"] == STEPS
+    big = [p for p in model.parameters() if p.dim() == 2 and p.numel() >= SPARSE_MIN_NUMEL]
+    assert len(big) == (1 if method == "instant-ngp" else 0)
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest.safetensors", "previous.safetensors"]
     training = json.loads((run / "run.json").read_text())["training"]
     assert training["processes"] == 2 and training["global_batch_rays"] == 2 * BATCH

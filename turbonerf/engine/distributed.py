@@ -45,6 +45,8 @@ from turbonerf.errors import TurboNerfError
 RENDEZVOUS_FILE_VAR = "TURBONERF_RENDEZVOUS_FILE"
 """set by ``--nproc`` (:mod:`turbonerf.app.launch`): the processes meet through this file instead
 of torchrun's TCP store"""
+SPARSE_MIN_NUMEL = 1 << 18
+"""2-D parameters this large average their gradients by rows (hash tables)"""
 DEFAULT_TIMEOUT_S = 120.0
 """how long a collective waits for a silent rank before the job ends with an error"""
 
@@ -91,15 +93,24 @@ class Replicas:
     def average_gradients(self, params: list[Tensor]) -> int:
         """Replace every parameter's gradient by its mean over the ranks; returns the bytes sent.
 
-        Gradients are packed into one flat buffer per dtype (a parameter without a gradient
-        contributes zeros, so every rank packs the same layout) and all-reduced once each.
+        Large tables (at least ``SPARSE_MIN_NUMEL`` elements, 2-D: hash grids, whose gradient
+        touches only the rows a step's samples hit, ~20% of Instant-NGP's 6.1 M rows with 1024
+        rays on lego) exchange only their non-zero rows (:func:`_average_rows`). The rest are
+        packed into one flat buffer per dtype (a parameter without a gradient contributes zeros,
+        so every rank packs the same layout) and all-reduced once each.
         """
         if not self.distributed:
             return 0
-        by_dtype: dict[torch.dtype, list[Tensor]] = {}
-        for p in params:
-            by_dtype.setdefault(p.dtype, []).append(p)
         sent = 0
+        dense = []
+        for p in params:
+            if p.dim() == 2 and p.numel() >= SPARSE_MIN_NUMEL:
+                sent += _average_rows(p, self.world_size)
+            else:
+                dense.append(p)
+        by_dtype: dict[torch.dtype, list[Tensor]] = {}
+        for p in dense:
+            by_dtype.setdefault(p.dtype, []).append(p)
         for group in by_dtype.values():
             flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in group])
             _collective(lambda: dist.all_reduce(flat, op=dist.ReduceOp.SUM), "average the gradients")
@@ -142,6 +153,31 @@ class Replicas:
     def barrier(self) -> None:
         if self.distributed:
             _collective(dist.barrier, "wait for the other ranks")
+
+
+def _average_rows(p: Tensor, world_size: int) -> int:
+    """Average the gradient of table ``p`` [rows, features] over the ranks by exchanging only its
+    non-zero rows (indices + values, padded to the largest rank's count); every rank adds the
+    parts in rank order, so all get the same bits. Returns the bytes this rank sent."""
+    grad = p.grad if p.grad is not None else torch.zeros_like(p)
+    idx = grad.ne(0).any(dim=1).nonzero().squeeze(1)
+    counts = [torch.zeros(1, dtype=torch.int64) for _ in range(world_size)]
+    _collective(lambda: dist.all_gather(counts, torch.tensor([idx.numel()])), "exchange gradient sizes")
+    m = int(max(c.item() for c in counts))
+    idx_pad = torch.zeros(m, dtype=torch.int32)
+    idx_pad[: idx.numel()] = idx.to(torch.int32)
+    val_pad = torch.zeros(m, p.shape[1], dtype=grad.dtype)
+    val_pad[: idx.numel()] = grad[idx]
+    idx_parts = [torch.empty_like(idx_pad) for _ in range(world_size)]
+    val_parts = [torch.empty_like(val_pad) for _ in range(world_size)]
+    _collective(lambda: dist.all_gather(idx_parts, idx_pad), "exchange gradient rows")
+    _collective(lambda: dist.all_gather(val_parts, val_pad), "exchange gradient rows")
+    out = torch.zeros_like(grad)
+    for c, i, v in zip(counts, idx_parts, val_parts):
+        n = int(c.item())
+        out.index_add_(0, i[:n].long(), v[:n])
+    p.grad = out.div_(world_size)
+    return m * (4 + p.shape[1] * grad.element_size())
 
 
 def _collective(op, what: str) -> None:
