@@ -65,6 +65,8 @@ class Replicas:
     world_size: int = 1
     local_rank: int = 0
     backend: str | None = None
+    device: str = "cpu"
+    """where the small tensors of collectives live (nccl needs them on the rank's GPU)"""
 
     @property
     def is_main(self) -> bool:
@@ -86,7 +88,7 @@ class Replicas:
         """The element-wise maximum of ``values`` over all ranks (flags, elapsed seconds)."""
         if not self.distributed:
             return list(values)
-        t = torch.tensor(values, dtype=torch.float64)
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
         _collective(lambda: dist.all_reduce(t, op=dist.ReduceOp.MAX), "agree on the step's flags")
         return t.tolist()
 
@@ -161,12 +163,13 @@ def _average_rows(p: Tensor, world_size: int) -> int:
     parts in rank order, so all get the same bits. Returns the bytes this rank sent."""
     grad = p.grad if p.grad is not None else torch.zeros_like(p)
     idx = grad.ne(0).any(dim=1).nonzero().squeeze(1)
-    counts = [torch.zeros(1, dtype=torch.int64) for _ in range(world_size)]
-    _collective(lambda: dist.all_gather(counts, torch.tensor([idx.numel()])), "exchange gradient sizes")
+    dev = grad.device
+    counts = [torch.zeros(1, dtype=torch.int64, device=dev) for _ in range(world_size)]
+    _collective(lambda: dist.all_gather(counts, torch.tensor([idx.numel()], device=dev)), "exchange gradient sizes")
     m = int(max(c.item() for c in counts))
-    idx_pad = torch.zeros(m, dtype=torch.int32)
+    idx_pad = torch.zeros(m, dtype=torch.int32, device=dev)
     idx_pad[: idx.numel()] = idx.to(torch.int32)
-    val_pad = torch.zeros(m, p.shape[1], dtype=grad.dtype)
+    val_pad = torch.zeros(m, p.shape[1], dtype=grad.dtype, device=dev)
     val_pad[: idx.numel()] = grad[idx]
     idx_parts = [torch.empty_like(idx_pad) for _ in range(world_size)]
     val_parts = [torch.empty_like(val_pad) for _ in range(world_size)]
@@ -220,7 +223,8 @@ def replicas_from_env(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S
         if RENDEZVOUS_FILE_VAR in os.environ:
             kwargs |= {"init_method": f"file://{os.environ[RENDEZVOUS_FILE_VAR]}", "rank": rank, "world_size": world}
         dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s), **kwargs)
-    return Replicas(rank=rank, world_size=world, local_rank=local, backend=backend)
+    return Replicas(rank=rank, world_size=world, local_rank=local, backend=backend,
+                    device=f"cuda:{local}" if device.type == "cuda" else "cpu")
 
 
 def device_for_rank(device: torch.device, replicas: Replicas) -> torch.device:
