@@ -72,10 +72,13 @@ def train(
     overwrite: bool = typer.Option(False, help="replace an existing run folder"),
     fp32: bool = typer.Option(False, help="train in fp32 instead of bf16 autocast"),
     progress: bool = typer.Option(True, help="show a progress bar"),
+    viewer: bool = typer.Option(False, "--viewer", help="serve the live web viewer while training (at most 10% of the time goes to it)"),
+    viewer_port: int = typer.Option(7007, help="port of the live viewer (127.0.0.1 only)"),
 ):
     """Train a method on a scene. Ctrl-C saves a checkpoint; --resume continues from it."""
     from turbonerf.app.train import TrainOptions
     from turbonerf.app.train import train as run_training
+    from turbonerf.app.view import ViewOptions
 
     opts = TrainOptions(
         method=method,
@@ -95,6 +98,7 @@ def train(
         overrides=list(set_),
         bf16=not fp32,
         progress=progress,
+        viewer=ViewOptions(port=viewer_port, device=device) if viewer else None,
     )
     result = run_training(opts)
     print(f"trained {result.step} steps in {result.seconds / 60:.1f} min (last batch PSNR {result.last_psnr:.2f} dB) -> {result.run_dir}")
@@ -199,6 +203,28 @@ def render(
     opts = RenderOptions(path=path, frames=frames, downscale=downscale, fps=fps, device=device, overwrite=overwrite, progress=progress)
     res = render_sequence(run, out, opts, baked=baked or tree is not None, tree=TreeOptions(tree, lookup, step_scale))
     print(f"frames in {res['frames']}; video {res['video']}; depth video {res['depth_video']}")
+
+
+@app.command()
+def view(
+    run: Path = typer.Option(..., help="run folder (any method, a distilled student, a baked run)"),
+    port: int = typer.Option(7007, help="port to listen on (0: any free port)"),
+    host: str = typer.Option("127.0.0.1", help="address to listen on; another than 127.0.0.1 exposes the viewer to the network (a warning is printed)"),
+    baked: bool = typer.Option(False, "--baked", help="render with the run's baked NerfTree (RUN/baked/nerftree.safetensors)"),
+    tree: Optional[Path] = typer.Option(None, help="NerfTree file to render with (implies --baked)"),
+    lookup: str = typer.Option("nearest", help="NerfTree lookup: nearest (fastest) or trilinear"),
+    step_scale: float = typer.Option(1.0, help="NerfTree marching step in fine voxels (2: twice as fast, see BENCHMARKS.md)"),
+    max_res: int = typer.Option(512, help="longer side of the full-resolution frame (rendered once the camera is still)"),
+    target_fps: float = typer.Option(15.0, help="frame rate to keep while the camera moves (the resolution adapts)"),
+    device: str = typer.Option("auto", help="'auto', 'cpu' or 'cuda[:N]'"),
+):
+    """Serve a web viewer of a run (viser): fly through it in a browser. Ctrl-C stops it."""
+    from turbonerf.app.runs import TreeOptions
+    from turbonerf.app.view import ViewOptions, serve_view
+
+    opts = ViewOptions(host=host, port=port, baked=baked or tree is not None, tree=TreeOptions(tree, lookup, step_scale),
+                       max_res=max_res, target_fps=target_fps, device=device)
+    serve_view(run, opts)
 
 
 @app.command()
