@@ -105,7 +105,7 @@ def wait_for_full_frame(browser: BrowserClient, width: int, after: float, timeou
 def test_the_viewer_in_a_real_browser(tiny_run):
     """Headless Chromium opens the page, the first frame arrives and is drawn (the canvas shows the
     rendered frame, not the empty viewer's background), a camera moved from the server side
-    brings a new frame and the page changes."""
+    brings a new frame and the page changes; a second tab is served too."""
     reason = browser_unavailable()
     if reason:
         pytest.skip(f"browser test skipped: {reason}")
@@ -136,5 +136,11 @@ def test_the_viewer_in_a_real_browser(tiny_run):
             region = (slice(100, 700), slice(50, 650))
             diff = np.abs(moved[region].astype(float) - shot[region].astype(float)).mean()
             assert diff > 2.0, f"the page did not change after the camera moved (mean difference {diff:.2f})"
+
+            browser.open_another_tab()  # a second client gets its own session and frames
+            end = time.perf_counter() + 60
+            while time.perf_counter() < end and not (len(server.clients()) == 2 and all(c.frames_sent for c in server.clients())):
+                browser.pump(0.1)
+            assert len(server.clients()) == 2 and all(c.frames_sent for c in server.clients())
     finally:
         server.stop()

@@ -135,6 +135,12 @@ class BrowserClient:
             self.frames.append(Frame(now, image.shape[1], image.shape[0]))
             self.last_image = image
 
+    def open_another_tab(self):
+        """A second tab on the same page (another viser client; its frames are not recorded)."""
+        page = self._browser.new_page(viewport={"width": self.viewport[0], "height": self.viewport[1]})
+        page.goto(self.url)
+        return page
+
     def pump(self, seconds: float) -> None:
         """Let the browser run (and its events arrive) for ``seconds``."""
         self.page.wait_for_timeout(max(1, int(seconds * 1000)))
