@@ -72,7 +72,7 @@ def main() -> None:
     p.add_argument("--step-scale", type=float, default=1.0)
     p.add_argument("--max-res", type=int, default=400)
     p.add_argument("--target-fps", type=float, default=15.0)
-    p.add_argument("--still-seconds", type=float, default=0.1)
+    p.add_argument("--still-seconds", type=float, default=0.2)
     p.add_argument("--cycles", type=int, default=3)
     p.add_argument("--move-seconds", type=float, default=4.0)
     p.add_argument("--warmup", type=float, default=1.0)

@@ -64,15 +64,20 @@ def test_moving_resolution_follows_the_measured_speed():
 
 def test_view_state_plans_moving_frames_then_the_full_frame():
     s = ViewState()
-    assert s.plan(0.0, 0.1)[0] is None  # no camera yet
+    assert s.plan(0.0, 0.2)[0] is None  # no camera yet
     s.set_pose(POSE, now=10.0)
-    assert s.plan(10.01, 0.1)[0] == "moving"
-    s.sent(s.version, False, 10.05)
-    kind, wait = s.plan(10.05, 0.1)
-    assert kind is None and wait == pytest.approx(0.05)
-    assert s.plan(10.11, 0.1)[0] == "full"
+    assert s.plan(10.01, 0.2)[0] == "moving"
+    v = s.version
+    s.set_pose(POSE, now=10.03)  # the camera moved while that frame rendered
+    s.sent(v, False, 10.05)
+    assert s.plan(10.05, 0.2)[0] == "moving"
+    s.sent(s.version, False, 10.1)  # no change during this one: the camera stopped
+    assert s.plan(10.1, 0.2)[0] == "full"
     s.sent(s.version, True, 10.2)
-    assert s.plan(11.0, 0.1) == (None, math.inf)
+    assert s.plan(11.0, 0.2) == (None, math.inf)
+    s.set_pose(POSE, now=11.0)
+    assert s.plan(11.3, 0.2)[0] == "full"  # a change left unrendered for still_seconds: full at once
+    s.sent(s.version, True, 11.4)
     s.invalidate()  # e.g. another output: the still camera gets a full frame at once
-    assert s.plan(11.0, 0.1)[0] == "full"
-    assert s.fps(10.3) == 2.0
+    assert s.plan(12.0, 0.2)[0] == "full"
+    assert s.fps(11.5) == 1.0  # frames sent in the last second (10.2 is older)

@@ -98,7 +98,7 @@ def train(
         overrides=list(set_),
         bf16=not fp32,
         progress=progress,
-        viewer=ViewOptions(port=viewer_port, device=device) if viewer else None,
+        viewer=ViewOptions(port=viewer_port, device=device, bf16=not fp32) if viewer else None,
     )
     result = run_training(opts)
     print(f"trained {result.step} steps in {result.seconds / 60:.1f} min (last batch PSNR {result.last_psnr:.2f} dB) -> {result.run_dir}")
@@ -217,13 +217,14 @@ def view(
     max_res: int = typer.Option(512, help="longer side of the full-resolution frame (rendered once the camera is still)"),
     target_fps: float = typer.Option(15.0, help="frame rate to keep while the camera moves (the resolution adapts)"),
     device: str = typer.Option("auto", help="'auto', 'cpu' or 'cuda[:N]'"),
+    fp32: bool = typer.Option(False, help="render a model in fp32 instead of bf16 autocast"),
 ):
     """Serve a web viewer of a run (viser): fly through it in a browser. Ctrl-C stops it."""
     from turbonerf.app.runs import TreeOptions
     from turbonerf.app.view import ViewOptions, serve_view
 
     opts = ViewOptions(host=host, port=port, baked=baked or tree is not None, tree=TreeOptions(tree, lookup, step_scale),
-                       max_res=max_res, target_fps=target_fps, device=device)
+                       max_res=max_res, target_fps=target_fps, device=device, bf16=not fp32)
     serve_view(run, opts)
 
 

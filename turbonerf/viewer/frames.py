@@ -4,8 +4,9 @@ rule and the per-client decision of what to render next.
 
 The rule (nerfstudio's): while the camera moves, a frame has ``pixels = pixels_per_second /
 target_fps`` pixels, with the speed measured over whole frames (rays, render, colouring, JPEG);
-once the camera has been still for ``still_seconds`` the frame is rendered at full resolution,
-and that render is abandoned between chunks when the camera moves again.
+once the camera stops the frame is rendered at full resolution, and that render is abandoned
+between chunks when the camera moves again. "Stopped" is decided without waiting a fixed time:
+the camera did not change while the last frame was rendered (:meth:`ViewState.plan`).
 """
 
 from __future__ import annotations
@@ -177,16 +178,19 @@ class ViewState:
         self.version += 1
 
     def plan(self, now: float, still_seconds: float) -> tuple[str | None, float]:
-        """("moving" | "full" | None, seconds to wait before asking again when None)."""
+        """("moving" | "full" | None, seconds to wait before asking again when None).
+
+        A camera change is rendered as a moving frame, unless it is already ``still_seconds``
+        old. Once a frame has been sent and the camera did not change while it was rendered, the
+        camera has stopped (or paused): the full frame follows at once, and is abandoned between
+        chunks if the camera moves again, so a pause costs at most one chunk of latency."""
         if self.pose is None:
             return None, math.inf
-        if now - self.changed_at >= still_seconds:
-            if self.shown_version == self.version and self.shown_full:
-                return None, math.inf
-            return "full", 0.0
         if self.shown_version != self.version:
-            return "moving", 0.0
-        return None, self.changed_at + still_seconds - now
+            return ("full" if now - self.changed_at >= still_seconds else "moving"), 0.0
+        if not self.shown_full:
+            return "full", 0.0
+        return None, math.inf
 
     def sent(self, version: int, full: bool, now: float) -> None:
         self.shown_version, self.shown_full = version, full

@@ -66,8 +66,8 @@ class ViewerOptions:
     port: int = 7007
     """0: any free port (see :attr:`ViewerServer.port`)"""
     resolution: Resolution = field(default_factory=Resolution)
-    still_seconds: float = 0.1
-    """the camera counts as still after this long without a change: the full frame is rendered"""
+    still_seconds: float = 0.2
+    """a camera change left unrendered this long is rendered at full resolution (see ViewState.plan)"""
     chunk_seconds: float = 0.02
     """rays per render call are sized to take about this long (how soon a render can be abandoned)"""
     jpeg_quality: int = 85
@@ -280,7 +280,7 @@ class ClientSession:
             job, wait = self.next_job(time.perf_counter())
             if job is None:
                 with self.cond:
-                    if not self.closed:
+                    if not self.closed and self.state.version == self.state.shown_version:
                         self.cond.wait(timeout=min(wait, 0.5))
                 self._update_panel(time.perf_counter())
                 continue
