@@ -16,6 +16,7 @@ Only this module imports viser.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import math
 import threading
@@ -139,8 +140,11 @@ class ClientSession:
         gui, content = self.client.gui, self.viewer.content
         self.output = gui.add_dropdown("output", OUTPUTS, initial_value="rgb")
         self.source = gui.add_dropdown("renderer", [s.label for s in content.sources], initial_value=content.sources[0].label)
-        self.output.on_update(lambda _: self.invalidate())
-        self.source.on_update(lambda _: self.invalidate())
+        max_res = self.viewer.options.resolution.max_res
+        self.max_res = gui.add_slider("max resolution", min=32, max=max(2048, max_res), step=16, initial_value=max_res,
+                                      hint="longer side of the frame once the camera stops")
+        for control in (self.output, self.source, self.max_res):
+            control.on_update(lambda _: self.invalidate())
         self.camera_names = self.viewer.camera_names()
         self.camera_pick = gui.add_dropdown("camera", self.camera_names, initial_value=self.camera_names[0])
         go = gui.add_button("go to camera")
@@ -218,13 +222,14 @@ class ClientSession:
 
     def _new_job(self, kind: str) -> FrameJob:
         opts, pose = self.viewer.options, self.state.pose
+        resolution = dataclasses.replace(opts.resolution, max_res=int(self.max_res.value))
         rate = self._rate().rate * opts.rate_scale
         if kind == "moving":
-            size = opts.resolution.moving(rate, pose.aspect)
+            size = resolution.moving(rate, pose.aspect)
         else:
-            size = opts.resolution.still(pose.aspect)
+            size = resolution.still(pose.aspect)
             if math.isfinite(opts.max_frame_seconds) and size[0] * size[1] > rate * opts.max_frame_seconds:
-                size = opts.resolution.moving(rate * opts.max_frame_seconds * opts.resolution.target_fps, pose.aspect)
+                size = resolution.moving(rate * opts.max_frame_seconds * resolution.target_fps, pose.aspect)
         chunk = int(self._rate().rate * opts.chunk_seconds)
         render_fn = self.viewer.render_fn(self.source.value)
         return FrameJob(render_fn, pose, size, self.viewer.content.bounds, chunk, opts.device, opts.bf16, full=kind == "full")
