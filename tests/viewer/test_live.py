@@ -22,7 +22,7 @@ class FakeViewer:
     def set_training_text(self, text):
         self.texts.append(text)
 
-    def invalidate_all(self):
+    def refresh_all(self):
         self.invalidated += 1
 
 

@@ -55,7 +55,7 @@ class LiveViewer:
             self.viewer.set_training_text(f"**step** {step + 1}  \n**loss** {loss:.4f}  \n**PSNR** {psnr:.2f} dB")
         if now - self.last_refresh >= self.refresh_seconds:
             self.last_refresh = now
-            self.viewer.invalidate_all()
+            self.viewer.refresh_all()
         if self.credit > 0:
             spent = self.viewer.render_for(self.credit)
             self.credit -= spent

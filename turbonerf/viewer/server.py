@@ -210,10 +210,18 @@ class ClientSession:
             self.cond.notify_all()
 
     def invalidate(self) -> None:
-        """Render again (output or renderer changed, the model trained further)."""
+        """Render again (output or renderer changed)."""
         with self.cond:
             self.state.invalidate()
             self.cond.notify_all()
+
+    def refresh(self) -> None:
+        """Render again because the model changed, unless a frame is still on its way (a frame
+        that takes longer than the refresh period must not be restarted forever)."""
+        with self.cond:
+            if self.state.shown_version == self.state.version:
+                self.state.invalidate()
+                self.cond.notify_all()
 
     # ---- rendering ---------------------------------------------------------------------------
 
@@ -405,10 +413,10 @@ class ViewerServer:
         with self._sessions_lock:
             return list(self.sessions.values())
 
-    def invalidate_all(self) -> None:
-        """Every client renders again (the model changed)."""
+    def refresh_all(self) -> None:
+        """Every client renders again once its current frame is out (the model changed)."""
         for s in self.clients():
-            s.invalidate()
+            s.refresh()
 
     def set_training_text(self, text: str) -> None:
         """A line for every panel (live training: step, loss, PSNR)."""
