@@ -65,19 +65,31 @@ def test_moving_resolution_follows_the_measured_speed():
 def test_view_state_plans_moving_frames_then_the_full_frame():
     s = ViewState()
     assert s.plan(0.0, 0.2)[0] is None  # no camera yet
-    s.set_pose(POSE, now=10.0)
-    assert s.plan(10.01, 0.2)[0] == "moving"
+    for i in range(20):  # the browser sends updates every 40 ms while the camera moves
+        s.set_pose(POSE, now=10.0 + 0.04 * i)
+    assert s.update_gap == pytest.approx(0.04, rel=0.05)
+    now = s.changed_at
+    assert s.plan(now + 0.01, 0.2)[0] == "moving"
     v = s.version
-    s.set_pose(POSE, now=10.03)  # the camera moved while that frame rendered
-    s.sent(v, False, 10.05)
-    assert s.plan(10.05, 0.2)[0] == "moving"
-    s.sent(s.version, False, 10.1)  # no change during this one: the camera stopped
-    assert s.plan(10.1, 0.2)[0] == "full"
-    s.sent(s.version, True, 10.2)
-    assert s.plan(11.0, 0.2) == (None, math.inf)
-    s.set_pose(POSE, now=11.0)
-    assert s.plan(11.3, 0.2)[0] == "full"  # a change left unrendered for still_seconds: full at once
-    s.sent(s.version, True, 11.4)
+    s.set_pose(POSE, now=now + 0.04)  # the camera moved while that frame rendered
+    s.sent(v, False, now + 0.05)
+    assert s.plan(now + 0.05, 0.2)[0] == "moving"
+    s.sent(s.version, False, now + 0.07)
+    kind, wait = s.plan(now + 0.07, 0.2)  # no update yet: stopped only after 1.5 gaps (60 ms)
+    assert kind is None and wait == pytest.approx(0.03, abs=0.005)
+    assert s.plan(now + 0.11, 0.2)[0] == "full"
+    s.sent(s.version, True, now + 0.2)
+    assert s.plan(now + 1.0, 0.2) == (None, math.inf)
+    s.set_pose(POSE, now=now + 2.0)
+    assert s.plan(now + 2.3, 0.2)[0] == "full"  # a change left unrendered for still_seconds: full at once
+    s.sent(s.version, True, now + 2.4)
     s.invalidate()  # e.g. another output: the still camera gets a full frame at once
-    assert s.plan(12.0, 0.2)[0] == "full"
-    assert s.fps(11.5) == 1.0  # frames sent in the last second (10.2 is older)
+    assert s.plan(now + 3.0, 0.2)[0] == "full"
+    assert s.fps(now + 2.5) == 1.0  # frames sent in the last second
+
+
+def test_the_pause_that_means_stopped_follows_the_update_pace():
+    s = ViewState(update_gap=0.01)
+    assert s.pause(0.2) == pytest.approx(0.03)  # at least MIN_PAUSE
+    s.update_gap = 0.3
+    assert s.pause(0.2) == pytest.approx(0.2)  # at most still_seconds

@@ -5,8 +5,8 @@ rule and the per-client decision of what to render next.
 The rule (nerfstudio's): while the camera moves, a frame has ``pixels = pixels_per_second /
 target_fps`` pixels, with the speed measured over whole frames (rays, render, colouring, JPEG);
 once the camera stops the frame is rendered at full resolution, and that render is abandoned
-between chunks when the camera moves again. "Stopped" is decided without waiting a fixed time:
-the camera did not change while the last frame was rendered (:meth:`ViewState.plan`).
+between chunks when the camera moves again. "Stopped" follows the browser's own pace: no camera
+update for 1.5 times the usual gap between updates (:meth:`ViewState.plan`).
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from turbonerf.render.renderer import RenderFn
 from turbonerf.viewer.camera import ViewPose, frame_size, full_size, view_cameras
 
 OUTPUTS = ("rgb", "depth", "opacity")
+MIN_PAUSE = 0.03
+"""seconds without a camera update after which the camera may count as stopped"""
 
 
 @dataclass(frozen=True)
@@ -166,11 +168,20 @@ class ViewState:
     shown_full: bool = False
     frame_times: list[float] = field(default_factory=list)
     """perf_counter times of the frames sent in the last second (the panel's FPS)"""
+    update_gap: float = 0.05
+    """seconds between camera updates while the camera moves (moving average)"""
 
     def set_pose(self, pose: ViewPose, now: float) -> None:
+        if 0.0 < now - self.changed_at < 1.0:  # the browser's pace of camera updates while it moves
+            self.update_gap = 0.7 * self.update_gap + 0.3 * (now - self.changed_at)
         self.pose = pose
         self.version += 1
         self.changed_at = now
+
+    def pause(self, still_seconds: float) -> float:
+        """How long without a camera update counts as stopped: 1.5 update gaps, within
+        [MIN_PAUSE, still_seconds]."""
+        return min(max(1.5 * self.update_gap, MIN_PAUSE), still_seconds)
 
     def invalidate(self) -> None:
         """The image changes though the camera did not (output, renderer, a newer model): render
@@ -181,15 +192,16 @@ class ViewState:
         """("moving" | "full" | None, seconds to wait before asking again when None).
 
         A camera change is rendered as a moving frame, unless it is already ``still_seconds``
-        old. Once a frame has been sent and the camera did not change while it was rendered, the
-        camera has stopped (or paused): the full frame follows at once, and is abandoned between
-        chunks if the camera moves again, so a pause costs at most one chunk of latency."""
+        old. The camera has stopped when no update came for :meth:`pause` (1.5 times the
+        browser's own pace of updates, at most ``still_seconds``): the full frame follows, and is
+        abandoned between chunks if the camera moves again."""
         if self.pose is None:
             return None, math.inf
         if self.shown_version != self.version:
             return ("full" if now - self.changed_at >= still_seconds else "moving"), 0.0
         if not self.shown_full:
-            return "full", 0.0
+            wait = self.changed_at + self.pause(still_seconds) - now
+            return ("full", 0.0) if wait <= 0 else (None, wait)
         return None, math.inf
 
     def sent(self, version: int, full: bool, now: float) -> None:
