@@ -77,6 +77,9 @@ def main() -> None:
     p.add_argument("--move-seconds", type=float, default=4.0)
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--settle", type=float, default=5.0, help="longest wait for the full frame")
+    p.add_argument("--viewport", type=int, default=600, help="side of the square page in CSS pixels")
+    p.add_argument("--frustums", action="store_true", help="keep the training cameras' frustums drawn (hidden by default: "
+                   "headless Chromium draws them in software, on the same CPU as the renderer)")
     p.add_argument("--screenshot", type=Path, help="save a screenshot of the page at the end (PNG)")
     p.add_argument("--out", type=Path, help="write the results as JSON")
     args = p.parse_args()
@@ -87,10 +90,11 @@ def main() -> None:
                        max_res=args.max_res, target_fps=args.target_fps, still_seconds=args.still_seconds)
     server = start_view(args.run, opts)
     try:
-        side = max(800, args.max_res)  # a square page: square frames
-        with BrowserClient(server.url, viewport=(side, side)) as browser:
+        with BrowserClient(server.url, viewport=(args.viewport, args.viewport)) as browser:  # square page: square frames
             if not browser.wait_for_frames(1, timeout=120):
                 raise SystemExit("no frame reached the browser")
+            for session in server.clients():
+                session.show_frustums.value = args.frustums
             browser.pump(2.0)
             cycles = [cycle(browser, args.max_res, args.move_seconds, args.warmup, args.settle) for _ in range(args.cycles)]
             browser.pump(1.0)
@@ -102,6 +106,7 @@ def main() -> None:
     result = {
         "run": str(args.run), "tree": str(args.tree) if args.tree else None, "step_scale": args.step_scale,
         "max_res": args.max_res, "target_fps": args.target_fps, "still_seconds": args.still_seconds,
+        "viewport": args.viewport, "frustums": args.frustums,
         "moving_fps_median": statistics.median(c["moving_fps"] for c in cycles),
         "full_after_stop_median_s": statistics.median(fulls) if fulls else None,
         "full_frames_missing": len(cycles) - len(fulls),

@@ -81,6 +81,7 @@ def train_once(args, out: Path, mode: str) -> dict:
     finally:
         if proc.poll() is None:
             proc.kill()
+    (out / "stderr.txt").write_text(err)
     if proc.returncode != 0:
         raise SystemExit(f"train failed ({mode}): {err[-2000:]}")
     share = next((line for line in err.splitlines() if "viewer: rendering took" in line), "")

@@ -8,13 +8,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import TINY_VANILLA
 from turbonerf.app import train as tr
-from turbonerf.app.view import ViewOptions, start_view, warn_if_exposed
+from turbonerf.app.bake import BakeOptions, bake_run
+from turbonerf.app.runs import TreeOptions, read_run_spec
+from turbonerf.app.view import ViewOptions, render_sources, run_cameras, scene_bounds, start_view, warn_if_exposed
 from turbonerf.data.synthetic import write_tiny_blender_scene
 from turbonerf.errors import TurboNerfError
 from turbonerf.viewer.browser import BrowserClient, browser_unavailable
+from turbonerf.viewer.camera import pose_from_cameras
+from turbonerf.viewer.frames import FrameJob
 
 pytest.importorskip("viser", reason="the viewer needs viser (pip install 'turbonerf[viewer]')")
 
@@ -75,6 +80,20 @@ def test_view_refuses_a_missing_tree_and_bad_options(tiny_run):
         start_view(tiny_run, ViewOptions(port=0, baked=True))
     with pytest.raises(TurboNerfError, match="--max-res"):
         start_view(tiny_run, ViewOptions(port=0, max_res=0))
+
+
+def test_a_baked_run_offers_its_tree_first_and_its_model(tiny_run):
+    tree = tiny_run / "baked" / "tree_view_test.safetensors"
+    bake_run(tiny_run, BakeOptions(out=tree, coarse_res=16, fine_res=2, threshold=0.0, progress=False))
+    spec = read_run_spec(tiny_run)
+    cpu = torch.device("cpu")
+    baked = render_sources(tiny_run, spec, ViewOptions(tree=TreeOptions(tree)), cpu)
+    assert [s.label for s in baked] == ["baked tree (tree_view_test.safetensors)", "model (vanilla-nerf)"]
+    plain = render_sources(tiny_run, spec, ViewOptions(), cpu)
+    assert [s.label for s in plain] == ["model (vanilla-nerf)"]  # the tree is not at the default path
+    train, test = run_cameras(spec)
+    job = FrameJob(baked[0].make(), pose_from_cameras(test, 0), (12, 12), scene_bounds(spec, train), 64, cpu)
+    assert job.advance() and job.image("rgb").shape == (12, 12, 3)
 
 
 def test_train_with_the_viewer_uses_the_loop_callback(tiny_scene, tmp_path):

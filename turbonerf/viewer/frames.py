@@ -3,7 +3,7 @@ abandoned or spread over training steps), the measured render speed, the adaptiv
 rule and the per-client decision of what to render next.
 
 The rule (nerfstudio's): while the camera moves, a frame has ``pixels = pixels_per_second /
-target_fps`` pixels, with the speed measured over whole frames (rays, render, colouring, JPEG);
+target_fps`` pixels, with the speed measured on every rendered chunk;
 once the camera stops the frame is rendered at full resolution, and that render is abandoned
 between chunks when the camera moves again. "Stopped" follows the browser's own pace: no camera
 update for 1.5 times the usual gap between updates (:meth:`ViewState.plan`).
@@ -117,7 +117,7 @@ class FrameJob:
 
 @dataclass
 class PixelRate:
-    """Measured pixels per second of whole frames (exponential moving average).
+    """Measured pixels (rays) per second of rendering (exponential moving average over chunks).
 
     Attributes:
         rate: the current estimate (a guess until the first frame is measured).

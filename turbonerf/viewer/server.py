@@ -30,7 +30,7 @@ import torch
 from turbonerf.cameras import Cameras
 from turbonerf.errors import TurboNerfError
 from turbonerf.render.renderer import RenderFn
-from turbonerf.viewer.camera import ViewPose, pose_from_cameras, quat_to_matrix, scene_up
+from turbonerf.viewer.camera import ViewPose, frame_size, pose_from_cameras, quat_to_matrix, scene_up
 from turbonerf.viewer.frames import OUTPUTS, FrameJob, PixelRate, Resolution, SceneBounds, ViewState
 
 
@@ -106,6 +106,10 @@ def orbit_centre(cameras: Cameras) -> np.ndarray:
     if np.linalg.cond(a) > 1e4:
         return origins.mean(0) + forward.mean(0)
     return np.linalg.solve(a, b)
+
+
+FIRST_FRAME_PIXELS = 4096
+"""the first frame of a renderer is this small: it measures the render speed the next ones are sized by"""
 
 
 class ClientSession:
@@ -232,7 +236,9 @@ class ClientSession:
         opts, pose = self.viewer.options, self.state.pose
         resolution = dataclasses.replace(opts.resolution, max_res=int(self.max_res.value))
         rate = self._rate().rate * opts.rate_scale
-        if kind == "moving":
+        if not self._rate().measured:  # a first small frame measures the render speed
+            size = frame_size(FIRST_FRAME_PIXELS, pose.aspect, resolution.max_res)
+        elif kind == "moving":
             size = resolution.moving(rate, pose.aspect)
         else:
             size = resolution.still(pose.aspect)
@@ -265,7 +271,10 @@ class ClientSession:
         """Advance ``job`` until done (then send it), abandoned, or ``deadline``; returns the
         seconds spent."""
         t0 = time.perf_counter()
+        rays = job.done_rays
         done = job.advance(deadline, stop=lambda: not self.wanted(job))
+        if job.done_rays > rays:  # the render speed, measured on every chunk (a frame may never finish)
+            self._rate().update(job.done_rays - rays, time.perf_counter() - t0)
         if done and self.wanted(job):
             self._send(job)
         elif not self.wanted(job):
@@ -278,7 +287,6 @@ class ClientSession:
         self.client.scene.set_background_image(image, format="jpeg", jpeg_quality=self.viewer.options.jpeg_quality)
         now = time.perf_counter()
         seconds = job.seconds + (now - t0)
-        self._rate().update(job.pixels, seconds)
         self.last_ms = 1000.0 * seconds
         self.last_size = f"{job.width} x {job.height} ({'full' if job.full else 'moving'})"
         self.frames_sent += 1
