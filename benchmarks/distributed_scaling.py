@@ -51,6 +51,51 @@ def training_rates(run: Path) -> dict:
     }
 
 
+def model_bytes(run: Path) -> dict:
+    """Bytes of the parameters averaged densely, of the tables averaged by rows, and of the buffers."""
+    from turbonerf.app.runs import load_trained
+    from turbonerf.engine.distributed import SPARSE_MIN_NUMEL
+
+    model = load_trained(run, torch.device("cpu"))[0]
+    rows = sum(p.numel() * p.element_size() for p in model.parameters() if p.dim() == 2 and p.numel() >= SPARSE_MIN_NUMEL)
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
+    return {"dense": total - rows, "rows_table": rows, "buffers": buffers}
+
+
+def projection(results: dict, sync_every: int = 16) -> str:
+    """Markdown: communication per rank and step at N processes, from the 2-process measurement.
+
+    Dense all-reduce (ring): 2 (N-1)/N x the dense bytes per rank. Row-sparse tables (all-gather):
+    (N-1) x the rows one rank sends (measured at N=2, held fixed: weak scaling, same rays per rank).
+    Grids: their bytes / sync_every. Time at the gloo loopback bandwidth measured here and at
+    nominal link speeds (not measured here)."""
+    t64 = results["allreduce_s"][64]
+    loop_bw = 64 * 2**20 / t64  # bytes per second one rank moves in a 2-process ring all-reduce
+    links = {"gloo loopback (measured)": loop_bw, "10 GbE (nominal 1.25 GB/s)": 1.25e9, "NVLink H100 (nominal ~450 GB/s bus)": 450e9}
+    lines = ["| method | N | MB / rank / step | " + " | ".join(f"ms at {k}" for k in links) + " |",
+             "|---|---|---|" + "---|" * len(links)]
+    for m, row in results["methods"].items():
+        b = row["bytes"]
+        measured = row["2x1"]["comm_mb_per_step"] * 2**20
+        rows_at_2 = max(measured - b["dense"] - b["buffers"] / sync_every, 0.0)
+        for n in (2, 4, 8):
+            vol = b["dense"] * 2 * (n - 1) / n + rows_at_2 * (n - 1) + b["buffers"] / sync_every
+            lines.append(f"| {m} | {n} | {vol / 2**20:.1f} | " + " | ".join(f"{1000 * vol / bw:.1f}" for bw in links.values()) + " |")
+    return "\n".join(lines)
+
+
+def measured_table(results: dict) -> str:
+    lines = ["| method | steps/s 1 proc x 2 threads | steps/s 2 procs x 1 thread | speed-up | comm ms/step (incl. waits) | comm MB/step | eval frames/s 1x2 | eval frames/s 2x1 | max per-image PSNR diff |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for m, r in results["methods"].items():
+        a, b = r["1x2"], r["2x1"]
+        lines.append(f"| {m} | {a['steps_per_s']:.2f} | {b['steps_per_s']:.2f} | {b['steps_per_s'] / a['steps_per_s']:.2f}x | "
+                     f"{b['comm_ms_per_step']:.0f} | {b['comm_mb_per_step']:.1f} | {r['eval_fps']['1x2']:.2f} | {r['eval_fps']['2x1']:.2f} | "
+                     f"{r['eval_max_psnr_diff']:.1e} |")
+    return "\n".join(lines)
+
+
 def _allreduce_worker(rank: int, world: int, store: str, sizes_mb: list[int], out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
@@ -108,10 +153,14 @@ def main() -> None:
         r2 = json.loads((one / "eval" / "results.json").read_text())
         row["eval_fps"] = {"1x2": r1["n_images"] / r1["wall_seconds"], "2x1": r2["n_images"] / r2["wall_seconds"]}
         row["eval_max_psnr_diff"] = max(abs(x["psnr"] - y["psnr"]) for x, y in zip(r1["per_image"], r2["per_image"]))
+        row["bytes"] = model_bytes(one)
         results["methods"][m] = row
         print(m, json.dumps(row), flush=True)
         (a.out / "scaling.json").write_text(json.dumps(results, indent=2))
-    print(f"-> {a.out / 'scaling.json'}")
+    tables = measured_table(results) + "\n\n" + projection(results)
+    (a.out / "scaling.md").write_text(tables + "\n")
+    print(tables)
+    print(f"-> {a.out / 'scaling.json'}, {a.out / 'scaling.md'}")
 
 
 if __name__ == "__main__":

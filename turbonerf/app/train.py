@@ -27,6 +27,7 @@ from turbonerf.app.runs import (
     write_run_spec,
 )
 from turbonerf.app.validate import require_positive
+from turbonerf.app.view import ViewOptions, check_view_options, start_live_viewer
 from turbonerf.engine.checkpoint import clean_orphans
 from turbonerf.engine.distributed import Replicas, close, device_for_rank, rank_seed, replicas_from_env
 from turbonerf.engine.schedule import BudgetSchedule
@@ -69,6 +70,8 @@ class TrainOptions:
     log_every: int = 10
     snapshot_minutes: list[float] = field(default_factory=list)
     """also keep ``checkpoints/snapshot_<M>min.safetensors`` when training time passes M minutes"""
+    viewer: ViewOptions | None = None
+    """serve the live web viewer while training (``--viewer``); None: no viewer"""
 
 
 @dataclass
@@ -130,6 +133,8 @@ def check_train_options(opts: TrainOptions) -> None:
     require_positive("log_every", opts.log_every)
     if not opts.resume and opts.data is None:
         raise TurboNerfError("--data is required (unless --resume)")
+    if opts.viewer is not None:
+        check_view_options(opts.viewer)
 
 
 MIN_IMAGE_SIDE = 8
@@ -275,5 +280,12 @@ def _train_locked(
         progress=opts.progress,
         desc=f"train {spec.method}" + (f" x{replicas.world_size} processes" if replicas.distributed else ""),
     )
-    state = run_loop(trainee, step_fn, state, loop_opts, device, out / "train_log.jsonl", model.callbacks(), replicas)
+    callbacks = list(model.callbacks())
+    live = None if (opts.viewer is None or not replicas.is_main) else start_live_viewer(model, scene, spec, opts.viewer, device)
+    try:
+        state = run_loop(trainee, step_fn, state, loop_opts, device, out / "train_log.jsonl", callbacks + ([live] if live else []), replicas)
+    finally:
+        if live is not None:
+            print(f"viewer: rendering took {100 * live.render_share():.1f}% of the training wall time", file=sys.stderr)
+            live.viewer.stop()
     return TrainResult(out, state.step, state.seconds, state.last_psnr, replicas.is_main)

@@ -509,7 +509,7 @@ def _march_ray(
     return cr, cg, cb, dep, opa, ns
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _march_kernel(
     trilinear, macro_tile, tiles, mdist, density, sh, lut, lo, scale, dc, df, degree, origins, dirs, viewdirs, near, far, bg, step,
     t_min, block, out_rgb, out_depth, out_opac, out_samples,

@@ -75,10 +75,13 @@ def train(
     nproc: int = typer.Option(
         1, help="run as N processes on this machine (torchrun, gloo on 127.0.0.1): data-parallel training, the global batch is N x --batch-rays; for several machines call torchrun yourself (README)"
     ),
+    viewer: bool = typer.Option(False, "--viewer", help="serve the live web viewer while training (at most 10% of the time goes to it)"),
+    viewer_port: int = typer.Option(7007, help="port of the live viewer (127.0.0.1 only)"),
 ):
     """Train a method on a scene. Ctrl-C saves a checkpoint; --resume continues from it."""
     from turbonerf.app.train import TrainOptions
     from turbonerf.app.train import train as run_training
+    from turbonerf.app.view import ViewOptions
 
     opts = TrainOptions(
         method=method,
@@ -98,6 +101,7 @@ def train(
         overrides=list(set_),
         bf16=not fp32,
         progress=progress,
+        viewer=ViewOptions(port=viewer_port, device=device, bf16=not fp32) if viewer else None,
     )
     result = run_training(opts)
     if result.main:
@@ -212,6 +216,29 @@ def render(
     res = render_sequence(run, out, opts, baked=baked or tree is not None, tree=TreeOptions(tree, lookup, step_scale))
     if res:  # empty on the ranks other than 0 of a sharded render
         print(f"frames in {res['frames']}; video {res['video']}; depth video {res['depth_video']}")
+
+
+@app.command()
+def view(
+    run: Path = typer.Option(..., help="run folder (any method, a distilled student, a baked run)"),
+    port: int = typer.Option(7007, help="port to listen on (0: any free port)"),
+    host: str = typer.Option("127.0.0.1", help="address to listen on; another than 127.0.0.1 exposes the viewer to the network (a warning is printed)"),
+    baked: bool = typer.Option(False, "--baked", help="render with the run's baked NerfTree (RUN/baked/nerftree.safetensors)"),
+    tree: Optional[Path] = typer.Option(None, help="NerfTree file to render with (implies --baked)"),
+    lookup: str = typer.Option("nearest", help="NerfTree lookup: nearest (fastest) or trilinear"),
+    step_scale: float = typer.Option(1.0, help="NerfTree marching step in fine voxels (2: twice as fast, see BENCHMARKS.md)"),
+    max_res: int = typer.Option(512, help="longer side of the full-resolution frame (rendered once the camera is still)"),
+    target_fps: float = typer.Option(15.0, help="frame rate to keep while the camera moves (the resolution adapts)"),
+    device: str = typer.Option("auto", help="'auto', 'cpu' or 'cuda[:N]'"),
+    fp32: bool = typer.Option(False, help="render a model in fp32 instead of bf16 autocast"),
+):
+    """Serve a web viewer of a run (viser): fly through it in a browser. Ctrl-C stops it."""
+    from turbonerf.app.runs import TreeOptions
+    from turbonerf.app.view import ViewOptions, serve_view
+
+    opts = ViewOptions(host=host, port=port, baked=baked or tree is not None, tree=TreeOptions(tree, lookup, step_scale),
+                       max_res=max_res, target_fps=target_fps, device=device, bf16=not fp32)
+    serve_view(run, opts)
 
 
 @app.command()

@@ -164,7 +164,7 @@ def _corner_weight(c, fx, fy, fz):
     return wx * wy * wz
 
 
-@numba.njit(cache=True, parallel=True)
+@numba.njit(cache=True, parallel=True, nogil=True)
 def _hash_forward_f2(x, table, res_arr, size_arr, hashed_arr, offset_arr, out):
     """out[i, 2l:2l+2] = trilinear interpolation of level l's table at x[i] (F = 2).
 
@@ -195,7 +195,7 @@ def _hash_forward_f2(x, table, res_arr, size_arr, hashed_arr, offset_arr, out):
             out[i, 2 * lv + 1] = a1
 
 
-@numba.njit(cache=True, parallel=True)
+@numba.njit(cache=True, parallel=True, nogil=True)
 def _hash_backward_f2(x, grad_out, res_arr, size_arr, hashed_arr, offset_arr, grad_table):
     """grad_table += d(sum(out * grad_out)) / d(table) (F = 2).
 

@@ -1,0 +1,168 @@
+"""A real browser as a client of the viewer: headless Chromium driven by Playwright, recording
+every frame the server sends it. Used by the browser test, ``benchmarks/viewer_fps.py`` and the
+README's screenshot (one harness for all three).
+
+Playwright cannot download its own browser here, so it is pointed at an installed Chromium
+(Debian's ``chromium`` package: ``/usr/bin/chromium``; or ``TURBONERF_CHROMIUM``). WebGL in headless
+Chromium needs SwiftShader (``--enable-unsafe-swiftshader``); ``--no-sandbox`` lets it run as root.
+
+Frames are counted at the client: every websocket message is decoded as viser's wire format
+(16-byte header, zstd-compressed msgpack, raw buffers) and each ``BackgroundImageMessage`` is
+recorded with its arrival time and JPEG size.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+CHROMIUM_ARGS = ["--no-sandbox", "--enable-unsafe-swiftshader", "--use-angle=swiftshader", "--ignore-gpu-blocklist"]
+
+
+def find_chromium() -> str | None:
+    """Path of an installed Chromium (``TURBONERF_CHROMIUM``, else ``chromium`` /
+    ``chromium-browser`` / ``google-chrome`` on PATH), or None."""
+    env = os.environ.get("TURBONERF_CHROMIUM")
+    if env:
+        return env if Path(env).is_file() else None
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def browser_unavailable() -> str | None:
+    """Why a browser test cannot run here (missing Playwright or Chromium), or None."""
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "Playwright for Python is not installed (pip install 'turbonerf[dev]')"
+    if find_chromium() is None:
+        return "no Chromium found (apt-get install chromium, or set TURBONERF_CHROMIUM)"
+    return None
+
+
+def background_frames(payload: bytes) -> list[np.ndarray]:
+    """Each background image in one viser websocket message (bytes), as uint8 [H, W, 3]."""
+    import msgspec
+    import zstandard
+    from PIL import Image
+
+    if len(payload) < 16:
+        return []
+    inner_size = int.from_bytes(payload[:8], "little")
+    compressed_size = int.from_bytes(payload[8:16], "little")
+    inner = zstandard.ZstdDecompressor().decompress(payload[16:16 + compressed_size], max_output_size=inner_size)
+    batch = msgspec.msgpack.decode(inner)
+    buffers = _binary_buffers(payload, 16 + compressed_size, batch.get("binaryBufferLengths", ()))
+    images = []
+    for msg in batch.get("messages", ()):
+        if msg.get("type") != "BackgroundImageMessage" or msg.get("rgb_data") is None:
+            continue
+        data = msg["rgb_data"]
+        if isinstance(data, dict) and "__binary_index" in data:
+            data = buffers[data["__binary_index"]]
+        images.append(np.asarray(Image.open(io.BytesIO(bytes(data))).convert("RGB")))
+    return images
+
+
+def _binary_buffers(payload: bytes, offset: int, lengths) -> list[bytes]:
+    out = []
+    for n in lengths:
+        offset += (8 - offset % 8) % 8
+        out.append(payload[offset:offset + n])
+        offset += n
+    return out
+
+
+@dataclass
+class Frame:
+    """A background image received by the browser: when (``time.perf_counter()``) and its size."""
+
+    t: float
+    width: int
+    height: int
+
+
+@dataclass
+class BrowserClient:
+    """Headless Chromium with the viewer page open (a context manager).
+
+    Attributes:
+        url: the viewer's address.
+        viewport: (width, height) of the page in CSS pixels.
+        frames: every background image received so far.
+        last_image: the latest one, uint8 [H, W, 3].
+    """
+
+    url: str
+    viewport: tuple[int, int] = (640, 480)
+    frames: list[Frame] = field(default_factory=list)
+    last_image: np.ndarray | None = None
+
+    def __enter__(self) -> "BrowserClient":
+        from playwright.sync_api import sync_playwright
+
+        reason = browser_unavailable()
+        if reason:
+            raise RuntimeError(reason)
+        self._pw = sync_playwright().start()
+        try:
+            self._browser = self._pw.chromium.launch(executable_path=find_chromium(), headless=True, args=CHROMIUM_ARGS)
+            self.page = self._browser.new_page(viewport={"width": self.viewport[0], "height": self.viewport[1]})
+            self.page.on("websocket", self._watch)
+            self.page.goto(self.url)
+        except BaseException:
+            self._pw.stop()
+            raise
+        return self
+
+    def _watch(self, ws) -> None:
+        ws.on("framereceived", self._on_message)
+
+    def _on_message(self, payload) -> None:
+        if isinstance(payload, str):
+            return
+        now = time.perf_counter()
+        for image in background_frames(payload):
+            self.frames.append(Frame(now, image.shape[1], image.shape[0]))
+            self.last_image = image
+
+    def open_another_tab(self):
+        """A second tab on the same page (another viser client; its frames are not recorded)."""
+        page = self._browser.new_page(viewport={"width": self.viewport[0], "height": self.viewport[1]})
+        page.goto(self.url)
+        return page
+
+    def pump(self, seconds: float) -> None:
+        """Let the browser run (and its events arrive) for ``seconds``."""
+        self.page.wait_for_timeout(max(1, int(seconds * 1000)))
+
+    def wait_for_frames(self, n: int, timeout: float, after: float = 0.0) -> bool:
+        """Wait until ``n`` frames arrived after time ``after``; False on timeout."""
+        end = time.perf_counter() + timeout
+        while time.perf_counter() < end:
+            if sum(1 for f in self.frames if f.t > after) >= n:
+                return True
+            self.pump(0.02)
+        return sum(1 for f in self.frames if f.t > after) >= n
+
+    def screenshot(self, path: Path | None = None) -> np.ndarray:
+        """The page as uint8 [H, W, 3] (also written to ``path`` as PNG when given)."""
+        from PIL import Image
+
+        png = self.page.screenshot(path=str(path) if path else None)
+        return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self._browser.close()
+        finally:
+            self._pw.stop()
