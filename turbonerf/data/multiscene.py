@@ -325,3 +325,19 @@ def load_scenes(path: Path, split: str, downscale: int = 1, max_objects: int | N
             raise TurboNerfError("--downscale is not supported for multi-scene sets", path)
         return load_multiscene(path, split, max_objects)
     return from_scene(load_scene(path, downscale=downscale, splits=(split,)), split)
+
+
+def choose_source_views(cameras: Cameras, k: int, seed: int = 0) -> list[int]:
+    """A fixed choice of ``k`` source views among V cameras, nested in ``k`` (the first k of the
+    same order): the first view is drawn from ``seed``, each next one is the camera farthest
+    (in position) from those already chosen, so that 2 or 3 views cover the object."""
+    n = len(cameras)
+    if not 0 < k <= n:
+        raise TurboNerfError(f"cannot choose {k} source views among {n}")
+    pos = cameras.c2w[:, :3, 3].double()
+    chosen = [int(torch.randint(0, n, (1,), generator=torch.Generator().manual_seed(seed)))]
+    while len(chosen) < k:
+        dist = torch.cdist(pos, pos[chosen]).min(dim=1).values
+        dist[chosen] = -1.0
+        chosen.append(int(dist.argmax()))
+    return chosen
