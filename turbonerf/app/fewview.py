@@ -62,10 +62,16 @@ class FewViewOptions:
 
 
 def object_scene(obj, root: Path, near: float, far: float, white: bool) -> Scene:
-    """An in-memory single scene whose train split is the object's source views."""
+    """An in-memory single scene whose train split is the object's source views. On a white
+    background, pixels of pure white count as transparent (alpha 0): methods that carve their
+    grids from the training views (Instant-NGP) start from the visual hull of the source views,
+    as they would from RGBA images; this makes the baseline stronger, not weaker."""
     half = max((far - near) / 2, 1e-3)
     paths = [root / f"source_{j:03d}.png" for j in obj.source_indices]
-    split = Split(obj.source_images, obj.source_cameras, paths)
+    alphas = None
+    if white:  # the background is pure white: a mask for carving the grids of Instant-NGP / EfficientNeRF
+        alphas = torch.where((obj.source_images == 255).all(-1), 0, 255).to(torch.uint8)
+    split = Split(obj.source_images, obj.source_cameras, paths, alphas)
     aabb = torch.tensor([[-half] * 3, [half] * 3], dtype=torch.float32)
     return Scene("objects", root, {"train": split}, near, far, white, False, aabb, (near, far))
 
