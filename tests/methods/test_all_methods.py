@@ -26,6 +26,8 @@ TINY = {
                  "proposal_levels=2", "proposal_log2_table_size=10", "proposal_max_resolution_1=32", "proposal_max_resolution_2=32",
                  "proposal_samples_1=16", "proposal_samples_2=8", "n_samples=8", "anneal_steps=4"],
     "mip-nerf": ["width=32", "depth=3", "skip=1", "color_width=16", "n_coarse=8", "n_fine=8", "max_deg=6"],
+    "pixelnerf": ["width=16", "n_blocks=3", "combine_at=2", "encoder_widths=8,8", "n_coarse=8", "n_fine=8", "pos_freqs=2",
+                  "scenes_per_batch=1"],
 }
 
 
@@ -66,7 +68,8 @@ def test_method_trains_evaluates_renders_and_bakes(method, tiny_scene, tmp_path)
         assert baked["renderer"].startswith("nerftree") and baked["params"] is None and baked["psnr"] > 0
         render_sequence(run, tmp_path / "tree_frames", RenderOptions(path="test", frames=1, progress=False), baked=True)
     else:
-        assert method in ("r2l", "mip-nerf")  # a light field has no density; Mip-NeRF's MLP needs frustums, not points
+        # a light field has no density; Mip-NeRF's MLP needs frustums, not points; pixelNeRF's field needs source views
+        assert method in ("r2l", "mip-nerf", "pixelnerf")
 
     if isinstance(model, CoarseToFine):
         from turbonerf.app.sweep import evaluate_sampler_configs, sampler_configs

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from turbonerf.app.sources import eval_objects
 from turbonerf.app.runs import RunLock, RunRenderer, TreeOptions, renderer_for_run
 from turbonerf.app.validate import require_positive
 from turbonerf.data.formats import load_scene, scene_info
@@ -44,6 +45,9 @@ class EvalOptions:
     progress: bool = True
     lpips_vgg: bool = True
     """also score LPIPS-VGG (0.3 s per 200x200 image on the development CPU, 9 s at 800x800)"""
+    source_views: int | None = None
+    """multi-scene methods (pixelNeRF): source views per held-out object (default: the method's
+    ``max_source_views``); ``limit`` then counts objects"""
 
 
 def device_name(device: torch.device) -> str:
@@ -61,6 +65,8 @@ def check_eval_options(opts: EvalOptions) -> None:
         require_positive("--chunk", opts.chunk)
     if opts.downscale is not None:
         require_positive("--downscale", opts.downscale)
+    if opts.source_views is not None:
+        require_positive("--source-views", opts.source_views)
 
 
 def eval_images(spec_data: str, downscale: int, opts: EvalOptions) -> tuple[object, Split, list[int]]:
@@ -165,12 +171,85 @@ def evaluate_run(
         renderer = renderer_for_run(Path(run_dir), dev, baked=baked, tree=tree, checkpoint=checkpoint)
         if checkpoint is not None:
             renderer.meta["checkpoint"] = str(checkpoint)
-        name = out_name or ("eval_baked" if baked else "eval") + ("" if opts.split == "test" else f"_{opts.split}")
+        multi = renderer.model is not None and renderer.model.multi_scene
+        k = (opts.source_views or renderer.model.config.max_source_views) if multi else None
+        name = out_name or eval_folder_name(baked, opts.split, k)
+        if multi and replicas.distributed:
+            raise TurboNerfError("a multi-scene method (pixelNeRF) is evaluated by one process: drop --nproc")
         if not replicas.is_main:  # rank 0 holds the run's lock for all
             replicas.barrier()
             return evaluate_renderer(Path(run_dir), renderer, opts, dev, Path(run_dir) / name, replicas)
         with RunLock(Path(run_dir), "eval"):
             replicas.barrier()
+            if multi:
+                return evaluate_multi_scene(Path(run_dir), renderer, opts, k, dev, Path(run_dir) / name)
             return evaluate_renderer(Path(run_dir), renderer, opts, dev, Path(run_dir) / name, replicas)
     finally:
         close(replicas)
+
+
+def eval_folder_name(baked: bool, split: str, source_views: int | None = None) -> str:
+    """``eval`` / ``eval_baked``, ``_<split>`` for a split other than test, ``_<k>view(s)`` for a
+    multi-scene method evaluated from k source views."""
+    name = ("eval_baked" if baked else "eval") + ("" if split == "test" else f"_{split}")
+    if source_views is not None:
+        name += f"_{source_views}view" + ("s" if source_views > 1 else "")
+    return name
+
+
+def evaluate_multi_scene(run_dir: Path, renderer: RunRenderer, opts: EvalOptions, k: int, device: torch.device, out_dir: Path) -> dict:
+    """A multi-scene method on the held-out objects of ``opts.split``, each from its ``k`` fixed
+    source views (:func:`turbonerf.app.sources.eval_objects`): writes ``out_dir/results.json``
+    (means over every scored image, ``per_object`` means and the source views of each object)
+    and ``out_dir/images/<object>/`` (the sources, and each target's rendering); returns the results."""
+    spec, meta, model = renderer.spec, renderer.meta, renderer.model
+    objects = eval_objects(spec.scene.data, opts.split, k, opts.downscale or spec.scene.downscale, opts.limit)
+    chunk = opts.chunk or renderer.chunk
+    lpips = LpipsScorer()
+    s = spec.scene
+    per_image, per_object = [], []
+    for obj in tqdm(objects, desc=f"eval {opts.split} ({k} source views)", disable=not opts.progress, unit="object"):
+        folder = out_dir / "images" / obj.name.replace("/", "_")
+        for j, img in zip(obj.source_indices, obj.source_images):
+            save_png(folder / f"source_{j:03d}.png", img.numpy())
+        t0 = time.perf_counter()
+        with runtime.autocast(device, opts.bf16):
+            model.condition(obj.source_images, obj.source_cameras)
+        encode_ms = 1000.0 * (time.perf_counter() - t0)
+        rows = []
+        for i in range(0, len(obj.target_names), max(1, opts.every)):
+            t0 = time.perf_counter()
+            with runtime.autocast(device, opts.bf16):
+                out = render_image(renderer.render, obj.target_cameras, i, s.near, s.far, s.ndc, s.background, chunk=chunk, device=device)
+            ms = 1000.0 * (time.perf_counter() - t0)
+            target = obj.target_images[i].float() / 255.0
+            save_png(folder / f"{obj.target_names[i]}.png", out["rgb"])
+            rows.append({"name": obj.target_names[i], "object": obj.name, **image_scores(out["rgb"], target, lpips, vgg=opts.lpips_vgg), "ms": ms})
+        per_image += rows
+        per_object.append({"name": obj.name, "source_views": obj.source_indices, "n_images": len(rows), "encode_ms": encode_ms,
+                           **mean_scores(rows)})
+    results = {
+        "method": spec.method,
+        "run": str(run_dir),
+        "checkpoint": meta.get("checkpoint", "latest"),
+        "step": meta.get("step"),
+        "train_seconds": meta.get("seconds"),
+        "split": opts.split,
+        "source_views": k,
+        "n_objects": len(objects),
+        "n_images": len(per_image),
+        "width": objects[0].target_cameras.width,
+        "height": objects[0].target_cameras.height,
+        "device": device_name(device),
+        **mean_scores(per_image),
+        "lpips_reason": lpips.reason,
+        "ms_per_frame": sum(r["ms"] for r in per_image) / len(per_image),
+        "encode_ms": sum(o["encode_ms"] for o in per_object) / len(per_object),
+        **renderer.describe(),
+        "per_object": per_object,
+        "per_image": per_image,
+    }
+    if lpips.reason:
+        print(f"LPIPS not computed: {lpips.reason}")
+    atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2))
+    return results

@@ -11,8 +11,10 @@ from tqdm.auto import tqdm
 
 from turbonerf.cameras import Cameras
 from turbonerf.data.formats import load_scene
+from turbonerf.data.multiscene import detect_multiscene
 from turbonerf.engine import runtime
 from turbonerf.engine.distributed import Replicas, close, device_for_rank, replicas_from_env
+from turbonerf.app.sources import eval_objects
 from turbonerf.app.runs import RunSpec, TreeOptions, renderer_for_run
 from turbonerf.app.validate import require_positive
 from turbonerf.errors import TurboNerfError
@@ -37,6 +39,31 @@ def path_cameras(spec: RunSpec, kind: str, n_frames: int, downscale: int) -> Cam
     return spiral_path(cams, spec.scene.depth_bounds, n_frames)
 
 
+def condition_on_object(model, spec: RunSpec, opts: "RenderOptions", sources_dir: Path) -> Cameras:
+    """Give a multi-scene model the source views of the object ``opts.object`` (saved to
+    ``sources_dir``) and return the cameras of the path around it: for a multi-scene set its
+    scored views (``test``) or an orbit through its cameras; for a single scene the scene's path."""
+    k = opts.source_views or model.config.max_source_views
+    downscale = opts.downscale or spec.scene.downscale
+    objects = eval_objects(spec.scene.data, "test", k, downscale)
+    if opts.object is not None:
+        objects = [o for o in objects if o.name == opts.object]
+        if not objects:
+            raise TurboNerfError(f"no held-out object named '{opts.object}'", spec.scene.data)
+    obj = objects[0]
+    for j, img in zip(obj.source_indices, obj.source_images):
+        save_png(sources_dir / f"source_{j:03d}.png", img.numpy())
+    model.condition(obj.source_images, obj.source_cameras)
+    if detect_multiscene(spec.scene.data) is None:
+        return path_cameras(spec, opts.path, opts.frames, downscale)
+    if opts.path == "test":
+        return obj.target_cameras[torch.arange(min(opts.frames, len(obj.target_cameras)))]
+    if opts.path != "orbit":
+        raise TurboNerfError(f"a multi-scene object renders along 'test' or 'orbit', not '{opts.path}'")
+    ref = obj.target_cameras
+    return orbit_path(ref, opts.frames)
+
+
 @dataclass
 class RenderOptions:
     """Options of ``turbonerf render`` (the camera path and the output)."""
@@ -49,6 +76,10 @@ class RenderOptions:
     device: str = "auto"
     overwrite: bool = False
     progress: bool = True
+    source_views: int | None = None
+    """multi-scene methods (pixelNeRF): source views of the object (default: the method's maximum)"""
+    object: str | None = None
+    """multi-scene methods: which held-out object (default: the first of the test split)"""
 
 
 def render_sequence(
@@ -82,9 +113,12 @@ def _render_frames(
     runtime.configure(dev)
     renderer = renderer_for_run(Path(run_dir), dev, baked=baked, tree=tree)
     spec = renderer.spec
-    cams = path_cameras(spec, opts.path, opts.frames, opts.downscale or spec.scene.downscale)
     for sub in ("rgb", "depth", "opacity"):
         (out / sub).mkdir(parents=True, exist_ok=True)
+    if renderer.model is not None and renderer.model.multi_scene:
+        cams = condition_on_object(renderer.model, spec, opts, out / "sources")
+    else:
+        cams = path_cameras(spec, opts.path, opts.frames, opts.downscale or spec.scene.downscale)
     s = spec.scene
     mine = replicas.shard(len(cams))
     for i in tqdm(mine, desc=f"render {opts.path}", disable=not (opts.progress and replicas.is_main), unit="frame"):

@@ -17,6 +17,7 @@ import torch
 from turbonerf import __version__
 from turbonerf.bake.nerftree import load_tree, read_tree_header
 from turbonerf.bake.render import TreeRenderer, default_step
+from turbonerf.data.multiscene import MultiSceneSet
 from turbonerf.data.scene import Scene
 from turbonerf.engine.checkpoint import load_checkpoint, load_checkpoint_or_previous, previous_of, read_checkpoint_meta
 from turbonerf.engine.loop import load_model_tensors
@@ -60,6 +61,22 @@ class SceneMeta:
             white_background=scene.white_background,
             aabb=scene.aabb.tolist(),
             depth_bounds=tuple(scene.depth_bounds),
+        )
+
+    @classmethod
+    def from_set(cls, scenes: MultiSceneSet, downscale: int) -> "SceneMeta":
+        """For a multi-scene set (its box: the sphere the sampling range can reach from the origin)."""
+        half = max(abs(scenes.far - scenes.near) / 2, 1e-3)
+        return cls(
+            format=scenes.format,
+            data=str(Path(scenes.root).resolve()),
+            downscale=downscale,
+            near=scenes.near,
+            far=scenes.far,
+            ndc=False,
+            white_background=scenes.white_background,
+            aabb=[[-half] * 3, [half] * 3],
+            depth_bounds=(scenes.near, scenes.far),
         )
 
     @property

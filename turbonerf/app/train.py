@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from turbonerf.data.formats import load_scene
+from turbonerf.data.multiscene import MultiSceneSet, load_scenes
 from turbonerf.data.scene import Scene
 from turbonerf.engine import runtime
 from turbonerf.app.runs import (
@@ -176,6 +177,11 @@ def _train(opts: TrainOptions, device: torch.device, replicas: Replicas) -> Trai
         apply_overrides(cfg_cls(), opts.overrides)  # fail on a bad option before loading data
         data, downscale = Path(opts.data), opts.downscale
         check_out_folder(out, opts.overwrite, protected=(data,))
+    if getattr(get_method(spec.method if opts.resume else method)[1], "multi_scene", False):
+        if replicas.distributed:
+            raise TurboNerfError("a multi-scene method (pixelNeRF) trains in one process: drop --nproc")
+        return _train_multi_scene(opts, spec if opts.resume else None, method if not opts.resume else spec.method,
+                                  data, downscale, device, out, fresh)
     scene = load_scene(data, downscale=downscale, splits=("train",))
     train_split = scene.split("train")
     if len(train_split) == 0:
@@ -289,3 +295,89 @@ def _train_locked(
             print(f"viewer: rendering took {100 * live.render_share():.1f}% of the training wall time", file=sys.stderr)
             live.viewer.stop()
     return TrainResult(out, state.step, state.seconds, state.last_psnr, replicas.is_main)
+
+
+# --------------------------------------------------------------------------------------------
+# multi-scene methods (pixelNeRF): batches of scenes, source views and target rays per scene
+# --------------------------------------------------------------------------------------------
+
+
+def sample_scene_batch(
+    scenes: MultiSceneSet, n_scenes: int, n_sources: int, rays_per_scene: int, generator: torch.Generator
+) -> tuple[torch.Tensor, list, object, torch.Tensor]:
+    """A training batch: ``n_scenes`` random scenes, ``n_sources`` random source views of each and
+    ``rays_per_scene`` random target pixels from any of its views. Returns (source images
+    [B, S, H, W, 3] uint8, B source camera sets, the B * Rb target rays scene-major, target
+    colours [B * Rb, 3] in [0, 1])."""
+    picks = torch.randint(0, len(scenes), (n_scenes,), generator=generator).tolist()
+    images, cams, rays, targets = [], [], [], []
+    for k in picks:
+        obj = scenes.scenes[k]
+        views = torch.randperm(len(obj), generator=generator)[:n_sources]
+        images.append(obj.images[views])
+        cams.append(obj.cameras[views])
+        h, w = obj.images.shape[1:3]
+        idx, u, v = sample_pixels(len(obj), h, w, rays_per_scene, 1.0, generator)
+        rays.append(make_rays(obj.cameras, idx, u, v, scenes.near, scenes.far))
+        targets.append(obj.images[idx, v, u].float() / 255.0)
+    bundle = type(rays[0])(*(None if parts[0] is None else torch.cat(parts) for parts in zip(*(r._fields() for r in rays))))
+    return torch.stack(images), cams, bundle, torch.cat(targets)
+
+
+def _train_multi_scene(opts: TrainOptions, spec: RunSpec | None, method: str, data: Path, downscale: int, device, out: Path,
+                       fresh: bool) -> TrainResult:
+    """``train`` for a multi-scene method: ``data`` is a multi-scene set (SRN / NMR) or a single
+    scene (trained as a set of one)."""
+    scenes = load_scenes(data, "train", downscale)
+    if min(len(s) for s in scenes.scenes) < 2:
+        raise TurboNerfError("every training object needs at least 2 views", data)
+    budget_schedule(opts)
+    if spec is None:
+        cfg_cls, model_cls = get_method(method)
+        config = apply_overrides(cfg_cls(), opts.overrides)
+        spec = RunSpec(method=method, config=asdict(config), scene=SceneMeta.from_set(scenes, downscale), seed=opts.seed)
+        try:
+            build_model(spec, torch.device("cpu"))
+        except (ValueError, RuntimeError, ZeroDivisionError) as e:
+            raise TurboNerfError(f"the options of {method} do not make a valid model ({e})") from None
+    with RunLock(out, "train"):
+        spec = replace(spec, training=training_record(opts))
+        if not opts.resume:
+            prepare_run_dir(out, opts.overwrite, protected=(data,))
+        write_run_spec(out, spec)
+        for orphan in clean_orphans(out / CHECKPOINT.parent):
+            print(f"note: removed {orphan.name}, left by an interrupted checkpoint write", file=sys.stderr)
+        torch.manual_seed(spec.seed)
+        gen = torch.Generator().manual_seed(spec.seed)
+        model = build_model(spec, device)
+        model.train()
+        optimizer, lr_factor = model.make_optimizer()
+        trainee = Trainee(model, optimizer, lr_factor, out / CHECKPOINT, meta=lambda: {"method": spec.method}, generator=gen)
+        state = restore_trainee(trainee, spec.method, device) if (opts.resume and not fresh) else LoopState()
+        n_batch = min(model.config.scenes_per_batch, len(scenes))
+        rays_per_scene = max(1, opts.batch_rays // n_batch)
+        max_sources = min(model.config.max_source_views, min(len(s) for s in scenes.scenes) - 1)
+        background = scenes.background.to(device)
+
+        def step_fn(step: int) -> StepOutput:
+            n_sources = int(torch.randint(1, max_sources + 1, (1,), generator=gen))
+            images, cams, rays, target = sample_scene_batch(scenes, n_batch, n_sources, rays_per_scene, gen)
+            sources = model.encode(images.to(device), [c.to(device) for c in cams])
+            outputs = model.render_scenes(rays.to(device), sources, background, train=True)
+            loss, stats = model.loss(outputs, target.to(device))
+            return StepOutput(loss, outputs, {**stats, "source_views": float(n_sources)})
+
+        loop_opts = LoopOptions(
+            max_steps=DEFAULT_MAX_STEPS if opts.max_steps is None else opts.max_steps,
+            max_seconds=math.inf if opts.max_minutes is None else 60.0 * opts.max_minutes,
+            schedule=budget_schedule(opts),
+            checkpoint_every=opts.checkpoint_every,
+            checkpoint_minutes=opts.checkpoint_minutes,
+            log_every=opts.log_every,
+            snapshot_minutes=list(opts.snapshot_minutes),
+            bf16=opts.bf16,
+            progress=opts.progress,
+            desc=f"train {spec.method} ({len(scenes)} scenes)",
+        )
+        state = run_loop(trainee, step_fn, state, loop_opts, device, out / "train_log.jsonl", model.callbacks())
+    return TrainResult(out, state.step, state.seconds, state.last_psnr)

@@ -140,6 +140,10 @@ def evaluate(
         False, help="evaluate base + every layer 0,1,2 x fct std,std_half,std_half_sq x upsample off/on (with --reduce, --act-net)"
     ),
     save_images: bool = typer.Option(False, help="activation sampler / sweep: also save RUN/eval/samplers/<config>/<image>.png"),
+    source_views: Optional[int] = typer.Option(
+        None, help="multi-scene methods (pixelnerf): source views per held-out object (default: the method's max_source_views); "
+        "the choice is fixed per object and recorded; writes RUN/eval_<K>view(s)/results.json; --limit counts objects"
+    ),
     baked: bool = typer.Option(False, "--baked", help="render with the run's baked NerfTree (RUN/baked/nerftree.safetensors) instead of the model; writes RUN/eval_baked/results.json"),
     tree: Optional[Path] = typer.Option(None, help="NerfTree file to render with (implies --baked)"),
     lookup: str = typer.Option("nearest", help="NerfTree lookup: nearest (fastest) or trilinear"),
@@ -158,7 +162,8 @@ def evaluate(
     if sampler not in ("default", "activation"):
         raise TurboNerfError(f"unknown --sampler '{sampler}' (choose default or activation)")
     opts = EvalOptions(
-        split=split, limit=limit, every=every, downscale=downscale, device=device, chunk=chunk, progress=progress, lpips_vgg=lpips_vgg
+        split=split, limit=limit, every=every, downscale=downscale, device=device, chunk=chunk, progress=progress, lpips_vgg=lpips_vgg,
+        source_views=source_views,
     )
     if sampler == "activation" or sweep:
         from turbonerf.app.sweep import SweepOptions, evaluate_sampler_configs, format_table, sampler_configs
@@ -177,11 +182,15 @@ def evaluate(
     r = evaluate_run(run, opts, baked=is_baked, tree=TreeOptions(tree, lookup, step_scale))
     if not r:  # a rank other than 0 of a sharded evaluation
         return
-    where = Path(run) / ("eval_baked" if is_baked else "eval") / "results.json"
+    from turbonerf.app.evaluate import eval_folder_name
+
+    where = Path(run) / eval_folder_name(is_baked, split, r.get("source_views")) / "results.json"
     ssim_txt = "n/a" if r["ssim"] is None else f"{r['ssim']:.4f}"
     lpips_txt = "n/a" if r.get("lpips") is None else f"{r['lpips']:.4f}"
     print(
-        f"{r['method']} ({r['renderer']}) on {r['n_images']} {split} images at {r['width']}x{r['height']}: "
+        f"{r['method']} ({r['renderer']}) on {r['n_images']} {split} images"
+        + (f" of {r['n_objects']} objects from {r['source_views']} source view(s)" if r.get("source_views") else "")
+        + f" at {r['width']}x{r['height']}: "
         f"PSNR {r['psnr']:.2f} dB, SSIM {ssim_txt}, LPIPS {lpips_txt}, {r['ms_per_frame']:.0f} ms/frame, "
         f"{r['storage_mb']:.1f} MiB -> {where}"
     )
@@ -207,12 +216,16 @@ def render(
     step_scale: float = typer.Option(
         1.0, help="NerfTree marching step in fine voxels: 2 halves the samples per ray (see BENCHMARKS.md for the quality cost)"
     ),
+    source_views: Optional[int] = typer.Option(None, help="multi-scene methods (pixelnerf): source views of the object (default: the method's maximum)"),
+    object_: Optional[str] = typer.Option(None, "--object", help="multi-scene methods: the held-out object to render (default: the first test object)"),
 ):
-    """Render RGB, depth and opacity along a camera path, and videos of it."""
+    """Render RGB, depth and opacity along a camera path, and videos of it. A multi-scene method
+    (pixelnerf) renders a held-out object from its fixed source views (saved to OUT/sources/)."""
     from turbonerf.app.render import RenderOptions, render_sequence
     from turbonerf.app.runs import TreeOptions
 
-    opts = RenderOptions(path=path, frames=frames, downscale=downscale, fps=fps, device=device, overwrite=overwrite, progress=progress)
+    opts = RenderOptions(path=path, frames=frames, downscale=downscale, fps=fps, device=device, overwrite=overwrite, progress=progress,
+                         source_views=source_views, object=object_)
     res = render_sequence(run, out, opts, baked=baked or tree is not None, tree=TreeOptions(tree, lookup, step_scale))
     if res:  # empty on the ranks other than 0 of a sharded render
         print(f"frames in {res['frames']}; video {res['video']}; depth video {res['depth_video']}")
@@ -423,6 +436,51 @@ def metrics(
         print(f"| {r['name']} | {f(r['psnr'], '.2f')} | {f(r['ssim'], '.4f')} | {f(r['lpips_alex'], '.4f')} | {f(r['lpips_vgg'], '.4f')} |")
     if res["lpips_reason"]:
         print(f"LPIPS not computed: {res['lpips_reason']}")
+
+
+dataset_app = typer.Typer(help="Generate data sets.", no_args_is_help=True)
+app.add_typer(dataset_app, name="dataset")
+
+
+@dataset_app.command("objects")
+def dataset_objects(
+    out: Path = typer.Option(..., help="folder to create (SRN layout: train/ and test/ objects, multiscene.json)"),
+    objects: int = typer.Option(300, help="objects in all (train + test)"),
+    test_objects: int = typer.Option(25, help="held-out objects (their meshes are never used for training objects)"),
+    views: int = typer.Option(24, help="views per object, on a sphere around it"),
+    size: int = typer.Option(64, help="image side in pixels"),
+    seed: int = typer.Option(0, help="random seed: the same seed writes the same files"),
+    progress: bool = typer.Option(True, help="show a progress bar"),
+):
+    """A multi-object set rendered by pybullet (pip install 'turbonerf[objects]') for pixelnerf."""
+    from turbonerf.app.dataset import ObjectSetOptions, make_object_set
+
+    meta = make_object_set(ObjectSetOptions(out, objects, test_objects, views, size, seed), progress)
+    n = {k: len(v) for k, v in meta["objects"].items()}
+    print(f"{n['train']} train + {n['test']} test objects, {views} views of {size}x{size} each -> {out}")
+
+
+@app.command("eval-fewview")
+def eval_fewview(
+    data: Path = typer.Option(..., help="multi-scene set (SRN / NMR)"),
+    out: Path = typer.Option(..., help="folder for the per-object runs and results.json"),
+    method: str = typer.Option("instant-ngp", help="single-scene method trained per object"),
+    source_views: int = typer.Option(3, help="views each object is trained on (the same fixed choice as eval --source-views)"),
+    seconds: float = typer.Option(60.0, help="training budget per object"),
+    limit: Optional[int] = typer.Option(None, help="at most N held-out objects"),
+    every: int = typer.Option(1, help="score only every K-th target view"),
+    batch_rays: int = typer.Option(1024, help="rays per training step"),
+    set_: List[str] = typer.Option([], "--set", help="method option KEY=VALUE (repeatable)"),
+    device: str = typer.Option("cpu", help="'auto', 'cpu' or 'cuda[:N]'"),
+    progress: bool = typer.Option(True, help="show a progress bar"),
+):
+    """Per-scene baseline of few-view rendering: train METHOD on each held-out object's source views, score its other views."""
+    from turbonerf.app.fewview import FewViewOptions, few_view_baseline
+
+    r = few_view_baseline(FewViewOptions(data, out, method, source_views, seconds, limit, every=every, batch_rays=batch_rays,
+                                         overrides=list(set_), device=device, progress=progress))
+    print(f"{method} per object from {source_views} view(s), {seconds:g} s each, {r['n_objects']} objects / {r['n_images']} images: "
+          f"PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.4f} -> {Path(out) / 'results.json'}")
 
 
 @app.command("setup-lpips")

@@ -17,6 +17,9 @@ A method is an ``nn.Module`` subclass of :class:`Method`:
 - ``callbacks()``: hooks of the training loop (:mod:`turbonerf.engine.loop`), e.g. the
   occupancy-grid refresh; grid updates happen there, never inside ``loss``.
 - ``samples_per_ray()`` / ``flops_per_ray()``: the cost of one rendered ray (eval reports them).
+- ``multi_scene``: a method trained across scenes (pixelNeRF) also has ``encode(images, cameras)
+  -> SourceViews``, ``render_scenes(rays, sources, background, train) -> outputs`` (batches of
+  scenes) and ``condition(images, cameras)`` (the one scene ``forward`` renders).
 - ``baking_field()`` / ``occupancy_fn()``: what ``turbonerf bake`` caches (a field taking points)
   and the method's own test of empty space, when it has one.
 
@@ -61,6 +64,11 @@ def adam(params, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: floa
 class Method(nn.Module, ABC):
     """Base class of every method (see the module docstring for the contract). The abstract
     methods must be implemented: a method missing one cannot be constructed."""
+
+    multi_scene: bool = False
+    """trained across many scenes and conditioned on source views at render time (pixelNeRF):
+    ``turbonerf train`` builds its batches from a multi-scene set, and whatever renders it first
+    calls its ``condition(images [S, H, W, 3], cameras)``"""
 
     @abstractmethod
     def forward(self, rays: RayBundle, background: Tensor, train: bool = False) -> dict:

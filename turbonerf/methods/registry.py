@@ -12,6 +12,7 @@ from turbonerf.methods.efficient_nerf import EfficientNeRF, EfficientNeRFConfig
 from turbonerf.methods.instant_ngp import InstantNGP, InstantNGPConfig
 from turbonerf.methods.nerfacto import Nerfacto, NerfactoConfig
 from turbonerf.methods.mip_nerf import MipNeRF, MipNeRFConfig
+from turbonerf.methods.pixelnerf import PixelNeRF, PixelNeRFConfig
 from turbonerf.methods.vanilla_nerf import VanillaNeRF, VanillaNeRFConfig
 
 METHODS: dict[str, tuple[type, type]] = {
@@ -21,6 +22,7 @@ METHODS: dict[str, tuple[type, type]] = {
     "mip-nerf": (MipNeRFConfig, MipNeRF),
     "r2l": (R2LConfig, R2L),
     "nerfacto": (NerfactoConfig, Nerfacto),
+    "pixelnerf": (PixelNeRFConfig, PixelNeRF),
 }
 
 
