@@ -73,7 +73,7 @@ def train(
     fp32: bool = typer.Option(False, help="train in fp32 instead of bf16 autocast"),
     progress: bool = typer.Option(True, help="show a progress bar"),
     nproc: int = typer.Option(
-        1, help="run as N processes on this machine (torchrun, gloo on 127.0.0.1): data-parallel training, the global batch is N x --batch-rays; for several machines call torchrun yourself (README)"
+        1, help="run as N processes on this machine (gloo over 127.0.0.1): data-parallel training, the global batch is N x --batch-rays; for several machines call torchrun yourself (README)"
     ),
     viewer: bool = typer.Option(False, "--viewer", help="serve the live web viewer while training (at most 10% of the time goes to it)"),
     viewer_port: int = typer.Option(7007, help="port of the live viewer (127.0.0.1 only)"),
@@ -119,7 +119,7 @@ def evaluate(
     chunk: Optional[int] = typer.Option(None, help="rays rendered at once (default: 4096 for a model, 1M for a tree)"),
     progress: bool = typer.Option(True, help="show a progress bar"),
     nproc: int = typer.Option(
-        1, help="run as N processes on this machine (torchrun, gloo on 127.0.0.1): each renders and scores every N-th image, rank 0 writes one results.json; for several machines call torchrun yourself (README)"
+        1, help="run as N processes on this machine (gloo over 127.0.0.1): each renders and scores every N-th image, rank 0 writes one results.json; for several machines call torchrun yourself (README)"
     ),
     lpips_vgg: bool = typer.Option(True, "--lpips-vgg/--no-lpips-vgg", help="also score LPIPS-VGG (slow at high resolution)"),
     sampler: str = typer.Option(
@@ -208,7 +208,7 @@ def render(
     overwrite: bool = typer.Option(False, help="write into an existing non-empty output folder"),
     progress: bool = typer.Option(True, help="show a progress bar"),
     nproc: int = typer.Option(
-        1, help="run as N processes on this machine (torchrun, gloo on 127.0.0.1): each renders every N-th frame, rank 0 writes the videos; for several machines call torchrun yourself (README)"
+        1, help="run as N processes on this machine (gloo over 127.0.0.1): each renders every N-th frame, rank 0 writes the videos; for several machines call torchrun yourself (README)"
     ),
     baked: bool = typer.Option(False, "--baked", help="render with the run's baked NerfTree (RUN/baked/nerftree.safetensors)"),
     tree: Optional[Path] = typer.Option(None, help="NerfTree file to render with (implies --baked)"),
