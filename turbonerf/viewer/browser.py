@@ -118,7 +118,7 @@ class BrowserClient:
             self._browser = self._pw.chromium.launch(executable_path=find_chromium(), headless=True, args=CHROMIUM_ARGS)
             self.page = self._browser.new_page(viewport={"width": self.viewport[0], "height": self.viewport[1]})
             self.page.on("websocket", self._watch)
-            self.page.goto(self.url)
+            self.page.goto(self.url, timeout=120_000, wait_until="domcontentloaded")  # a loaded CPU serves slowly
         except BaseException:
             self._pw.stop()
             raise
@@ -138,7 +138,7 @@ class BrowserClient:
     def open_another_tab(self):
         """A second tab on the same page (another viser client; its frames are not recorded)."""
         page = self._browser.new_page(viewport={"width": self.viewport[0], "height": self.viewport[1]})
-        page.goto(self.url)
+        page.goto(self.url, timeout=120_000, wait_until="domcontentloaded")
         return page
 
     def pump(self, seconds: float) -> None:
