@@ -141,6 +141,15 @@ class BrowserClient:
         page.goto(self.url, timeout=120_000, wait_until="domcontentloaded")
         return page
 
+    def close_notifications(self) -> None:
+        """Close viser's notifications (e.g. "Software WebGL rendering detected") if there are any."""
+        buttons = self.page.locator("button[class*=closeButton]")
+        for i in range(buttons.count()):
+            try:
+                buttons.nth(i).click(timeout=2000)
+            except Exception:  # gone meanwhile, or not clickable: nothing to close
+                pass
+
     def pump(self, seconds: float) -> None:
         """Let the browser run (and its events arrive) for ``seconds``."""
         self.page.wait_for_timeout(max(1, int(seconds * 1000)))
