@@ -99,6 +99,8 @@ def main() -> None:
             cycles = [cycle(browser, args.max_res, args.move_seconds, args.warmup, args.settle) for _ in range(args.cycles)]
             browser.pump(1.0)
             if args.screenshot:
+                browser.close_notifications()
+                browser.pump(1.0)
                 browser.screenshot(args.screenshot)
     finally:
         server.stop()

@@ -6,7 +6,11 @@ Each run is ``turbonerf train ... --max-steps N`` in a subprocess; steps per sec
 training seconds of ``train_log.jsonl`` (which include the viewer's callback) and from the wall
 clock of the process after its first logged step.
 
-    python benchmarks/viewer_training.py --data turbonerf/assets/lego_100 --method instant-ngp --steps 200 --out /tmp/vt
+    python benchmarks/viewer_training.py --data turbonerf/assets/lego_100 --method instant-ngp --steps 30 \
+        --modes none still none --out /tmp/vt
+
+The live viewer also prints the share of the wall time its rendering took (``viewer_note``): the
+viewer's own cost, free of the drift between runs on a shared machine.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from turbonerf.app import train as tr
 from turbonerf.app.bake import BakeOptions, bake_run
 from turbonerf.app.runs import TreeOptions, read_run_spec
 from turbonerf.app.view import ViewOptions, render_sources, run_cameras, scene_bounds, start_view, warn_if_exposed
+from turbonerf.cli.main import main
 from turbonerf.data.synthetic import write_tiny_blender_scene
 from turbonerf.errors import TurboNerfError
 from turbonerf.viewer.browser import BrowserClient, browser_unavailable
@@ -73,6 +74,12 @@ def test_another_host_is_served_with_a_warning(capsys):
     assert capsys.readouterr().err == ""
     warn_if_exposed("0.0.0.0")
     assert "warning: the viewer listens on 0.0.0.0" in capsys.readouterr().err
+
+
+def test_the_view_command_reports_a_bad_run_in_one_line(tmp_path, capsys):
+    assert main(["view", "--run", str(tmp_path / "nope"), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "run folder does not exist" in err and len(err.strip().splitlines()) == 1
 
 
 def test_view_refuses_a_missing_tree_and_bad_options(tiny_run):

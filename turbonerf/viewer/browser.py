@@ -118,7 +118,7 @@ class BrowserClient:
             self._browser = self._pw.chromium.launch(executable_path=find_chromium(), headless=True, args=CHROMIUM_ARGS)
             self.page = self._browser.new_page(viewport={"width": self.viewport[0], "height": self.viewport[1]})
             self.page.on("websocket", self._watch)
-            self.page.goto(self.url)
+            self.page.goto(self.url, timeout=120_000, wait_until="domcontentloaded")  # a loaded CPU serves slowly
         except BaseException:
             self._pw.stop()
             raise
@@ -138,8 +138,17 @@ class BrowserClient:
     def open_another_tab(self):
         """A second tab on the same page (another viser client; its frames are not recorded)."""
         page = self._browser.new_page(viewport={"width": self.viewport[0], "height": self.viewport[1]})
-        page.goto(self.url)
+        page.goto(self.url, timeout=120_000, wait_until="domcontentloaded")
         return page
+
+    def close_notifications(self) -> None:
+        """Close viser's notifications (e.g. "Software WebGL rendering detected") if there are any."""
+        buttons = self.page.locator("button[class*=closeButton]")
+        for i in range(buttons.count()):
+            try:
+                buttons.nth(i).click(timeout=2000)
+            except Exception:  # gone meanwhile, or not clickable: nothing to close
+                pass
 
     def pump(self, seconds: float) -> None:
         """Let the browser run (and its events arrive) for ``seconds``."""

@@ -164,7 +164,7 @@ class ClientSession:
         for i in range(len(cams)):
             pose = pose_from_cameras(cams, i)
             self.frustums.append(self.client.scene.add_camera_frustum(
-                f"/train_cameras/{i:04d}", fov=pose.fov, aspect=pose.aspect, scale=scale, thickness=scale * 0.04,
+                f"/train_cameras/{i:04d}", fov=pose.fov, aspect=pose.aspect, scale=scale, thickness=1.5, thickness_units="screen",
                 wxyz=np.array(pose.wxyz), position=np.array(pose.position), color=(40, 90, 200),
             ))
 
