@@ -76,3 +76,15 @@ def test_mlp_combines_views_by_their_mean():
     s2, c2 = mlp(local.flip(1), dirs.flip(1), feats.flip(1))
     assert s1.shape == (1, 5) and c1.shape == (1, 5, 3)
     assert torch.allclose(s1, s2, atol=1e-6) and torch.allclose(c1, c2, atol=1e-6)
+
+
+def test_renders_in_fp32_under_autocast():
+    """Rays made under bf16 autocast are bf16; the model (fp32 by default) still renders."""
+    from turbonerf.rays import image_ray_bundle
+
+    model = PixelNeRF(PixelNeRFConfig(width=16, n_blocks=3, combine_at=2, encoder_widths="8,8", n_coarse=6, n_fine=4), None).eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model.condition(torch.randint(0, 255, (3, 20, 20, 3), dtype=torch.uint8), orbit_cameras(3))
+        rays = image_ray_bundle(orbit_cameras(4), 3, 2.0, 6.0)[:16]
+        out = model.render(rays, torch.ones(3))
+    assert out["rgb"].dtype == torch.float32 and torch.isfinite(out["rgb"]).all()

@@ -35,8 +35,7 @@ ENCODERS = ("small", "resnet34")
 class PixelNeRFConfig:
     """pixelNeRF hyper-parameters. The paper: ResNet-34 encoder (512 channels), 5 blocks of width
     512, combine after 3, 64 coarse + 32 fine (+16 near the depth) samples, lr 1e-4; the defaults
-    here are sized for a CPU (train it with ``--fp32``: bf16 autocast made its steps ~7x slower on
-    the development CPU)."""
+    here are sized for a CPU; it computes in fp32 even under autocast (``fp32``)."""
 
     encoder: str = "small"
     """"small" (a ResNet-like pyramid trained from scratch) or "resnet34" (the paper's)"""
@@ -65,6 +64,9 @@ class PixelNeRFConfig:
     lr_final_factor: float = 0.1
     """the learning rate decays exponentially by this factor every ``lr_decay_steps``"""
     lr_decay_steps: int = 20_000
+    fp32: bool = True
+    """compute in fp32 even under bf16 autocast (bf16 made training steps ~7x and rendering
+    slower on the development CPU: small, 4-D matmuls)"""
 
 
 def parse_widths(text: str) -> tuple[int, ...]:
@@ -116,7 +118,9 @@ class PixelNeRF(Method):
         the encoded source views (with gradients when the module trains)."""
         b, s, h, w, _ = images.shape
         x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-        feats = self.encoder(x.reshape(b * s, h, w, 3).permute(0, 3, 1, 2).contiguous())
+        dev = x.device.type
+        with torch.autocast(dev, enabled=not self.config.fp32 and torch.is_autocast_enabled(dev)):
+            feats = self.encoder(x.reshape(b * s, h, w, 3).permute(0, 3, 1, 2).contiguous()).float()
         c2w, focal, centre = stack_cameras(cameras)
         dev = feats.device
         return SourceViews(feats, c2w.to(dev), focal.to(dev), centre.to(dev), w, h)
@@ -142,6 +146,13 @@ class PixelNeRF(Method):
     def render_scenes(self, rays: RayBundle, sources: SourceViews, background: Tensor, train: bool) -> dict:
         """R = B * Rb rays (scene b's rays are rows b Rb .. b Rb + Rb - 1) through the B scenes of
         ``sources``: rgb [R, 3], depth [R], opacity [R], coarse_rgb [R, 3]."""
+        dev = rays.origins.device.type
+        if self.config.fp32:  # rays made under autocast may be bf16
+            rays = RayBundle(*(t.float() if t is not None and t.is_floating_point() else t for t in rays._fields()))
+        with torch.autocast(dev, enabled=not self.config.fp32 and torch.is_autocast_enabled(dev)):
+            return self._render_scenes(rays, sources, background.float() if self.config.fp32 else background, train)
+
+    def _render_scenes(self, rays: RayBundle, sources: SourceViews, background: Tensor, train: bool) -> dict:
         if len(rays) % sources.n_scenes:
             raise ValueError(f"{len(rays)} rays do not split evenly over {sources.n_scenes} scenes")
         edges = stratified_edges(rays.near, rays.far, self.n_coarse, jitter=train)
