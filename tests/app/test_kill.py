@@ -38,7 +38,8 @@ def test_random_kill_9_never_leaves_a_run_that_cannot_resume(tiny_scene, tmp_pat
     # after all the kills: resume to completion and evaluate
     # (on a loaded machine every kill may come before run.json exists: then this starts the run)
     resume = ["--resume"] if (run / "run.json").is_file() else ["--data", str(tiny_scene), *tiny]
-    assert main(["train", "--out", str(run), *resume, "--max-steps", str(target + 2), "--no-progress"]) == 0
+    steps = target + 2 if resume[0] == "--resume" else 2
+    assert main(["train", "--out", str(run), *resume, "--max-steps", str(steps), "--no-progress"]) == 0
     assert main(["eval", "--run", str(run), "--no-progress", "--no-lpips-vgg"]) == 0
     assert not list((run / "checkpoints").glob(".*tmp*"))
 

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from turbonerf.app.evaluate import device_name
 from turbonerf.app.runs import load_trained, prepare_run_dir, write_run_spec
 from turbonerf.app.sources import eval_objects
-from turbonerf.app.train import TrainOptions, _setup_spec, _train_locked
+from turbonerf.app.train import TrainOptions, setup_spec, train_locked
 from turbonerf.app.validate import require_positive
 from turbonerf.data.multiscene import detect_multiscene, load_multiscene
 from turbonerf.data.scene import Scene, Split
@@ -96,21 +96,21 @@ def few_view_baseline(opts: FewViewOptions) -> dict:
         scene = object_scene(objects[0], warm, info.near, info.far, info.white_background)
         wopts = TrainOptions(method=opts.method, data=None, out=warm, max_steps=2, batch_rays=opts.batch_rays, overrides=list(opts.overrides),
                              bf16=opts.bf16, progress=False, overwrite=True, precrop_steps=0)
-        spec = _setup_spec(wopts, scene)
+        spec = setup_spec(wopts, scene)
         prepare_run_dir(warm, True)
         write_run_spec(warm, spec)
-        _train_locked(wopts, spec, scene, scene.split("train"), dev, warm, resume=False)
+        train_locked(wopts, spec, scene, scene.split("train"), dev, warm, resume=False)
     for obj in tqdm(objects, desc=f"{opts.method} per object ({opts.source_views} views)", disable=not opts.progress, unit="object"):
         run = out / obj.name.replace("/", "_")
         scene = object_scene(obj, run, info.near, info.far, info.white_background)
         topts = TrainOptions(method=opts.method, data=None, out=run, max_minutes=opts.seconds / 60.0, batch_rays=opts.batch_rays,
                              overrides=list(opts.overrides), bf16=opts.bf16, progress=False, overwrite=True,
                              precrop_steps=0, checkpoint_every=10**9, checkpoint_minutes=1e9, log_every=50)
-        spec = _setup_spec(topts, scene)
+        spec = setup_spec(topts, scene)
         prepare_run_dir(run, True)
         write_run_spec(run, spec)
         t0 = time.perf_counter()
-        result = _train_locked(topts, spec, scene, scene.split("train"), dev, run, resume=False)
+        result = train_locked(topts, spec, scene, scene.split("train"), dev, run, resume=False)
         train_s = time.perf_counter() - t0
         model, _, _ = load_trained(run, dev)
         rows = []

@@ -112,7 +112,7 @@ def sample_pixels(
     return img, u, v
 
 
-def _setup_spec(opts: TrainOptions, scene: Scene) -> RunSpec:
+def setup_spec(opts: TrainOptions, scene: Scene) -> RunSpec:
     cfg_cls, model_cls = get_method(opts.method)
     config = model_cls.config_for_scene(apply_overrides(cfg_cls(), opts.overrides), scene)
     return RunSpec(method=opts.method, config=asdict(config), scene=SceneMeta.from_scene(scene, opts.downscale), seed=opts.seed)
@@ -191,7 +191,7 @@ def _train(opts: TrainOptions, device: torch.device, replicas: Replicas) -> Trai
         raise TurboNerfError(f"images are only {w}x{h} at --downscale {downscale} (need at least {MIN_IMAGE_SIDE} pixels a side)", data)
     budget_schedule(opts)  # refuse an impossible schedule before anything is written
     if not opts.resume:
-        spec = _setup_spec(replace(opts, method=method), scene)
+        spec = setup_spec(replace(opts, method=method), scene)
         try:
             build_model(spec, torch.device("cpu"))
         except (ValueError, RuntimeError, ZeroDivisionError) as e:
@@ -200,7 +200,7 @@ def _train(opts: TrainOptions, device: torch.device, replicas: Replicas) -> Trai
     replicas.barrier()  # every rank has checked the options and the folder before rank 0 writes
     if not replicas.is_main:
         replicas.barrier()  # rank 0 has prepared the run folder
-        return _train_locked(opts, spec, scene, train_split, device, out, opts.resume and not fresh, replicas)
+        return train_locked(opts, spec, scene, train_split, device, out, opts.resume and not fresh, replicas)
     with RunLock(out, "train"):
         if not opts.resume:
             prepare_run_dir(out, opts.overwrite, protected=(data,))
@@ -210,7 +210,7 @@ def _train(opts: TrainOptions, device: torch.device, replicas: Replicas) -> Trai
         for orphan in clean_orphans(out / CHECKPOINT.parent):
             print(f"note: removed {orphan.name}, left by an interrupted checkpoint write", file=sys.stderr)
         replicas.barrier()
-        return _train_locked(opts, spec, scene, train_split, device, out, opts.resume and not fresh, replicas)
+        return train_locked(opts, spec, scene, train_split, device, out, opts.resume and not fresh, replicas)
 
 
 def budget_schedule(opts: TrainOptions) -> BudgetSchedule | None:
@@ -237,9 +237,11 @@ def training_record(opts: TrainOptions, replicas: Replicas = Replicas()) -> dict
     }
 
 
-def _train_locked(
-    opts: TrainOptions, spec: RunSpec, scene, train_split, device, out: Path, resume: bool, replicas: Replicas
+def train_locked(
+    opts: TrainOptions, spec: RunSpec, scene, train_split, device, out: Path, resume: bool, replicas: Replicas = Replicas()
 ) -> TrainResult:
+    """Train in ``out`` (checked, locked and holding run.json): the one training loop over random
+    pixels of ``train_split``, on this process or as one rank of ``replicas``."""
     torch.manual_seed(spec.seed)  # the same on every rank: shared randomness (grid probes) stays in step
     gen = torch.Generator().manual_seed(rank_seed(spec.seed, replicas.rank))  # each rank its own rays
     model = build_model(spec, device)
