@@ -223,6 +223,22 @@ def budget_schedule(opts: TrainOptions) -> BudgetSchedule | None:
     return BudgetSchedule(final=opts.lr_final)
 
 
+def loop_options(opts: TrainOptions, desc: str) -> LoopOptions:
+    """The training loop's budget, schedule, checkpoint and display settings of ``opts``."""
+    return LoopOptions(
+        max_steps=DEFAULT_MAX_STEPS if opts.max_steps is None else opts.max_steps,
+        max_seconds=math.inf if opts.max_minutes is None else 60.0 * opts.max_minutes,
+        schedule=budget_schedule(opts),
+        checkpoint_every=opts.checkpoint_every,
+        checkpoint_minutes=opts.checkpoint_minutes,
+        log_every=opts.log_every,
+        snapshot_minutes=list(opts.snapshot_minutes),
+        bf16=opts.bf16,
+        progress=opts.progress,
+        desc=desc,
+    )
+
+
 def training_record(opts: TrainOptions, replicas: Replicas = Replicas()) -> dict:
     """What run.json says about how the latest training session ran (``batch_rays`` per process;
     ``global_batch_rays`` over all ``processes``)."""
@@ -275,19 +291,7 @@ def train_locked(
         loss, stats = model.loss(outputs, target)
         return StepOutput(loss, outputs, {**outputs.get("stats", {}), **stats})
 
-    schedule = budget_schedule(opts)
-    loop_opts = LoopOptions(
-        max_steps=DEFAULT_MAX_STEPS if opts.max_steps is None else opts.max_steps,
-        max_seconds=math.inf if opts.max_minutes is None else 60.0 * opts.max_minutes,
-        schedule=schedule,
-        checkpoint_every=opts.checkpoint_every,
-        checkpoint_minutes=opts.checkpoint_minutes,
-        log_every=opts.log_every,
-        snapshot_minutes=list(opts.snapshot_minutes),
-        bf16=opts.bf16,
-        progress=opts.progress,
-        desc=f"train {spec.method}" + (f" x{replicas.world_size} processes" if replicas.distributed else ""),
-    )
+    loop_opts = loop_options(opts, f"train {spec.method}" + (f" x{replicas.world_size} processes" if replicas.distributed else ""))
     callbacks = list(model.callbacks())
     live = None if (opts.viewer is None or not replicas.is_main) else start_live_viewer(model, scene, spec, opts.viewer, device)
     try:
@@ -369,17 +373,6 @@ def _train_multi_scene(opts: TrainOptions, spec: RunSpec | None, method: str, da
             loss, stats = model.loss(outputs, target.to(device))
             return StepOutput(loss, outputs, {**stats, "source_views": float(n_sources)})
 
-        loop_opts = LoopOptions(
-            max_steps=DEFAULT_MAX_STEPS if opts.max_steps is None else opts.max_steps,
-            max_seconds=math.inf if opts.max_minutes is None else 60.0 * opts.max_minutes,
-            schedule=budget_schedule(opts),
-            checkpoint_every=opts.checkpoint_every,
-            checkpoint_minutes=opts.checkpoint_minutes,
-            log_every=opts.log_every,
-            snapshot_minutes=list(opts.snapshot_minutes),
-            bf16=opts.bf16,
-            progress=opts.progress,
-            desc=f"train {spec.method} ({len(scenes)} scenes)",
-        )
+        loop_opts = loop_options(opts, f"train {spec.method} ({len(scenes)} scenes)")
         state = run_loop(trainee, step_fn, state, loop_opts, device, out / "train_log.jsonl", model.callbacks())
     return TrainResult(out, state.step, state.seconds, state.last_psnr)
