@@ -82,6 +82,20 @@ def eval_images(spec_data: str, downscale: int, opts: EvalOptions) -> tuple[obje
     return scene, data, indices
 
 
+def run_header(run_dir: Path, renderer: RunRenderer, split: str) -> dict:
+    """The first keys of every results.json: what was scored (method, run, checkpoint, step,
+    training seconds, split)."""
+    meta = renderer.meta
+    return {
+        "method": renderer.spec.method,
+        "run": str(run_dir),
+        "checkpoint": meta.get("checkpoint", "latest"),
+        "step": meta.get("step"),
+        "train_seconds": meta.get("seconds"),
+        "split": split,
+    }
+
+
 def evaluate_renderer(
     run_dir: Path, renderer: RunRenderer, opts: EvalOptions, device: torch.device, out_dir: Path, replicas: Replicas = Replicas()
 ) -> dict:
@@ -91,7 +105,7 @@ def evaluate_renderer(
     With several processes (``torchrun``), rank r renders images r, r + N, ...; rank 0 gathers the
     per-image scores and writes results.json in the split's order, the same file one process writes
     (``ms_per_frame`` is then each frame's time on its own process; ``processes`` says how many)."""
-    spec, meta = renderer.spec, renderer.meta
+    spec = renderer.spec
     scene, data, indices = eval_images(spec.scene.data, opts.downscale or spec.scene.downscale, opts)
     chunk = opts.chunk or renderer.chunk
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
@@ -125,12 +139,7 @@ def evaluate_renderer(
         return sum(vals) / len(vals) if vals and len(vals) == len(per_image) else None
 
     results = {
-        "method": spec.method,
-        "run": str(run_dir),
-        "checkpoint": meta.get("checkpoint", "latest"),
-        "step": meta.get("step"),
-        "train_seconds": meta.get("seconds"),
-        "split": opts.split,
+        **run_header(run_dir, renderer, opts.split),
         "n_images": len(indices),
         "width": data.cameras.width,
         "height": data.cameras.height,
@@ -202,7 +211,7 @@ def evaluate_multi_scene(run_dir: Path, renderer: RunRenderer, opts: EvalOptions
     source views (:func:`turbonerf.app.sources.eval_objects`): writes ``out_dir/results.json``
     (means over every scored image, ``per_object`` means and the source views of each object)
     and ``out_dir/images/<object>/`` (the sources, and each target's rendering); returns the results."""
-    spec, meta, model = renderer.spec, renderer.meta, renderer.model
+    spec, model = renderer.spec, renderer.model
     objects = eval_objects(spec.scene.data, opts.split, k, opts.downscale or spec.scene.downscale, opts.limit)
     chunk = opts.chunk or renderer.chunk
     lpips = LpipsScorer()
@@ -229,12 +238,7 @@ def evaluate_multi_scene(run_dir: Path, renderer: RunRenderer, opts: EvalOptions
         per_object.append({"name": obj.name, "source_views": obj.source_indices, "n_images": len(rows), "encode_ms": encode_ms,
                            **mean_scores(rows)})
     results = {
-        "method": spec.method,
-        "run": str(run_dir),
-        "checkpoint": meta.get("checkpoint", "latest"),
-        "step": meta.get("step"),
-        "train_seconds": meta.get("seconds"),
-        "split": opts.split,
+        **run_header(run_dir, renderer, opts.split),
         "source_views": k,
         "n_objects": len(objects),
         "n_images": len(per_image),
