@@ -4,7 +4,10 @@ Each variant runs in its own process (the allocator setting cannot be undone in-
   fp32          torch defaults
   fp32+alloc    glibc malloc thresholds raised (turbonerf.engine.runtime.tune_allocator)
   medium+alloc  + torch.set_float32_matmul_precision("medium")
-  bf16+alloc    + bf16 autocast (what `turbonerf train` does on a CPU)
+  bf16+alloc    + bf16 autocast forced on (emulated, and ~20x slower per matmul, on CPUs without
+                AVX512-BF16 / AMX)
+  auto+alloc    + bf16 autocast only where the CPU has native bf16 (what `turbonerf train` does,
+                turbonerf.engine.runtime.native_bf16)
 
     python benchmarks/step_time.py --data ../shared/data/nerf_synthetic/lego --method vanilla-nerf --steps 5
 """
@@ -18,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-VARIANTS = ["fp32", "fp32+alloc", "medium+alloc", "bf16+alloc"]
+VARIANTS = ["fp32", "fp32+alloc", "medium+alloc", "bf16+alloc", "auto+alloc"]
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -33,7 +36,7 @@ def worker(args: argparse.Namespace) -> None:
     v = args.variant
     if "alloc" in v:
         runtime.tune_allocator()
-    torch.set_float32_matmul_precision("medium" if v.startswith(("medium", "bf16")) else "highest")
+    torch.set_float32_matmul_precision("medium" if v.startswith(("medium", "bf16", "auto")) else "highest")
     scene = load_scene(args.data, downscale=args.downscale, splits=("train",))
     split = scene.split("train")
     cfg_cls, model_cls = get_method(args.method)
@@ -46,14 +49,16 @@ def worker(args: argparse.Namespace) -> None:
         rays = make_rays(split.cameras, idx, u, vv, scene.near, scene.far, scene.ndc)
         target = split.images[idx, vv, u].float() / 255.0
         t0 = time.perf_counter()
-        with runtime.autocast(torch.device("cpu"), v.startswith("bf16")):
+        forced = torch.autocast("cpu", dtype=torch.bfloat16, enabled=v.startswith("bf16"))
+        with runtime.autocast(torch.device("cpu")) if v.startswith("auto") else forced:
             loss, _ = model.training_loss(rays, target, scene.background)
         opt.zero_grad()
         loss.backward()
         opt.step()
         if step >= args.warmup:
             times.append(time.perf_counter() - t0)
-    print(json.dumps({"variant": v, "method": args.method, "s_per_step": sum(times) / len(times), "rays": args.rays}))
+    print(json.dumps({"variant": v, "method": args.method, "s_per_step": sum(times) / len(times), "rays": args.rays,
+                      "native_bf16": runtime.native_bf16("cpu")}))
 
 
 def main() -> None:

@@ -210,7 +210,7 @@ def make_pseudo_data(
         with sigterm_as_keyboard_interrupt():
             pseudo = generate_pseudo_data(
                 pseudo_root, teacher.render, cams, pspec, opts.num_pseudo_images, scene.background, device=device,
-                chunk_rays=opts.render_chunk, bf16=opts.bf16, max_seconds=gen_budget, progress=opts.progress,
+                chunk_rays=opts.render_chunk, bf16=runtime.bf16_used(device, opts.bf16), max_seconds=gen_budget, progress=opts.progress,
                 rank=replicas.rank, world_size=replicas.world_size, gather=replicas.gather,
             )
     except KeyboardInterrupt:

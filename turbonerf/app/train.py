@@ -196,7 +196,7 @@ def _train(opts: TrainOptions, device: torch.device, replicas: Replicas) -> Trai
             build_model(spec, torch.device("cpu"))
         except (ValueError, RuntimeError, ZeroDivisionError) as e:
             raise TurboNerfError(f"the options of {method} do not make a valid model ({e})") from None
-    spec = replace(spec, training=training_record(opts, replicas))
+    spec = replace(spec, training=training_record(opts, replicas, device))
     replicas.barrier()  # every rank has checked the options and the folder before rank 0 writes
     if not replicas.is_main:
         replicas.barrier()  # rank 0 has prepared the run folder
@@ -239,9 +239,10 @@ def loop_options(opts: TrainOptions, desc: str) -> LoopOptions:
     )
 
 
-def training_record(opts: TrainOptions, replicas: Replicas = Replicas()) -> dict:
+def training_record(opts: TrainOptions, replicas: Replicas = Replicas(), device: torch.device = torch.device("cpu")) -> dict:
     """What run.json says about how the latest training session ran (``batch_rays`` per process;
-    ``global_batch_rays`` over all ``processes``)."""
+    ``global_batch_rays`` over all ``processes``; ``bf16``: whether bf16 autocast was used, which
+    ``--bf16`` asks for but only hardware with native bf16 gets, :func:`runtime.native_bf16`)."""
     schedule = budget_schedule(opts)
     return {
         "max_steps": opts.max_steps,
@@ -250,6 +251,7 @@ def training_record(opts: TrainOptions, replicas: Replicas = Replicas()) -> dict
         "batch_rays": opts.batch_rays,
         "processes": replicas.world_size,
         "global_batch_rays": opts.batch_rays * replicas.world_size,
+        "bf16": runtime.bf16_used(device, opts.bf16),
     }
 
 
