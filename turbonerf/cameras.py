@@ -61,6 +61,24 @@ class Cameras:
             distortion=None if self.distortion is None else self.distortion.to(device),
         )
 
+    @staticmethod
+    def cat(parts: list["Cameras"]) -> "Cameras":
+        """One Cameras of all of ``parts`` (which share width and height), in order."""
+        first = parts[0]
+        if any((p.width, p.height) != (first.width, first.height) for p in parts):
+            raise ValueError("cameras of different image sizes cannot be concatenated")
+        dist = None if any(p.distortion is None for p in parts) else torch.cat([p.distortion for p in parts])
+        return Cameras(
+            c2w=torch.cat([p.c2w for p in parts]),
+            fx=torch.cat([p.fx for p in parts]),
+            fy=torch.cat([p.fy for p in parts]),
+            cx=torch.cat([p.cx for p in parts]),
+            cy=torch.cat([p.cy for p in parts]),
+            width=first.width,
+            height=first.height,
+            distortion=dist,
+        )
+
     def scaled(self, factor: float) -> "Cameras":
         """Cameras for images resized by ``factor`` (e.g. 0.25 for a 4x downscale)."""
         return Cameras(

@@ -142,3 +142,45 @@ def test_pseudo_only_and_no_hard_examples_are_options(teacher, tmp_path):
         dt.distill(_opts(run, tmp_path / "c", teacher_renderer="magic"))
     with pytest.raises(TurboNerfError, match="NerfTree"):
         dt.distill(_opts(run, tmp_path / "d", teacher_renderer="nerftree"))
+
+
+IMAGE_STUDENTS = {
+    "pose2image": ["stages=2", "channels=16", "code_dim=32", "mlp_layers=2"],
+    "hybrid": ["stride=4", "features=8", "n_samples=8", "channels=16", "n_levels=4", "log2_table_size=10", "max_resolution=64", "hidden=16"],
+    "shared-backbone": ["stages=2", "channels=16", "code_dim=32", "mlp_layers=2", "nerf_width=16", "nerf_layers=2", "nerf_samples=8"],
+    "mobile-r2l": ["stride=4", "channels=16", "n_blocks=2", "sr_channels=16,8", "n_points=4"],
+}
+
+
+@pytest.fixture(scope="module")
+def ray_student_results(teacher, tmp_path_factory):
+    _, run = teacher
+    out = tmp_path_factory.mktemp("r2l") / "student"
+    dt.distill(_opts(run, out, max_steps=2, num_pseudo_images=2))
+    return evaluate_run(out, EvalOptions(progress=False))
+
+
+@pytest.mark.parametrize("student", sorted(IMAGE_STUDENTS))
+def test_image_students_distil_from_the_shared_store_and_eval_like_any_run(student, teacher, ray_student_results, tmp_path):
+    """Each image-space student trains on the pseudo-data store R2L uses (shared, not re-rendered),
+    saves a run that `eval` scores with the same results.json keys as a ray method (plus its FLOPs
+    per frame), `render` renders, and --resume continues it."""
+    _, run = teacher
+    shared = tmp_path / "pseudo"
+    dt.distill(_opts(run, tmp_path / "r2l", max_steps=1, num_pseudo_images=4, pseudo_dir=shared))
+    out = tmp_path / student
+    res = dt.distill(_opts(run, out, student=student, overrides=IMAGE_STUDENTS[student], max_steps=6, batch_images=3,
+                           num_pseudo_images=4, pseudo_dir=shared))
+    assert res.step == 6 and res.pseudo.new_images == 0 and res.pseudo.images == 4
+    spec = read_run_spec(out)
+    assert spec.method == student and spec.config["height"] == 16 and spec.config["width"] == 16
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(r["loss"]) for r in log if "loss" in r)
+    r = evaluate_run(out, EvalOptions(progress=False))
+    assert set(ray_student_results) <= set(r) and r["method"] == student and r["flops_per_frame"] > 0
+    assert r["width"] == 16 and len(r["per_image"]) == 4 and math.isfinite(r["psnr"])
+    assert main(["render", "--run", str(out), "--out", str(tmp_path / "video"), "--frames", "3", "--no-progress"]) == 0
+    assert len(list((tmp_path / "video" / "rgb").glob("*.png"))) == 3
+    res = dt.distill(_opts(run, out, student=student, max_steps=8, batch_images=3, num_pseudo_images=4, pseudo_dir=shared,
+                           resume=True))
+    assert res.step == 8

@@ -165,3 +165,24 @@ def test_two_ranks_share_the_chunks_and_write_the_store_one_process_writes(tmp_p
     ra, ca = pd.PseudoRays(tmp_path / "one").read_all()
     rb, cb = pd.PseudoRays(tmp_path / "two").read_all()
     assert np.array_equal(ra, rb) and np.array_equal(ca, cb)
+
+
+def test_the_store_read_as_images_gives_each_image_with_its_camera(tmp_path):
+    """Image j of a chunk is the teacher's render of the recomputed camera j: the rays of that
+    camera are the rows stored for it, and its pixels are the stored colours, row-major."""
+    cams, spec, bg = _ring(), _spec(per_chunk=3), torch.ones(3)
+    pd.generate_pseudo_data(tmp_path, _fake_teacher, cams, spec, 6, bg, progress=False)
+    rays_store = pd.PseudoRays(tmp_path)
+    images = pd.PseudoImages(tmp_path, cams)
+    assert len(images) == 6
+    all_rays, all_rgb = rays_store.read_all()
+    for i in (0, 4, 5):
+        cam, rgb = images.images([i])
+        assert rgb.shape == (1, 8, 8, 3)
+        rows = slice(i * 64, (i + 1) * 64)
+        expect = pd.image_ray_bundle(cam, 0, spec.near, spec.far, spec.ndc)
+        assert np.allclose(all_rays[rows, :3], expect.origins.numpy(), atol=1e-5)
+        assert np.allclose(all_rays[rows, 3:], expect.directions.numpy(), atol=1e-5)
+        assert np.array_equal(rgb[0].reshape(-1, 3).numpy(), all_rgb[rows].astype(np.float32))
+    cam, rgb = images.sample(5, torch.Generator().manual_seed(0))
+    assert len(cam) == 5 and rgb.shape == (5, 8, 8, 3)

@@ -1,4 +1,8 @@
-"""``turbonerf distill``: train a NeLF student (R2L) from a trained teacher run.
+"""``turbonerf distill``: train a student from a trained teacher run.
+
+Students: the ray student R2L (a neural light field, one ray at a time) and the image-space
+students (:mod:`turbonerf.methods.image_student`): pose2image, hybrid, shared-backbone and
+mobile-r2l, which map a camera to a whole image.
 
 1. The student run folder is created like a training run (``run.json`` with method ``r2l`` and
    the teacher's scene, ``checkpoints/latest.safetensors`` in the trainer's format), so
@@ -6,12 +10,15 @@
 2. Pseudo data (:mod:`turbonerf.distill.pseudo_data`) is rendered by the teacher into
    ``OUT/pseudo`` (or a shared ``pseudo_dir``), resumably. Under a time budget, generation may use
    at most ``generation_fraction`` of it and stops early (saying so) when it would use more.
-3. The student trains on batches of pseudo rays mixed with real training rays
+3. A ray student trains on batches of pseudo rays mixed with real training rays
    (``real_fraction`` of the fresh rays), plus the rays of the hard-example pool
    (:mod:`turbonerf.distill.hard_examples`): each step ``hard_ratio`` of the fresh rays with
    the highest loss join the pool, and once the pool is full as many are drawn back into the
    batch. Checkpoints are atomic; Ctrl-C / SIGTERM saves one; ``resume`` continues (the pool
-   starts empty again).
+   starts empty again). An image-space student trains on batches of ``batch_images`` whole
+   images: pseudo images (:class:`turbonerf.distill.pseudo_data.PseudoImages`, the same store
+   read as images, their cameras recomputed) and ``real_fraction`` of real training images; the
+   hard-example pool is a ray student's and is not used.
 
 The budget ``max_minutes`` covers this run's pseudo-data generation and its training together
 (pseudo data found already made in a shared ``pseudo_dir`` costs the run nothing).
@@ -22,7 +29,7 @@ from __future__ import annotations
 import gc
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -42,10 +49,18 @@ from turbonerf.app.runs import (
     write_run_spec,
 )
 from turbonerf.app.train import sample_pixels
+from turbonerf.cameras import Cameras
 from turbonerf.app.validate import require_at_least, require_positive
 from turbonerf.data.formats import load_scene
 from turbonerf.distill.hard_examples import HardExamplePool
-from turbonerf.distill.pseudo_data import PseudoDataResult, PseudoDataSpec, PseudoRays, generate_pseudo_data, resolve_pose_mode
+from turbonerf.distill.pseudo_data import (
+    PseudoDataResult,
+    PseudoDataSpec,
+    PseudoImages,
+    PseudoRays,
+    generate_pseudo_data,
+    resolve_pose_mode,
+)
 from turbonerf.engine import runtime
 from turbonerf.engine.checkpoint import read_checkpoint_meta
 from turbonerf.engine.distributed import Replicas, close, device_for_rank, rank_seed, replicas_from_env
@@ -61,11 +76,14 @@ from turbonerf.engine.loop import (
 )
 from turbonerf.errors import TurboNerfError
 from turbonerf.io.files import atomic_write_text
+from turbonerf.methods.mobile_r2l import mobile_r2l_preset
 from turbonerf.methods.r2l import r2l_preset
-from turbonerf.methods.registry import apply_overrides
+from turbonerf.methods.registry import STUDENT_METHODS, apply_overrides, get_method
 from turbonerf.rays import RayBundle, make_rays
 
-STUDENTS = ("r2l",)
+STUDENTS = STUDENT_METHODS
+PRESETS = {"r2l": r2l_preset, "mobile-r2l": mobile_r2l_preset}
+"""students with named sizes (``--preset``); the others have one default configuration"""
 TEACHER_RENDERERS = ("auto", "model", "nerftree")
 DISTILL_FILE = "distill.json"
 
@@ -79,8 +97,10 @@ class DistillOptions:
     out: Path
     """the student's run folder (created; refused if it exists and is not empty, unless overwrite/resume)"""
     student: str = "r2l"
+    """r2l (rays), or an image-space student: pose2image, hybrid, shared-backbone, mobile-r2l"""
     preset: str = "cpu"
-    """student size: cpu (W128 D16) or paper (W256 D88)"""
+    """student size for r2l (cpu: W128 D16, paper: W256 D88) and mobile-r2l (cpu, paper); the
+    other students have only their defaults (cpu)"""
     overrides: list[str] = field(default_factory=list)
     """student config KEY=VALUE strings applied over the preset"""
     max_steps: int = 100_000
@@ -95,7 +115,9 @@ class DistillOptions:
     hard_pool_batches: float = 20.0
     """pool capacity in batches (R2L's hard_mul)"""
     batch_rays: int = 4096
-    """fresh rays per step (hard rays come on top)"""
+    """fresh rays per step (hard rays come on top) of a ray student"""
+    batch_images: int = 4
+    """whole images per step of an image-space student"""
     pseudo_dir: Path | None = None
     """where pseudo data lives (default OUT/pseudo); share it between students of one teacher"""
     pose_mode: str = "auto"
@@ -172,14 +194,26 @@ def split_batch(batch_rays: int, real_fraction: float, have_pseudo: bool) -> tup
     return batch_rays - n_real, n_real
 
 
-def _student_config(opts: DistillOptions):
+def _student_config(opts: DistillOptions, scene=None):
+    """The student's config: its preset, the scene's image size and depth range (image-space
+    students; when ``scene`` is given), then ``--set`` overrides."""
     if opts.student not in STUDENTS:
         raise TurboNerfError(f"unknown student '{opts.student}' (available: {', '.join(STUDENTS)})")
-    return apply_overrides(r2l_preset(opts.preset), opts.overrides)
+    if opts.student in PRESETS:
+        config = PRESETS[opts.student](opts.preset)
+    elif opts.preset != "cpu":
+        raise TurboNerfError(f"student '{opts.student}' has no presets (only r2l and mobile-r2l do); drop --preset")
+    else:
+        config = get_method(opts.student)[0]()
+    if scene is not None:
+        h, w = scene.split("train").images.shape[1:3]
+        found = {"height": int(h), "width": int(w), "near": float(scene.near), "far": float(scene.far), "ndc": bool(scene.ndc)}
+        config = replace(config, **{k: v for k, v in found.items() if hasattr(config, k)})
+    return apply_overrides(config, opts.overrides)
 
 
-def _student_spec(opts: DistillOptions, teacher_spec: RunSpec) -> RunSpec:
-    return RunSpec(method="r2l", config=asdict(_student_config(opts)), scene=teacher_spec.scene, seed=opts.seed)
+def _student_spec(opts: DistillOptions, teacher_spec: RunSpec, scene) -> RunSpec:
+    return RunSpec(method=opts.student, config=asdict(_student_config(opts, scene)), scene=teacher_spec.scene, seed=opts.seed)
 
 
 def make_pseudo_data(
@@ -252,6 +286,7 @@ def distill(opts: DistillOptions) -> DistillResult:
     if opts.max_minutes is not None:
         require_positive("--max-minutes", opts.max_minutes)
     require_positive("--batch-rays", opts.batch_rays)
+    require_positive("--batch-images", opts.batch_images)
     require_at_least("--num-pseudo-images", opts.num_pseudo_images, 0)
     device = runtime.resolve_device(opts.device)
     replicas = replicas_from_env(device)
@@ -277,12 +312,12 @@ def _distill_locked(opts: DistillOptions, device: torch.device, out: Path, repli
     tspec = teacher.spec
     if opts.resume:
         spec = read_run_spec(out)
-        if spec.method != "r2l":
-            raise TurboNerfError(f"run was trained with method '{spec.method}', not a distilled r2l student", out / "run.json")
-    else:
-        spec = _student_spec(opts, tspec)
+        if spec.method not in STUDENTS:
+            raise TurboNerfError(f"run was trained with method '{spec.method}', not a distilled student", out / "run.json")
     scene = load_scene(tspec.scene.data, downscale=tspec.scene.downscale, splits=("train",))
     train_split = scene.split("train")
+    if not opts.resume:
+        spec = _student_spec(opts, tspec, scene)
     if not opts.resume and replicas.is_main:
         prepare_run_dir(out, opts.overwrite, protected=(Path(opts.teacher), Path(tspec.scene.data)))
         write_run_spec(out, spec)
@@ -320,10 +355,32 @@ def _distill_locked(opts: DistillOptions, device: torch.device, out: Path, repli
         if not replicas.is_main:  # the checkpoint holds rank 0's generator
             gen.manual_seed(rank_seed(spec.seed, replicas.rank) + state.step)
 
+    if model.image_space:
+        step_fn, callbacks, notes = image_step(model, opts, pseudo_root, train_split, device, gen)
+    else:
+        step_fn, callbacks, notes = ray_step(model, opts, pseudo_root, scene, train_split, device, gen)
+    messages += notes
+
+    loop_opts = LoopOptions(
+        max_steps=opts.max_steps,
+        max_seconds=math.inf if opts.max_minutes is None else 60.0 * opts.max_minutes - gen_seconds,
+        checkpoint_every=opts.checkpoint_every,
+        checkpoint_minutes=opts.checkpoint_minutes,
+        log_every=opts.log_every,
+        bf16=opts.bf16,
+        progress=opts.progress,
+        desc=f"distill {spec.method}" + (f" x{replicas.world_size} processes" if replicas.distributed else ""),
+    )
+    state = run_loop(trainee, step_fn, state, loop_opts, device, out / "train_log.jsonl", callbacks, replicas)
+    return DistillResult(out, state.step, state.seconds, gen_seconds, pseudo, state.last_psnr, messages, replicas.is_main)
+
+
+def ray_step(model, opts: DistillOptions, pseudo_root: Path, scene, train_split, device: torch.device, gen: torch.Generator):
+    """(step function, loop callbacks, notes) of a ray student: batches of ``batch_rays`` pseudo
+    and real rays, plus hard examples drawn back from the pool once it is full."""
     data = PseudoRays(pseudo_root)
     n_pseudo, n_real = split_batch(opts.batch_rays, opts.real_fraction, len(data) > 0)
-    if len(data) == 0:
-        messages.append("no pseudo data: the student trains on real rays only")
+    notes = [] if len(data) else ["no pseudo data: the student trains on real rays only"]
     images = train_split.images.to(device)
     cameras = train_split.cameras.to(device)
     near, far, ndc = scene.near, scene.far, scene.ndc
@@ -348,16 +405,35 @@ def _distill_locked(opts: DistillOptions, device: torch.device, out: Path, repli
         outputs.update(fresh_rows=fresh, fresh_error=per_ray[:n_fresh])
         return StepOutput(loss, outputs, {"mse": mse_fresh, "hard_rays": rows.shape[0] - n_fresh})
 
-    loop_opts = LoopOptions(
-        max_steps=opts.max_steps,
-        max_seconds=math.inf if opts.max_minutes is None else 60.0 * opts.max_minutes - gen_seconds,
-        checkpoint_every=opts.checkpoint_every,
-        checkpoint_minutes=opts.checkpoint_minutes,
-        log_every=opts.log_every,
-        bf16=opts.bf16,
-        progress=opts.progress,
-        desc="distill r2l" + (f" x{replicas.world_size} processes" if replicas.distributed else ""),
-    )
-    callbacks = [HardExampleFeed(pool, opts.hard_ratio)] if pool is not None else []
-    state = run_loop(trainee, step_fn, state, loop_opts, device, out / "train_log.jsonl", callbacks, replicas)
-    return DistillResult(out, state.step, state.seconds, gen_seconds, pseudo, state.last_psnr, messages, replicas.is_main)
+    return step_fn, ([HardExampleFeed(pool, opts.hard_ratio)] if pool is not None else []), notes
+
+
+def image_step(model, opts: DistillOptions, pseudo_root: Path, train_split, device: torch.device, gen: torch.Generator):
+    """(step function, loop callbacks, notes) of an image-space student: batches of
+    ``batch_images`` whole images, pseudo images and ``real_fraction`` of real training images
+    (at least one of each when both exist and the batch holds two)."""
+    data = PseudoImages(pseudo_root, train_split.cameras)
+    n_images = opts.batch_images
+    if len(data) == 0:
+        n_real, notes = n_images, ["no pseudo data: the student trains on the real images only"]
+    else:
+        n_real = min(max(int(round(opts.real_fraction * n_images)), int(opts.real_fraction > 0 and n_images > 1)), n_images)
+        notes = []
+    n_pseudo = n_images - n_real
+    images = train_split.images
+    cameras = train_split.cameras
+
+    def step_fn(step: int) -> StepOutput:
+        cams, rgbs = [], []
+        if n_pseudo:
+            c, rgb = data.sample(n_pseudo, gen)
+            cams.append(c)
+            rgbs.append(rgb)
+        if n_real:
+            idx = torch.randint(len(images), (n_real,), generator=gen)
+            cams.append(cameras[idx])
+            rgbs.append(images[idx].float() / 255.0)
+        loss, stats = model.image_loss(Cameras.cat(cams).to(device), torch.cat(rgbs).to(device))
+        return StepOutput(loss, {}, {**stats, "images": n_images})
+
+    return step_fn, [], notes

@@ -117,9 +117,7 @@ def evaluate_renderer(
     for i in tqdm(mine, desc=f"eval {opts.split}", disable=not (opts.progress and replicas.is_main), unit="img"):
         t0 = time.perf_counter()
         with runtime.autocast(device, opts.bf16):
-            out = render_image(
-                renderer.render, data.cameras, i, scene.near, scene.far, scene.ndc, scene.background, chunk=chunk, device=device
-            )
+            out = renderer.render_view(data.cameras, i, scene.near, scene.far, scene.ndc, scene.background, chunk=chunk, device=device)
         ms = 1000.0 * (time.perf_counter() - t0)
         target = data.images[i].float() / 255.0
         name = Path(data.paths[i]).stem

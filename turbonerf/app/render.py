@@ -20,7 +20,6 @@ from turbonerf.app.validate import require_positive
 from turbonerf.errors import TurboNerfError
 from turbonerf.io.media import depth_to_png, load_png, save_png, to_uint8, write_video
 from turbonerf.render.paths import orbit_path, spiral_path
-from turbonerf.render.renderer import render_image
 
 PATH_KINDS = ("test", "orbit", "spiral")
 
@@ -123,7 +122,7 @@ def _render_frames(
     mine = replicas.shard(len(cams))
     for i in tqdm(mine, desc=f"render {opts.path}", disable=not (opts.progress and replicas.is_main), unit="frame"):
         with runtime.autocast(dev):
-            img = render_image(renderer.render, cams, i, s.near, s.far, s.ndc, s.background, chunk=renderer.chunk, device=dev)
+            img = renderer.render_view(cams, i, s.near, s.far, s.ndc, s.background, device=dev)
         save_png(out / "rgb" / f"{i:04d}.png", to_uint8(img["rgb"]))
         save_png(out / "depth" / f"{i:04d}.png", depth_to_png(img["depth"], img["opacity"]))
         save_png(out / "opacity" / f"{i:04d}.png", img["opacity"])

@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from turbonerf import __version__
 from turbonerf.bake.nerftree import load_tree, read_tree_header
 from turbonerf.bake.render import TreeRenderer, default_step
+from turbonerf.cameras import Cameras
 from turbonerf.data.multiscene import MultiSceneSet
 from turbonerf.data.scene import Scene
 from turbonerf.engine.checkpoint import load_checkpoint, load_checkpoint_or_previous, previous_of, read_checkpoint_meta
@@ -26,7 +28,7 @@ from turbonerf.eval.flops import flops_per_ray, params
 from turbonerf.io.files import atomic_write_text, is_inside
 from turbonerf.methods.base import Method
 from turbonerf.methods.registry import config_from_dict, get_method
-from turbonerf.render.renderer import RenderFn
+from turbonerf.render.renderer import RenderFn, render_image
 
 RUN_FILE = "run.json"
 LOCK_FILE = ".lock"
@@ -282,6 +284,21 @@ class RunRenderer:
     tree: TreeRenderer | None = None
     tree_path: Path | None = None
 
+    def render_view(
+        self, cameras: Cameras, index: int, near: float, far: float, ndc: bool, background: Tensor,
+        chunk: int | None = None, device: torch.device | str = "cpu",
+    ) -> dict[str, Tensor]:
+        """Camera ``index``: rgb [H, W, 3], depth [H, W], opacity [H, W] on the CPU. A ray
+        renderer renders the camera's rays in chunks of ``chunk`` (default: its own); an
+        image-space student (:mod:`turbonerf.methods.image_student`) the whole frame in one call
+        (depth zeros and opacity ones: it has no geometry)."""
+        if self.model is not None and self.model.image_space:
+            with torch.no_grad():
+                rgb = self.model.render_views(cameras[index].to(device))[0].clamp(0, 1).cpu()
+            h, w = rgb.shape[:2]
+            return {"rgb": rgb, "depth": torch.zeros(h, w), "opacity": torch.ones(h, w)}
+        return render_image(self.render, cameras, index, near, far, ndc, background, chunk=chunk or self.chunk, device=device)
+
     def describe(self) -> dict:
         """Fields of results.json that depend on the renderer: renderer, samples_per_ray, params,
         flops_per_ray, storage_mb (MiB: the model's state, or the tree file) and the tree's settings."""
@@ -292,6 +309,7 @@ class RunRenderer:
                 "params": params(self.model),
                 "flops_per_ray": flops_per_ray(self.model),
                 "storage_mb": sum(t.numel() * t.element_size() for t in self.model.state_dict().values()) / 2**20,
+                **({"flops_per_frame": self.model.flops_per_frame()} if self.model.image_space else {}),
             }
         header = read_tree_header(self.tree_path)
         return {

@@ -97,7 +97,11 @@ def render_sources(run_dir: Path, spec: RunSpec, opts: ViewOptions, device: torc
     tree_label = f"baked tree ({tree_path.name})"
 
     def model_fn():
-        return renderer_for_run(run_dir, device).render
+        renderer = renderer_for_run(run_dir, device)
+        if renderer.model.image_space:
+            raise TurboNerfError(f"{spec.method} is an image-space student: it renders whole frames, and the viewer renders "
+                                 "rays in progressive chunks (use `turbonerf render` for its videos)", run_dir)
+        return renderer.render
 
     def tree_fn():
         return renderer_for_run(run_dir, device, baked=True, tree=replace(tree_opts, path=tree_path)).render

@@ -291,14 +291,21 @@ def bake(
 def distill(
     teacher: Path = typer.Option(..., help="run folder of the trained teacher"),
     out: Path = typer.Option(..., help="run folder to create for the student"),
-    student: str = typer.Option("r2l", help="student kind: r2l (a neural light field, one network evaluation per pixel)"),
-    preset: str = typer.Option("cpu", help="student size: cpu (W128 D16) or paper (W256 D88)"),
+    student: str = typer.Option(
+        "r2l",
+        help="student kind: r2l (a neural light field, one network evaluation per pixel); image-space students that map a "
+        "camera to a whole image: pose2image (pose -> image decoder), hybrid (low-resolution feature rendering + 2D "
+        "upsampler), shared-backbone (pose encoder shared with a NeRF branch), mobile-r2l (MobileR2L: light field on a "
+        "low-resolution ray grid + super-resolution)",
+    ),
+    preset: str = typer.Option("cpu", help="student size: cpu or paper (r2l: W128 D16 / W256 D88; mobile-r2l: see its docs)"),
     max_steps: int = typer.Option(100_000, help="stop after this many student steps"),
     max_minutes: Optional[float] = typer.Option(None, help="budget for pseudo-data generation + training"),
     num_pseudo_images: int = typer.Option(100, help="pseudo images (training resolution) rendered by the teacher"),
     real_fraction: float = typer.Option(0.2, help="fraction of each batch taken from the real training images"),
     hard_ratio: float = typer.Option(0.2, help="fraction of each batch that joins the hard-example pool (0: off)"),
-    batch_rays: int = typer.Option(4096, help="fresh rays per step (hard rays come on top)"),
+    batch_rays: int = typer.Option(4096, help="r2l: fresh rays per step (hard rays come on top)"),
+    batch_images: int = typer.Option(4, help="image-space students: whole images per step"),
     pseudo_dir: Optional[Path] = typer.Option(None, help="pseudo-data folder (default OUT/pseudo); reuse it across students"),
     pose_mode: str = typer.Option("auto", help="pseudo cameras: auto, box (R2L forward-facing) or sphere (R2L 360)"),
     teacher_renderer: str = typer.Option("auto", help="model, nerftree (TEACHER/baked/nerftree.safetensors) or auto"),
@@ -314,7 +321,10 @@ def distill(
         1, help="run as N processes on this machine: they share the pseudo-data chunks, then train the student data-parallel"
     ),
 ):
-    """Distil a trained run into a neural light field (R2L): teacher pseudo data + real rays + hard examples."""
+    """Distil a trained run into a fast student: teacher renders of sampled poses (pseudo data) + real images.
+
+    r2l trains on rays (+ hard examples); the image-space students on whole images. The student
+    run is evaluated and rendered like any other run (turbonerf eval / render)."""
     from turbonerf.app.distill import DistillOptions
     from turbonerf.app.distill import distill as run_distill
 
@@ -330,6 +340,7 @@ def distill(
         real_fraction=real_fraction,
         hard_ratio=hard_ratio,
         batch_rays=batch_rays,
+        batch_images=batch_images,
         pseudo_dir=pseudo_dir,
         pose_mode=pose_mode,
         teacher_renderer=teacher_renderer,

@@ -216,6 +216,13 @@ def chunk_generator(seed: int, index: int) -> torch.Generator:
     return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(index)) % (2**63))
 
 
+def pseudo_cameras(cameras: Cameras, spec: PseudoDataSpec, index: int) -> Cameras:
+    """The ``spec.images_per_chunk`` cameras of chunk ``index``, in order. They depend on (seed,
+    index) and the training ``cameras`` alone, so a reader recomputes them rather than storing them."""
+    g = chunk_generator(spec.seed, index)
+    return Cameras.cat([sample_pseudo_camera(cameras, spec.pose_mode, g) for _ in range(spec.images_per_chunk)])
+
+
 # ---------------------------------------------------------------------------------------------
 # on-disk chunks
 
@@ -272,11 +279,10 @@ def render_pseudo_chunk(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Chunk ``index``: (rays float32 [N, 6] origin | direction, rgb float16 [N, 3]) of its
     ``spec.images_per_chunk`` pseudo images, N = images * H * W."""
-    g = chunk_generator(spec.seed, index)
     rays_out, rgb_out = [], []
-    for _ in range(spec.images_per_chunk):
-        cam = sample_pseudo_camera(cameras, spec.pose_mode, g)
-        rays = image_ray_bundle(cam, 0, spec.near, spec.far, spec.ndc).to(device)
+    cams = pseudo_cameras(cameras, spec, index)
+    for k in range(len(cams)):
+        rays = image_ray_bundle(cams, k, spec.near, spec.far, spec.ndc).to(device)
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             out = render_rays_chunked(render_fn, rays, background.to(device), chunk_rays)
         rays_out.append(torch.cat([rays.origins, rays.directions], dim=-1).float().cpu().numpy())
@@ -426,3 +432,45 @@ class PseudoRays:
         if not self.indices:
             return np.zeros((0, 6), np.float32), np.zeros((0, 3), np.float16)
         return np.concatenate([np.asarray(r) for r in self.rays]), np.concatenate([np.asarray(c) for c in self.rgb])
+
+
+class PseudoImages:
+    """The same store read as whole images with their cameras, for the image-space students
+    (:mod:`turbonerf.methods.image_student`): image j of chunk i is rows [j H W, (j + 1) H W) of
+    its rgb file, and its camera is recomputed (:func:`pseudo_cameras`) from the training
+    ``cameras`` the data was made from.
+
+    Attributes:
+        spec: the settings the data was made with.
+    """
+
+    def __init__(self, root: Path, cameras: Cameras):
+        self.store = PseudoRays(root)
+        self.spec = self.store.spec
+        self.cameras = cameras
+        self.pixels = self.spec.height * self.spec.width
+        self._cams: dict[int, Cameras] = {}
+
+    def __len__(self) -> int:
+        return self.store.n_chunks * self.spec.images_per_chunk
+
+    def camera_of(self, chunk: int) -> Cameras:
+        """The cameras of the ``chunk``-th completed chunk (cached: sampling them costs ~1 ms each)."""
+        if chunk not in self._cams:
+            self._cams[chunk] = pseudo_cameras(self.cameras, self.spec, self.store.indices[chunk])
+        return self._cams[chunk]
+
+    def images(self, which: list[int]) -> tuple[Cameras, Tensor]:
+        """Images number ``which`` (0 .. len - 1): (cameras, rgb float32 [n, H, W, 3])."""
+        per = self.spec.images_per_chunk
+        cams, rgb = [], []
+        for i in which:
+            chunk, j = divmod(int(i), per)
+            cams.append(self.camera_of(chunk)[j])
+            rows = self.store.rgb[chunk][j * self.pixels : (j + 1) * self.pixels]
+            rgb.append(np.asarray(rows, dtype=np.float32).reshape(self.spec.height, self.spec.width, 3))
+        return Cameras.cat(cams), torch.from_numpy(np.stack(rgb))
+
+    def sample(self, n: int, generator: torch.Generator) -> tuple[Cameras, Tensor]:
+        """n random images (with replacement): (cameras, rgb float32 [n, H, W, 3])."""
+        return self.images(torch.randint(len(self), (n,), generator=generator).tolist())

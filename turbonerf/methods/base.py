@@ -20,6 +20,9 @@ A method is an ``nn.Module`` subclass of :class:`Method`:
 - ``multi_scene``: a method trained across scenes (pixelNeRF) also has ``encode(images, cameras)
   -> SourceViews``, ``render_scenes(rays, sources, background, train) -> outputs`` (batches of
   scenes) and ``condition(images, cameras)`` (the one scene ``forward`` renders).
+- ``image_space``: a student that maps a camera to a whole image (:mod:`turbonerf.methods.image_student`)
+  has ``render_views(cameras, train) -> [N, H, W, 3]`` and ``image_loss(cameras, images)`` instead
+  of a per-ray ``forward``.
 - ``baking_field()`` / ``occupancy_fn()``: what ``turbonerf bake`` caches (a field taking points)
   and the method's own test of empty space, when it has one.
 
@@ -69,6 +72,11 @@ class Method(nn.Module, ABC):
     """trained across many scenes and conditioned on source views at render time (pixelNeRF):
     ``turbonerf train`` builds its batches from a multi-scene set, and whatever renders it first
     calls its ``condition(images [S, H, W, 3], cameras)``"""
+
+    image_space: bool = False
+    """renders whole images from cameras, not rays (the image-space students,
+    :mod:`turbonerf.methods.image_student`): ``render_views(cameras) -> [N, H, W, 3]`` and
+    ``image_loss(cameras, images)``; ``forward`` on rays is refused"""
 
     @abstractmethod
     def forward(self, rays: RayBundle, background: Tensor, train: bool = False) -> dict:

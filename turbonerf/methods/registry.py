@@ -8,6 +8,10 @@ from typing import Any
 
 from turbonerf.methods.r2l import R2L, R2LConfig
 from turbonerf.errors import TurboNerfError
+from turbonerf.methods.hybrid import Hybrid, HybridConfig
+from turbonerf.methods.mobile_r2l import MobileR2L, MobileR2LConfig
+from turbonerf.methods.pose2image import Pose2Image, Pose2ImageConfig
+from turbonerf.methods.shared_backbone import SharedBackbone, SharedBackboneConfig
 from turbonerf.methods.efficient_nerf import EfficientNeRF, EfficientNeRFConfig
 from turbonerf.methods.instant_ngp import InstantNGP, InstantNGPConfig
 from turbonerf.methods.nerfacto import Nerfacto, NerfactoConfig
@@ -23,7 +27,14 @@ METHODS: dict[str, tuple[type, type]] = {
     "r2l": (R2LConfig, R2L),
     "nerfacto": (NerfactoConfig, Nerfacto),
     "pixelnerf": (PixelNeRFConfig, PixelNeRF),
+    "pose2image": (Pose2ImageConfig, Pose2Image),
+    "hybrid": (HybridConfig, Hybrid),
+    "shared-backbone": (SharedBackboneConfig, SharedBackbone),
+    "mobile-r2l": (MobileR2LConfig, MobileR2L),
 }
+
+STUDENT_METHODS = ("r2l", "pose2image", "hybrid", "shared-backbone", "mobile-r2l")
+"""methods that only ``turbonerf distill`` trains (from a teacher run), not ``turbonerf train``"""
 
 
 def method_names() -> list[str]:
