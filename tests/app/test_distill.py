@@ -184,3 +184,9 @@ def test_image_students_distil_from_the_shared_store_and_eval_like_any_run(stude
     res = dt.distill(_opts(run, out, student=student, max_steps=8, batch_images=3, num_pseudo_images=4, pseudo_dir=shared,
                            resume=True))
     assert res.step == 8
+
+
+def test_train_refuses_an_image_student_and_points_to_distill(teacher, tmp_path):
+    scene, _ = teacher
+    with pytest.raises(TurboNerfError, match="distill --teacher RUN --student hybrid"):
+        train(TrainOptions(method="hybrid", data=scene, out=tmp_path / "x", max_steps=1, progress=False))

@@ -114,6 +114,9 @@ def sample_pixels(
 
 def setup_spec(opts: TrainOptions, scene: Scene) -> RunSpec:
     cfg_cls, model_cls = get_method(opts.method)
+    if model_cls.image_space:
+        raise TurboNerfError(f"{opts.method} is an image-space student: distil it from a trained run "
+                             f"(turbonerf distill --teacher RUN --student {opts.method} --out RUN2)")
     config = model_cls.config_for_scene(apply_overrides(cfg_cls(), opts.overrides), scene)
     return RunSpec(method=opts.method, config=asdict(config), scene=SceneMeta.from_scene(scene, opts.downscale), seed=opts.seed)
 

@@ -59,7 +59,9 @@ class MobileR2LConfig:
     """channels of the super-resolution stages, one per 2x stage, comma-separated (paper: 64,64,16)"""
     sr_blocks: int = 1
     """3x3 residual blocks after each transposed convolution (paper: 2)"""
-    lr: float = 5e-4
+    lr: float = 2e-3
+    """Adam learning rate (paper: 5e-4 over a far longer schedule; measured on lego at 100x100,
+    150 steps of 4 images: 5e-4 stayed at ~9.5 dB, 2e-3 reached 17.4 dB)"""
     lr_decay_steps: int = 20_000
 
 
