@@ -32,20 +32,15 @@ from turbonerf.encodings.hashgrid import HashEncoding
 from turbonerf.errors import TurboNerfError
 from turbonerf.fields.hash_field import normalize_points, trunc_exp
 from turbonerf.methods.base import adam
-from turbonerf.methods.image_student import ImageStudent, RgbSkipUpsampler, crop, grid_rays, padded_size, to_hwc
+from turbonerf.methods.image_student import ImageStudent, StudentFrame, RgbSkipUpsampler, crop, grid_rays, padded_size, to_hwc
 from turbonerf.methods.r2l import ray_point_ts
 from turbonerf.render.volrend import render_weight_dense
 
 
 @dataclass
-class HybridConfig:
+class HybridConfig(StudentFrame):
     """hybrid hyper-parameters (height / width / near / far / ndc: the scene's, set by ``turbonerf distill``)."""
 
-    height: int = 200
-    width: int = 200
-    near: float = 2.0
-    far: float = 6.0
-    ndc: bool = False
     stride: int = 8
     """output pixels per feature pixel along each axis (a power of 2: log2(stride) upsampling stages)"""
     features: int = 64

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from abc import abstractmethod
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,18 @@ from turbonerf.encodings.frequency import FrequencyEncoding
 from turbonerf.errors import TurboNerfError
 from turbonerf.methods.base import Method, adam
 from turbonerf.rays import RayBundle, make_rays
+
+@dataclass
+class StudentFrame:
+    """The frame every image-space student's config starts with: the training images' size and
+    the scene's ray range, which ``turbonerf distill`` sets from the teacher's scene."""
+
+    height: int = 200
+    width: int = 200
+    near: float = 2.0
+    far: float = 6.0
+    ndc: bool = False
+
 
 CAMERA_VECTOR_DIM = 16
 """rotation (9) + translation (3) + intrinsics (4)"""

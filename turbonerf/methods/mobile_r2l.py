@@ -29,22 +29,17 @@ from torch import Tensor, nn
 from turbonerf.cameras import Cameras
 from turbonerf.encodings.frequency import FrequencyEncoding
 from turbonerf.errors import TurboNerfError
-from turbonerf.methods.image_student import ImageStudent, ResBlock2d, crop, grid_rays, padded_size, to_hwc
+from turbonerf.methods.image_student import ImageStudent, StudentFrame, ResBlock2d, crop, grid_rays, padded_size, to_hwc
 from turbonerf.methods.r2l import ray_points
 
 PRESET_NAMES = ("cpu", "paper")
 
 
 @dataclass
-class MobileR2LConfig:
+class MobileR2LConfig(StudentFrame):
     """MobileR2L hyper-parameters (defaults: the ``cpu`` preset; height / width / near / far /
     ndc: the scene's, set by ``turbonerf distill``)."""
 
-    height: int = 200
-    width: int = 200
-    near: float = 2.0
-    far: float = 6.0
-    ndc: bool = False
     stride: int = 8
     """output pixels per ray along each axis (a power of 2; paper: 8, 100x100 -> 800x800)"""
     n_points: int = 8

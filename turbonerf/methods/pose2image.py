@@ -18,15 +18,13 @@ import torch
 from torch import Tensor
 
 from turbonerf.cameras import Cameras
-from turbonerf.methods.image_student import ImageStudent, PoseDecoder, crop, fit_size, padded_size, to_hwc
+from turbonerf.methods.image_student import ImageStudent, PoseDecoder, StudentFrame, crop, fit_size, padded_size, to_hwc
 
 
 @dataclass
-class Pose2ImageConfig:
-    """pose2image hyper-parameters (height / width: the training images' size, set by ``turbonerf distill``)."""
+class Pose2ImageConfig(StudentFrame):
+    """pose2image hyper-parameters (after the frame, :class:`StudentFrame`, set by ``turbonerf distill``)."""
 
-    height: int = 200
-    width: int = 200
     stages: int = 5
     """2x upsampling stages of the decoder (the seed grid is ceil(H / 2^stages) x ceil(W / 2^stages))"""
     channels: int = 256

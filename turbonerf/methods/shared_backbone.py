@@ -20,28 +20,17 @@ from torch import Tensor, nn
 
 from turbonerf.cameras import Cameras
 from turbonerf.encodings.frequency import FrequencyEncoding
-from turbonerf.methods.image_student import ImageStudent, PoseDecoder, crop, fit_size, padded_size, to_hwc
+from turbonerf.methods.image_student import crop, to_hwc
+from turbonerf.methods.pose2image import Pose2Image, Pose2ImageConfig
 from turbonerf.methods.r2l import ray_point_ts
 from turbonerf.rays import make_rays
 from turbonerf.render.volrend import render_weight_dense
 
 
 @dataclass
-class SharedBackboneConfig:
-    """shared-backbone hyper-parameters (the image branch's as pose2image's; height / width /
-    near / far / ndc: the scene's, set by ``turbonerf distill``)."""
+class SharedBackboneConfig(Pose2ImageConfig):
+    """shared-backbone hyper-parameters: pose2image's (the image branch) and the NeRF branch's."""
 
-    height: int = 200
-    width: int = 200
-    near: float = 2.0
-    far: float = 6.0
-    ndc: bool = False
-    stages: int = 5
-    channels: int = 256
-    code_dim: int = 256
-    mlp_layers: int = 3
-    pose_freqs: int = 4
-    upsampler: str = "bilinear"
     nerf_width: int = 128
     nerf_layers: int = 4
     nerf_samples: int = 32
@@ -51,18 +40,15 @@ class SharedBackboneConfig:
     nerf_rays: int = 256
     """rays per target image the NeRF branch renders each step"""
     nerf_weight: float = 1.0
-    lr: float = 5e-4
-    lr_decay_steps: int = 20_000
 
 
-class SharedBackbone(ImageStudent):
-    """Pose encoder -> (image decoder, NeRF branch); :meth:`render_views` runs the image branch only."""
+class SharedBackbone(Pose2Image):
+    """Pose encoder -> (image decoder, NeRF branch); :meth:`render_views` (pose2image's) runs the
+    image branch only."""
 
     def __init__(self, config: SharedBackboneConfig, aabb: Tensor):
-        super().__init__(aabb)
-        c = self.config = config
-        h0, w0 = padded_size(c.height, c.width, 2**c.stages)
-        self.net = PoseDecoder(h0, w0, c.stages, c.channels, c.code_dim, c.mlp_layers, c.pose_freqs, c.upsampler)
+        super().__init__(config, aabb)
+        c = config
         self.point_encoding = FrequencyEncoding(c.nerf_freqs)
         layers: list[nn.Module] = []
         d = self.point_encoding.out_dim(3) + self.net.code_dim
@@ -71,12 +57,6 @@ class SharedBackbone(ImageStudent):
             d = c.nerf_width
         layers.append(nn.Linear(d, 4))
         self.nerf = nn.Sequential(*layers)
-
-    def render_views(self, cameras: Cameras, train: bool = False) -> Tensor:
-        """The image branch: N cameras -> rgb [N, H, W, 3]."""
-        c = self.config
-        rgb = crop(self.net.decode(self.net.code(self.camera_vectors(cameras))), c.height, c.width)
-        return to_hwc(fit_size(rgb, cameras.height, cameras.width))
 
     def nerf_rays(self, code: Tensor, cameras: Cameras, cam_idx: Tensor, u: Tensor, v: Tensor) -> Tensor:
         """The NeRF branch: rgb [R, 3] of the pixels (u, v) of cameras ``cam_idx`` [R], each ray's
