@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from turbonerf.encodings.hashgrid import HashEncoding
 from turbonerf.encodings.sh import sh_basis
+from turbonerf.fields.fixed_rows import apply_in_fixed_rows
 
 
 class _TruncExp(torch.autograd.Function):
@@ -52,7 +53,9 @@ class HashField(nn.Module):
     x -> hash encoding [L*F] -> density MLP (``density_layers`` hidden layers of ``hidden``) ->
     ``geo_features`` outputs, of which the first is the raw density (activation: trunc_exp);
     all of them, with the SH encoding of the view direction, feed the colour MLP
-    (``color_layers`` hidden layers) -> sigmoid rgb.
+    (``color_layers`` hidden layers) -> sigmoid rgb. On the CPU both MLPs see only a few row
+    counts whatever the number of points (:mod:`turbonerf.fields.fixed_rows`: oneDNN keeps
+    state per matmul shape, which made memory grow with the training steps).
 
     Args:
         aabb: [2, 3] the box (min, max) the hash grid covers; points outside get zero density.
@@ -92,7 +95,7 @@ class HashField(nn.Module):
         """x: [N, 3] -> sigma [N] float32, geo features [N, geo_features] (autocast dtype)."""
         u = normalize_points(x, self.aabb)
         inside = ((u >= 0.0) & (u <= 1.0)).all(dim=-1)
-        h = self.density_mlp(self.encoding(u))
+        h = apply_in_fixed_rows(self.density_mlp, self.encoding(u))  # a bounded set of matmul shapes (fixed_rows.py)
         sigma = trunc_exp(h[:, 0].float()) * inside
         return sigma, h
 
@@ -104,5 +107,5 @@ class HashField(nn.Module):
         """x: [N, 3] points, d: [N, 3] unit directions -> sigma [N], rgb [N, 3] (float32)."""
         sigma, h = self.geometry(x)
         sh = sh_basis(d.float(), self.sh_degree).to(h.dtype)
-        rgb = torch.sigmoid(self.color_mlp(torch.cat([h, sh], dim=-1)).float())
+        rgb = torch.sigmoid(apply_in_fixed_rows(self.color_mlp, torch.cat([h, sh], dim=-1)).float())
         return sigma, rgb
