@@ -21,7 +21,6 @@ size / ``stride``, and M and the samples are options.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -29,10 +28,18 @@ from torch import Tensor, nn
 
 from turbonerf.cameras import Cameras
 from turbonerf.encodings.hashgrid import HashEncoding
-from turbonerf.errors import TurboNerfError
 from turbonerf.fields.hash_field import normalize_points, trunc_exp
 from turbonerf.methods.base import adam
-from turbonerf.methods.image_student import ImageStudent, StudentFrame, RgbSkipUpsampler, crop, grid_rays, padded_size, to_hwc
+from turbonerf.methods.image_student import (
+    ImageStudent,
+    RgbSkipUpsampler,
+    StudentFrame,
+    crop,
+    grid_rays,
+    padded_size,
+    to_hwc,
+    upsampling_stages,
+)
 from turbonerf.methods.r2l import ray_point_ts
 from turbonerf.render.volrend import render_weight_dense
 
@@ -68,9 +75,7 @@ class Hybrid(ImageStudent):
     def __init__(self, config: HybridConfig, aabb: Tensor):
         super().__init__(aabb)
         c = self.config = config
-        stages = int(round(math.log2(c.stride)))
-        if c.stride < 1 or 2**stages != c.stride:
-            raise TurboNerfError(f"hybrid stride must be a power of 2, got {c.stride}")
+        stages = upsampling_stages(c.stride, "hybrid")
         self.stages = stages
         self.register_buffer("aabb", torch.as_tensor(aabb, dtype=torch.float32).reshape(2, 3).clone(), persistent=False)
         self.encoding = HashEncoding(c.n_levels, 2, c.log2_table_size, 16, c.max_resolution)

@@ -62,6 +62,15 @@ def camera_vector(cameras: Cameras, centre: Tensor, scale: float) -> Tensor:
     return torch.cat([rot, trans, intr.to(c2w.device)], dim=-1)
 
 
+def upsampling_stages(stride: int, who: str) -> int:
+    """log2(stride): the 2x stages that take a low-resolution grid to the output; a stride that
+    is not a power of 2 is a one-line error naming ``who``."""
+    stages = int(round(math.log2(stride))) if stride >= 1 else -1
+    if stages < 0 or 2**stages != stride:
+        raise TurboNerfError(f"{who} stride must be a power of 2, got {stride}")
+    return stages
+
+
 def padded_size(height: int, width: int, stride: int) -> tuple[int, int]:
     """(h, w) of the low-resolution grid whose ``stride``-times upsampling covers H x W."""
     return math.ceil(height / stride), math.ceil(width / stride)

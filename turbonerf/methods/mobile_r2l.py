@@ -20,7 +20,6 @@ Presets (:func:`mobile_r2l_preset`): ``paper`` (width 256, 28 blocks, stride 8, 
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 
 import torch
@@ -29,7 +28,16 @@ from torch import Tensor, nn
 from turbonerf.cameras import Cameras
 from turbonerf.encodings.frequency import FrequencyEncoding
 from turbonerf.errors import TurboNerfError
-from turbonerf.methods.image_student import ImageStudent, StudentFrame, ResBlock2d, crop, grid_rays, padded_size, to_hwc
+from turbonerf.methods.image_student import (
+    ImageStudent,
+    ResBlock2d,
+    StudentFrame,
+    crop,
+    grid_rays,
+    padded_size,
+    to_hwc,
+    upsampling_stages,
+)
 from turbonerf.methods.r2l import ray_points
 
 PRESET_NAMES = ("cpu", "paper")
@@ -88,9 +96,7 @@ class MobileR2L(ImageStudent):
     def __init__(self, config: MobileR2LConfig, aabb: Tensor):
         super().__init__(aabb)
         c = self.config = config
-        stages = int(round(math.log2(c.stride)))
-        if c.stride < 1 or 2**stages != c.stride:
-            raise TurboNerfError(f"mobile-r2l stride must be a power of 2, got {c.stride}")
+        stages = upsampling_stages(c.stride, "mobile-r2l")
         if c.n_points < 1 or c.channels < 1:
             raise TurboNerfError("mobile-r2l needs n_points >= 1 and channels >= 1")
         self.encoding = FrequencyEncoding(c.pos_freqs)
