@@ -19,7 +19,8 @@ def test_bench_two_methods_two_budgets_then_nothing_reruns(tiny_scene, tmp_path,
             "--batch-rays", "64", "--no-progress", "--no-lpips-vgg", "--bake", "--bake-coarse-res", "8"]
     for kv in TINY + [kv.replace("instant-ngp:", "instant-ngp@paper:") for kv in TINY if kv.startswith("instant-ngp:")]:
         args += ["--set", kv]
-    args += ["--set", "instant-ngp:schedule=budget", "--set", "instant-ngp@paper:carve_from_views=false"]
+    args += ["--set", "instant-ngp:schedule=budget", "--set", "instant-ngp@paper:carve_from_views=false",
+             "--set", "instant-ngp@paper:fp32=true"]
     assert main(args) == 0
     data = json.loads((out / "bench.json").read_text())
     assert len(data["records"]) == 3 * 2 + 3  # methods x budgets + a baked tree per method
@@ -31,6 +32,7 @@ def test_bench_two_methods_two_budgets_then_nothing_reruns(tiny_scene, tmp_path,
         assert spec["config"]["carve_from_views"] is True
     paper = json.loads((runs / "instant-ngp@paper" / "run.json").read_text())
     assert paper["training"]["schedule"] == {"kind": "method"} and paper["config"]["carve_from_views"] is False
+    assert paper["training"]["bf16"] is False  # fp32=true, whatever the hardware
     assert (runs / "instant-ngp@paper" / "checkpoints" / "snapshot_0.02min.safetensors").is_file()
     assert data["records"]["scene|instant-ngp@paper|0.04|model"]["psnr"] > 0
     for name in ("bench.md", "pareto.png", "training.png"):

@@ -10,7 +10,8 @@ settings.
 
 A method entry may be a variant ``METHOD@LABEL`` (e.g. ``instant-ngp@paper``) with its own
 options ``--set METHOD@LABEL:KEY=VALUE``, so that two settings of one method are measured in the
-same bench; the keys ``schedule`` (budget | method) and ``lr_final`` are training options. With ``bake``, the final model is also baked into a NerfTree and
+same bench; the keys ``schedule`` (budget | method), ``lr_final`` and ``fp32`` (true: no bf16 autocast
+even where the hardware has native bf16) are training options. With ``bake``, the final model is also baked into a NerfTree and
 evaluated as its own renderer. A cell (scene x method x budget x renderer) already in
 ``bench.json`` is never run again, and a finished training is never repeated, so an interrupted
 bench continues where it stopped.
@@ -113,7 +114,7 @@ def base_method(variant: str) -> str:
     return variant.split("@", 1)[0]
 
 
-TRAINING_KEYS = ("schedule", "lr_final")
+TRAINING_KEYS = ("schedule", "lr_final", "fp32")
 """keys of ``--set VARIANT:KEY=VALUE`` that are training options, not method options"""
 
 
@@ -282,9 +283,12 @@ def _train_cell(opts: BenchOptions, scene: Path, variant: str, run: Path, minute
         lr_final = float(training.get("lr_final", BudgetSchedule.final))
     except ValueError:
         raise TurboNerfError(f"lr_final of {variant} is not a number: {training['lr_final']!r}") from None
+    fp32 = training.get("fp32", "false").lower()
+    if fp32 not in ("true", "false"):
+        raise TurboNerfError(f"fp32 of {variant} must be true or false, not {training['fp32']!r}")
     train(TrainOptions(
         method=base_method(variant), data=scene, out=run, max_minutes=minutes, downscale=opts.downscale,
-        overrides=overrides, schedule=schedule_of(opts, variant), lr_final=lr_final,
+        overrides=overrides, schedule=schedule_of(opts, variant), lr_final=lr_final, bf16=fp32 == "false",
         snapshot_minutes=snapshots, resume=(run / "run.json").is_file(), batch_rays=opts.batch_rays,
         checkpoint_minutes=5.0, checkpoint_every=10**9, progress=opts.progress,
     ))

@@ -399,7 +399,7 @@ def bench(
     set_: List[str] = typer.Option(
         [], "--set",
         help="a method option METHOD:KEY=VALUE (repeatable); METHOD may be a variant METHOD@LABEL listed in --methods; "
-        "the keys schedule and lr_final set that variant's training schedule",
+        "the keys schedule and lr_final set that variant's training schedule, fp32=true turns its bf16 autocast off",
     ),
     batch_rays: int = typer.Option(1024, help="rays per training step"),
     schedule: str = typer.Option(
