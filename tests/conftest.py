@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from turbonerf.data.synthetic import write_tiny_blender_scene
 
@@ -9,6 +10,17 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 # a NeRF small enough to train a few steps in well under a second
 TINY_VANILLA = ["width=32", "depth=2", "color_width=16", "n_coarse=8", "n_fine=8"]
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_process_settings():
+    """The app layer sets process-wide torch settings for a run (``engine.runtime.configure``:
+    float32 matmul precision "medium", which lets oneDNN use bf16 on AMX hosts; thread count).
+    Restore them after every test so that no test's numerics depend on which tests ran before it."""
+    precision, threads = torch.get_float32_matmul_precision(), torch.get_num_threads()
+    yield
+    torch.set_float32_matmul_precision(precision)
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture
