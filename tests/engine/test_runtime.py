@@ -28,3 +28,15 @@ def test_native_bf16_follows_cpu_capabilities(monkeypatch):
         assert runtime.native_bf16("cpu") is True
     finally:
         runtime.native_bf16.cache_clear()
+
+
+def test_configure_without_bf16_keeps_float32_matmuls_exact():
+    """--fp32 means float32 throughout: configure(bf16=False) leaves no reduced-precision matmul path
+    (with "medium", oneDNN computes float32 matmuls in bf16 on AMX hosts)."""
+    a = torch.randn(256, 64, generator=torch.Generator().manual_seed(0))
+    b = torch.randn(64, 64, generator=torch.Generator().manual_seed(1))
+    runtime.configure(torch.device("cpu"), bf16=False)
+    assert torch.get_float32_matmul_precision() == "highest"
+    torch.testing.assert_close((a @ b).double(), a.double() @ b.double(), atol=1e-4, rtol=0)
+    runtime.configure(torch.device("cpu"), bf16=True)
+    assert torch.get_float32_matmul_precision() == "medium"

@@ -62,7 +62,7 @@ def _bake_locked(run_dir: Path, o: BakeOptions) -> tuple[Path, NerfTree, dict]:
     if out.exists() and not overwrite:
         raise TurboNerfError("NerfTree file exists (use --overwrite to replace it)", out)
     dev = runtime.resolve_device(device)
-    runtime.configure(dev)
+    runtime.configure(dev, bf16=bf16)
     model, spec, meta = load_trained(Path(run_dir), dev)
     fields = baking_fields(model, o.sh_degree, o.n_dirs)
     scene = None

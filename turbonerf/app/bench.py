@@ -10,8 +10,9 @@ settings.
 
 A method entry may be a variant ``METHOD@LABEL`` (e.g. ``instant-ngp@paper``) with its own
 options ``--set METHOD@LABEL:KEY=VALUE``, so that two settings of one method are measured in the
-same bench; the keys ``schedule`` (budget | method), ``lr_final`` and ``fp32`` (true: no bf16 autocast
-even where the hardware has native bf16) are training options. With ``bake``, the final model is also baked into a NerfTree and
+same bench; the keys ``schedule`` (budget | method), ``lr_final`` and ``fp32`` (true: float32 throughout, no bf16
+autocast and no reduced-precision float32 matmuls, in training and scoring, even where the hardware
+has native bf16) are training options. With ``bake``, the final model is also baked into a NerfTree and
 evaluated as its own renderer. A cell (scene x method x budget x renderer) already in
 ``bench.json`` is never run again, and a finished training is never repeated, so an interrupted
 bench continues where it stopped.
@@ -28,7 +29,7 @@ import datetime as dt
 import json
 import os
 import platform
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -230,6 +231,7 @@ def run_bench(opts: BenchOptions) -> dict:
 
     for scene, method in cells:
         name = scene.name
+        cell_eval = replace(eval_opts, bf16=not fp32_of(opts, method))
         per_budget = schedule_of(opts, method) == "budget"
         run = out / "runs" / name / method
         todo = [b for b in budgets if cell_key(name, method, b, "model") not in data["records"]]
@@ -242,9 +244,9 @@ def run_bench(opts: BenchOptions) -> dict:
                 if per_budget:
                     b_run = run / f"{b:g}min"
                     _train_cell(opts, scene, method, b_run, b, [])
-                    res = evaluate_run(b_run, eval_opts, out_name="bench")
+                    res = evaluate_run(b_run, cell_eval, out_name="bench")
                 else:
-                    res = evaluate_run(run, eval_opts, checkpoint=_snapshot(run, b, budgets), out_name=f"bench_{b:g}min")
+                    res = evaluate_run(run, cell_eval, checkpoint=_snapshot(run, b, budgets), out_name=f"bench_{b:g}min")
                 data["records"][key] = _record(name, method, b, res)
                 save()
             bar.update(1)
@@ -256,7 +258,7 @@ def run_bench(opts: BenchOptions) -> dict:
             if key not in data["records"]:
                 try:
                     bake_run(run, BakeOptions(coarse_res=opts.bake_coarse_res, overwrite=True, progress=False))
-                    res = evaluate_run(run, eval_opts, baked=True, out_name="bench_baked")
+                    res = evaluate_run(run, cell_eval, baked=True, out_name="bench_baked")
                     data["records"][key] = _record(name, method, b, res)
                 except TurboNerfError as err:  # a method without a density field (a light field)
                     data["records"][key] = {"scene": name, "method": method, "budget_min": b, "renderer": "nerftree", "skipped": err.problem}
@@ -273,6 +275,16 @@ def _snapshot(run: Path, budget: float, budgets: list[float]) -> Path:
     return run / CHECKPOINT.with_name(f"snapshot_{budget:g}min.safetensors")
 
 
+def fp32_of(opts: BenchOptions, variant: str) -> bool:
+    """Whether ``variant`` trains and is scored in float32 throughout (its ``fp32`` key; default false:
+    bf16 where the hardware has it natively)."""
+    _, training = variant_settings(opts, variant)
+    fp32 = training.get("fp32", "false").lower()
+    if fp32 not in ("true", "false"):
+        raise TurboNerfError(f"fp32 of {variant} must be true or false, not {training['fp32']!r}")
+    return fp32 == "true"
+
+
 def _train_cell(opts: BenchOptions, scene: Path, variant: str, run: Path, minutes: float, snapshots: list[float]) -> None:
     """Train (or finish training) one run of ``variant`` for ``minutes``, with snapshots at ``snapshots``."""
     ckpt = run / CHECKPOINT
@@ -283,12 +295,9 @@ def _train_cell(opts: BenchOptions, scene: Path, variant: str, run: Path, minute
         lr_final = float(training.get("lr_final", BudgetSchedule.final))
     except ValueError:
         raise TurboNerfError(f"lr_final of {variant} is not a number: {training['lr_final']!r}") from None
-    fp32 = training.get("fp32", "false").lower()
-    if fp32 not in ("true", "false"):
-        raise TurboNerfError(f"fp32 of {variant} must be true or false, not {training['fp32']!r}")
     train(TrainOptions(
         method=base_method(variant), data=scene, out=run, max_minutes=minutes, downscale=opts.downscale,
-        overrides=overrides, schedule=schedule_of(opts, variant), lr_final=lr_final, bf16=fp32 == "false",
+        overrides=overrides, schedule=schedule_of(opts, variant), lr_final=lr_final, bf16=not fp32_of(opts, variant),
         snapshot_minutes=snapshots, resume=(run / "run.json").is_file(), batch_rays=opts.batch_rays,
         checkpoint_minutes=5.0, checkpoint_every=10**9, progress=opts.progress,
     ))

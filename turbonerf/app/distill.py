@@ -292,7 +292,7 @@ def distill(opts: DistillOptions) -> DistillResult:
     replicas = replicas_from_env(device)
     try:
         device = device_for_rank(device, replicas)
-        runtime.configure(device, opts.threads)
+        runtime.configure(device, opts.threads, bf16=opts.bf16)
         out = Path(opts.out)
         if not opts.resume:  # fail on a bad student option or output folder before loading anything
             _student_config(opts)

@@ -174,7 +174,7 @@ def evaluate_run(
     replicas = replicas_from_env(dev)
     try:
         dev = device_for_rank(dev, replicas)
-        runtime.configure(dev)
+        runtime.configure(dev, bf16=opts.bf16)
         renderer = renderer_for_run(Path(run_dir), dev, baked=baked, tree=tree, checkpoint=checkpoint)
         if checkpoint is not None:
             renderer.meta["checkpoint"] = str(checkpoint)

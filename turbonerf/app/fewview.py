@@ -84,7 +84,7 @@ def few_view_baseline(opts: FewViewOptions) -> dict:
     if detect_multiscene(opts.data) is None:
         raise TurboNerfError("few-view baselines need a multi-scene set (SRN / NMR)", opts.data)
     dev = runtime.resolve_device(opts.device)
-    runtime.configure(dev)
+    runtime.configure(dev, bf16=opts.bf16)
     objects = eval_objects(opts.data, opts.split, opts.source_views, limit=opts.limit)
     info = load_multiscene(opts.data, opts.split, max_objects=1)
     out = Path(opts.out)

@@ -114,7 +114,7 @@ def sweep_run(
     chunk = opts.chunk or 4096
     run_dir = Path(run_dir)
     dev = runtime.resolve_device(opts.device)
-    runtime.configure(dev)
+    runtime.configure(dev, bf16=bf16)
     renderer = renderer_for_run(run_dir, dev)
     model, spec, meta = renderer.model, renderer.spec, renderer.meta
     check_supported(model, spec.method)

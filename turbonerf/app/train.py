@@ -163,7 +163,7 @@ def train(opts: TrainOptions) -> TrainResult:
 
 
 def _train(opts: TrainOptions, device: torch.device, replicas: Replicas) -> TrainResult:
-    runtime.configure(device)
+    runtime.configure(device, bf16=opts.bf16)
     out = Path(opts.out)
     fresh = not (opts.resume and (out / RUN_FILE).is_file() and any(out.joinpath("checkpoints").glob("*.safetensors")))
     if opts.resume and not (out / RUN_FILE).is_file():

@@ -140,7 +140,7 @@ def start_view(run_dir: Path, opts: ViewOptions) -> ViewerServer:
     run_dir = Path(run_dir)
     spec = read_run_spec(run_dir)
     device = runtime.resolve_device(opts.device)
-    runtime.configure(device)
+    runtime.configure(device, bf16=opts.bf16)
     sources = render_sources(run_dir, spec, opts, device)
     train, test = run_cameras(spec)
     content = ViewerContent(sources, train, test, scene_bounds(spec, train), title=f"turbonerf: {run_dir.name}")

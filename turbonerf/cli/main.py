@@ -70,7 +70,7 @@ def train(
     set_: List[str] = typer.Option([], "--set", help="method option KEY=VALUE (repeatable), e.g. --set n_fine=64"),
     resume: bool = typer.Option(False, help="continue the run in --out from its last checkpoint"),
     overwrite: bool = typer.Option(False, help="replace an existing run folder"),
-    fp32: bool = typer.Option(False, help="train in fp32 even where the hardware has native bf16 (elsewhere fp32 is always used: emulated bf16 is ~20x slower)"),
+    fp32: bool = typer.Option(False, help="train in true fp32 (no bf16 autocast, no bf16 matmuls) even where the hardware has native bf16; elsewhere fp32 is always used (emulated bf16 is ~20x slower)"),
     progress: bool = typer.Option(True, help="show a progress bar"),
     nproc: int = typer.Option(
         1, help="run as N processes on this machine (gloo over 127.0.0.1): data-parallel training, the global batch is N x --batch-rays; for several machines call torchrun yourself (README)"
@@ -399,7 +399,7 @@ def bench(
     set_: List[str] = typer.Option(
         [], "--set",
         help="a method option METHOD:KEY=VALUE (repeatable); METHOD may be a variant METHOD@LABEL listed in --methods; "
-        "the keys schedule and lr_final set that variant's training schedule, fp32=true turns its bf16 autocast off",
+        "the keys schedule and lr_final set that variant's training schedule, fp32=true makes it train and score in true fp32 (no bf16 autocast or bf16 matmuls)",
     ),
     batch_rays: int = typer.Option(1024, help="rays per training step"),
     schedule: str = typer.Option(
