@@ -49,7 +49,7 @@ def main() -> None:
     p.add_argument("--reduce", default="mean", help="reduction over hidden units (mean: the paper)")
     p.add_argument("--act-net", default="coarse", choices=["coarse", "fine"], help="whose trunk is read (coarse: the paper's code)")
     p.add_argument("--no-upsample", action="store_true", help="leave out the upsampled configurations")
-    p.add_argument("--fp32", action="store_true", help="render in fp32 instead of bf16 autocast")
+    p.add_argument("--bf16", action="store_true", help="render with bf16 autocast where the CPU has native bf16 (default: fp32)")
     p.add_argument("--save-images", action="store_true")
     p.add_argument("--out-name", default="eval", help="writes RUN/<out-name>/stats.json")
     args = p.parse_args()
@@ -65,7 +65,7 @@ def main() -> None:
         reduce=args.reduce,
         net=args.act_net,
     )
-    opts = EvalOptions(args.split, args.limit, args.every, args.downscale, args.device, args.chunk, bf16=not args.fp32)
+    opts = EvalOptions(args.split, args.limit, args.every, args.downscale, args.device, args.chunk, bf16=args.bf16)
     sweep = SweepOptions(save_images=args.save_images, drop_missing_layers=True, out_name=args.out_name)
     stats, meta = evaluate_sampler_configs(args.run, configs, opts, sweep)
     print(

@@ -2,11 +2,11 @@
 
 Each variant runs in its own process (the allocator setting cannot be undone in-process):
   fp32          torch defaults
-  fp32+alloc    glibc malloc thresholds raised (turbonerf.engine.runtime.tune_allocator)
+  fp32+alloc    glibc malloc thresholds raised (turbonerf.engine.runtime.tune_allocator; the default of `turbonerf train`)
   medium+alloc  + torch.set_float32_matmul_precision("medium")
   bf16+alloc    + bf16 autocast forced on (emulated, and ~20x slower per matmul, on CPUs without
                 AVX512-BF16 / AMX)
-  auto+alloc    + bf16 autocast only where the CPU has native bf16 (what `turbonerf train` does,
+  auto+alloc    + bf16 autocast only where the CPU has native bf16 (what `turbonerf train --bf16` does,
                 turbonerf.engine.runtime.native_bf16)
 
     python benchmarks/step_time.py --data ../shared/data/nerf_synthetic/lego --method vanilla-nerf --steps 5
@@ -50,7 +50,7 @@ def worker(args: argparse.Namespace) -> None:
         target = split.images[idx, vv, u].float() / 255.0
         t0 = time.perf_counter()
         forced = torch.autocast("cpu", dtype=torch.bfloat16, enabled=v.startswith("bf16"))
-        with runtime.autocast(torch.device("cpu")) if v.startswith("auto") else forced:
+        with runtime.autocast(torch.device("cpu"), True) if v.startswith("auto") else forced:
             loss, _ = model.training_loss(rays, target, scene.background)
         opt.zero_grad()
         loss.backward()

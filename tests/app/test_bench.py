@@ -2,6 +2,7 @@ import json
 
 from turbonerf.app.bench import pareto_front
 from turbonerf.cli.main import main
+from turbonerf.engine import runtime
 
 TINY = ["vanilla-nerf:width=32", "vanilla-nerf:depth=2", "vanilla-nerf:color_width=16", "vanilla-nerf:n_coarse=8",
         "vanilla-nerf:n_fine=8", "instant-ngp:n_levels=4", "instant-ngp:log2_table_size=12", "instant-ngp:max_resolution=64",
@@ -20,7 +21,7 @@ def test_bench_two_methods_two_budgets_then_nothing_reruns(tiny_scene, tmp_path,
     for kv in TINY + [kv.replace("instant-ngp:", "instant-ngp@paper:") for kv in TINY if kv.startswith("instant-ngp:")]:
         args += ["--set", kv]
     args += ["--set", "instant-ngp:schedule=budget", "--set", "instant-ngp@paper:carve_from_views=false",
-             "--set", "instant-ngp@paper:fp32=true"]
+             "--set", "instant-ngp@paper:bf16=true"]
     assert main(args) == 0
     data = json.loads((out / "bench.json").read_text())
     assert len(data["records"]) == 3 * 2 + 3  # methods x budgets + a baked tree per method
@@ -32,7 +33,9 @@ def test_bench_two_methods_two_budgets_then_nothing_reruns(tiny_scene, tmp_path,
         assert spec["config"]["carve_from_views"] is True
     paper = json.loads((runs / "instant-ngp@paper" / "run.json").read_text())
     assert paper["training"]["schedule"] == {"kind": "method"} and paper["config"]["carve_from_views"] is False
-    assert paper["training"]["bf16"] is False  # fp32=true, whatever the hardware
+    # bf16=true takes effect only on hardware with native bf16; the default variant is float32 anywhere
+    assert paper["training"]["bf16"] is runtime.native_bf16("cpu")
+    assert json.loads((runs / "instant-ngp" / "0.02min" / "run.json").read_text())["training"]["bf16"] is False
     assert (runs / "instant-ngp@paper" / "checkpoints" / "snapshot_0.02min.safetensors").is_file()
     assert data["records"]["scene|instant-ngp@paper|0.04|model"]["psnr"] > 0
     for name in ("bench.md", "pareto.png", "training.png"):

@@ -9,13 +9,14 @@ def test_bf16_only_where_native(monkeypatch):
     assert runtime.bf16_used(cpu, False) is False
     assert runtime.bf16_used(cpu, True) == runtime.native_bf16("cpu")
     monkeypatch.setattr(runtime, "native_bf16", lambda device_type: False)
-    with runtime.autocast(cpu):
+    with runtime.autocast(cpu, enabled=True):
         assert (torch.ones(4, 4) @ torch.ones(4, 4)).dtype == torch.float32
     monkeypatch.setattr(runtime, "native_bf16", lambda device_type: True)
-    with runtime.autocast(cpu):
+    with runtime.autocast(cpu, enabled=True):
         assert (torch.ones(4, 4) @ torch.ones(4, 4)).dtype == torch.bfloat16
-    with runtime.autocast(cpu, enabled=False):
-        assert (torch.ones(4, 4) @ torch.ones(4, 4)).dtype == torch.float32
+    for off in (runtime.autocast(cpu), runtime.autocast(cpu, enabled=False)):  # float32 unless asked
+        with off:
+            assert (torch.ones(4, 4) @ torch.ones(4, 4)).dtype == torch.float32
 
 
 def test_native_bf16_follows_cpu_capabilities(monkeypatch):
@@ -35,7 +36,7 @@ def test_configure_without_bf16_keeps_float32_matmuls_exact():
     (with "medium", oneDNN computes float32 matmuls in bf16 on AMX hosts)."""
     a = torch.randn(256, 64, generator=torch.Generator().manual_seed(0))
     b = torch.randn(64, 64, generator=torch.Generator().manual_seed(1))
-    runtime.configure(torch.device("cpu"), bf16=False)
+    runtime.configure(torch.device("cpu"))  # the default: float32
     assert torch.get_float32_matmul_precision() == "highest"
     torch.testing.assert_close((a @ b).double(), a.double() @ b.double(), atol=1e-4, rtol=0)
     runtime.configure(torch.device("cpu"), bf16=True)

@@ -33,7 +33,7 @@ class BakeOptions:
     visibility: bool = True
     n_dirs: int = 32
     batch: int = 1 << 16
-    bf16: bool = True
+    bf16: bool = False
     dtype: str = "float16"
     prune_weight: float = 0.0
     prune_stride: int = 2

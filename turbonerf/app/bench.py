@@ -10,9 +10,9 @@ settings.
 
 A method entry may be a variant ``METHOD@LABEL`` (e.g. ``instant-ngp@paper``) with its own
 options ``--set METHOD@LABEL:KEY=VALUE``, so that two settings of one method are measured in the
-same bench; the keys ``schedule`` (budget | method), ``lr_final`` and ``fp32`` (true: float32 throughout, no bf16
-autocast and no reduced-precision float32 matmuls, in training and scoring, even where the hardware
-has native bf16) are training options. With ``bake``, the final model is also baked into a NerfTree and
+same bench; the keys ``schedule`` (budget | method), ``lr_final`` and ``bf16`` (true: bf16 autocast and bf16 matmuls
+in training and scoring where the hardware has native bf16; default false, float32 throughout)
+are training options. With ``bake``, the final model is also baked into a NerfTree and
 evaluated as its own renderer. A cell (scene x method x budget x renderer) already in
 ``bench.json`` is never run again, and a finished training is never repeated, so an interrupted
 bench continues where it stopped.
@@ -115,7 +115,7 @@ def base_method(variant: str) -> str:
     return variant.split("@", 1)[0]
 
 
-TRAINING_KEYS = ("schedule", "lr_final", "fp32")
+TRAINING_KEYS = ("schedule", "lr_final", "bf16")
 """keys of ``--set VARIANT:KEY=VALUE`` that are training options, not method options"""
 
 
@@ -231,7 +231,7 @@ def run_bench(opts: BenchOptions) -> dict:
 
     for scene, method in cells:
         name = scene.name
-        cell_eval = replace(eval_opts, bf16=not fp32_of(opts, method))
+        cell_eval = replace(eval_opts, bf16=bf16_of(opts, method))
         per_budget = schedule_of(opts, method) == "budget"
         run = out / "runs" / name / method
         todo = [b for b in budgets if cell_key(name, method, b, "model") not in data["records"]]
@@ -275,14 +275,14 @@ def _snapshot(run: Path, budget: float, budgets: list[float]) -> Path:
     return run / CHECKPOINT.with_name(f"snapshot_{budget:g}min.safetensors")
 
 
-def fp32_of(opts: BenchOptions, variant: str) -> bool:
-    """Whether ``variant`` trains and is scored in float32 throughout (its ``fp32`` key; default false:
-    bf16 where the hardware has it natively)."""
+def bf16_of(opts: BenchOptions, variant: str) -> bool:
+    """Whether ``variant`` trains and is scored with bf16 where the hardware has it natively (its
+    ``bf16`` key; default false: float32 throughout)."""
     _, training = variant_settings(opts, variant)
-    fp32 = training.get("fp32", "false").lower()
-    if fp32 not in ("true", "false"):
-        raise TurboNerfError(f"fp32 of {variant} must be true or false, not {training['fp32']!r}")
-    return fp32 == "true"
+    bf16 = training.get("bf16", "false").lower()
+    if bf16 not in ("true", "false"):
+        raise TurboNerfError(f"bf16 of {variant} must be true or false, not {training['bf16']!r}")
+    return bf16 == "true"
 
 
 def _train_cell(opts: BenchOptions, scene: Path, variant: str, run: Path, minutes: float, snapshots: list[float]) -> None:
@@ -297,7 +297,7 @@ def _train_cell(opts: BenchOptions, scene: Path, variant: str, run: Path, minute
         raise TurboNerfError(f"lr_final of {variant} is not a number: {training['lr_final']!r}") from None
     train(TrainOptions(
         method=base_method(variant), data=scene, out=run, max_minutes=minutes, downscale=opts.downscale,
-        overrides=overrides, schedule=schedule_of(opts, variant), lr_final=lr_final, bf16=not fp32_of(opts, variant),
+        overrides=overrides, schedule=schedule_of(opts, variant), lr_final=lr_final, bf16=bf16_of(opts, variant),
         snapshot_minutes=snapshots, resume=(run / "run.json").is_file(), batch_rays=opts.batch_rays,
         checkpoint_minutes=5.0, checkpoint_every=10**9, progress=opts.progress,
     ))

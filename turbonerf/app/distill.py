@@ -133,7 +133,7 @@ class DistillOptions:
     device: str = "auto"
     threads: int | None = None
     """CPU threads for torch (None: torch's default); with other jobs on the machine, fewer can be faster"""
-    bf16: bool = True
+    bf16: bool = False
     checkpoint_every: int = 1000
     checkpoint_minutes: float = 5.0
     resume: bool = False

@@ -41,7 +41,7 @@ class EvalOptions:
     device: str = "auto"
     chunk: int | None = None
     """rays rendered at once (default: what suits the renderer)"""
-    bf16: bool = True
+    bf16: bool = False
     progress: bool = True
     lpips_vgg: bool = True
     """also score LPIPS-VGG (0.3 s per 200x200 image on the development CPU, 9 s at 800x800)"""

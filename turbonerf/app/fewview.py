@@ -55,7 +55,7 @@ class FewViewOptions:
     not charged to the first object's budget"""
     batch_rays: int = 1024
     overrides: list[str] = field(default_factory=list)
-    bf16: bool = True
+    bf16: bool = False
     device: str = "cpu"
     progress: bool = True
     lpips_vgg: bool = False

@@ -64,7 +64,7 @@ class TrainOptions:
     resume: bool = False
     overwrite: bool = False
     overrides: list[str] = field(default_factory=list)
-    bf16: bool = True
+    bf16: bool = False
     precrop_steps: int = 100
     precrop_fraction: float = 0.5
     progress: bool = True

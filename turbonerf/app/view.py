@@ -52,7 +52,7 @@ class ViewOptions:
     still_seconds: float = 0.2
     device: str = "auto"
     jpeg_quality: int = 85
-    bf16: bool = True
+    bf16: bool = False
     """bf16 autocast while a model renders (on a CPU about 2x faster for the large MLPs, slower for tiny ones)"""
 
 

@@ -70,7 +70,7 @@ def train(
     set_: List[str] = typer.Option([], "--set", help="method option KEY=VALUE (repeatable), e.g. --set n_fine=64"),
     resume: bool = typer.Option(False, help="continue the run in --out from its last checkpoint"),
     overwrite: bool = typer.Option(False, help="replace an existing run folder"),
-    fp32: bool = typer.Option(False, help="train in true fp32 (no bf16 autocast, no bf16 matmuls) even where the hardware has native bf16; elsewhere fp32 is always used (emulated bf16 is ~20x slower)"),
+    bf16: bool = typer.Option(False, "--bf16/--fp32", help="train with bf16 autocast and bf16 matmuls where the hardware has native bf16 (AMX / AVX512-BF16; ignored elsewhere). Faster MLPs, but on an AMX host it cost Instant-NGP 3.3 dB on lego at 10 minutes (BENCHMARKS.md): off by default"),
     progress: bool = typer.Option(True, help="show a progress bar"),
     nproc: int = typer.Option(
         1, help="run as N processes on this machine (gloo over 127.0.0.1): data-parallel training, the global batch is N x --batch-rays; for several machines call torchrun yourself (README)"
@@ -99,9 +99,9 @@ def train(
         resume=resume,
         overwrite=overwrite,
         overrides=list(set_),
-        bf16=not fp32,
+        bf16=bf16,
         progress=progress,
-        viewer=ViewOptions(port=viewer_port, device=device, bf16=not fp32) if viewer else None,
+        viewer=ViewOptions(port=viewer_port, device=device, bf16=bf16) if viewer else None,
     )
     result = run_training(opts)
     if result.main:
@@ -243,14 +243,14 @@ def view(
     max_res: int = typer.Option(512, help="longer side of the full-resolution frame (rendered once the camera is still)"),
     target_fps: float = typer.Option(15.0, help="frame rate to keep while the camera moves (the resolution adapts)"),
     device: str = typer.Option("auto", help="'auto', 'cpu' or 'cuda[:N]'"),
-    fp32: bool = typer.Option(False, help="render a model in fp32 even where the hardware has native bf16"),
+    bf16: bool = typer.Option(False, "--bf16/--fp32", help="render a model with bf16 where the hardware has native bf16 (lower quality: -2.7 dB on a lego Instant-NGP; off by default)"),
 ):
     """Serve a web viewer of a run (viser): fly through it in a browser. Ctrl-C stops it."""
     from turbonerf.app.runs import TreeOptions
     from turbonerf.app.view import ViewOptions, serve_view
 
     opts = ViewOptions(host=host, port=port, baked=baked or tree is not None, tree=TreeOptions(tree, lookup, step_scale),
-                       max_res=max_res, target_fps=target_fps, device=device, bf16=not fp32)
+                       max_res=max_res, target_fps=target_fps, device=device, bf16=bf16)
     serve_view(run, opts)
 
 
@@ -315,7 +315,7 @@ def distill(
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch (default: torch's choice)"),
     resume: bool = typer.Option(False, help="continue the student in --out (and its pseudo data)"),
     overwrite: bool = typer.Option(False, help="replace an existing student folder"),
-    fp32: bool = typer.Option(False, help="fp32 even where the hardware has native bf16 (elsewhere fp32 is always used)"),
+    bf16: bool = typer.Option(False, "--bf16/--fp32", help="bf16 where the hardware has native bf16 (ignored elsewhere; lower quality, off by default)"),
     progress: bool = typer.Option(True, help="show progress bars"),
     nproc: int = typer.Option(
         1, help="run as N processes on this machine: they share the pseudo-data chunks, then train the student data-parallel"
@@ -347,7 +347,7 @@ def distill(
         seed=seed,
         device=device,
         threads=threads,
-        bf16=not fp32,
+        bf16=bf16,
         resume=resume,
         overwrite=overwrite,
         progress=progress,
@@ -399,7 +399,7 @@ def bench(
     set_: List[str] = typer.Option(
         [], "--set",
         help="a method option METHOD:KEY=VALUE (repeatable); METHOD may be a variant METHOD@LABEL listed in --methods; "
-        "the keys schedule and lr_final set that variant's training schedule, fp32=true makes it train and score in true fp32 (no bf16 autocast or bf16 matmuls)",
+        "the keys schedule and lr_final set that variant's training schedule, bf16=true makes it train and score with bf16 where the hardware has it natively",
     ),
     batch_rays: int = typer.Option(1024, help="rays per training step"),
     schedule: str = typer.Option(

@@ -304,7 +304,7 @@ def generate_pseudo_data(
     background: Tensor,
     device: torch.device | str = "cpu",
     chunk_rays: int = 8192,
-    bf16: bool = True,
+    bf16: bool = False,
     max_seconds: float | None = None,
     progress: bool = True,
     rank: int = 0,

@@ -94,7 +94,7 @@ class LoopOptions:
     log_every: int = 10
     snapshot_minutes: list[float] = field(default_factory=list)
     """also keep ``snapshot_<M>min.safetensors`` next to the checkpoint when training time passes M minutes"""
-    bf16: bool = True
+    bf16: bool = False
     progress: bool = True
     desc: str = "train"
     schedule: Callable[[float], float] | None = None

@@ -52,7 +52,7 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def configure(device: torch.device, threads: int | None = None, bf16: bool = True) -> None:
+def configure(device: torch.device, threads: int | None = None, bf16: bool = False) -> None:
     """Allocator, matmul precision and thread count for a run on ``device``.
 
     With ``bf16`` (the run's ``--bf16``), float32 matmuls may use reduced precision: "medium" on a
@@ -90,13 +90,13 @@ def native_bf16(device_type: str) -> bool:
     return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
 
 
-def bf16_used(device: torch.device, requested: bool = True) -> bool:
+def bf16_used(device: torch.device, requested: bool = False) -> bool:
     """Whether ``--bf16`` (``requested``) takes effect on ``device``: only where bf16 is native
     (:func:`native_bf16`); elsewhere runs fall back to fp32, which is faster there."""
     return bool(requested) and native_bf16(device.type)
 
 
-def autocast(device: torch.device, enabled: bool = True):
+def autocast(device: torch.device, enabled: bool = False):
     """bf16 autocast context where this hardware has native bf16 (on such CPUs it is ~2x faster
     for the MLPs than fp32); fp32 elsewhere, where emulated bf16 is ~20x slower (:func:`native_bf16`)."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16_used(device, enabled))

@@ -66,7 +66,7 @@ class FrameJob:
     """
 
     def __init__(self, render_fn: RenderFn, pose: ViewPose, size: tuple[int, int], bounds: SceneBounds,
-                 chunk: int, device: torch.device, bf16: bool = True, full: bool = False):
+                 chunk: int, device: torch.device, bf16: bool = False, full: bool = False):
         self.render_fn = render_fn
         self.height, self.width = size
         self.full = full

@@ -73,7 +73,7 @@ class ViewerOptions:
     """rays per render call are sized to take about this long (how soon a render can be abandoned)"""
     jpeg_quality: int = 85
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    bf16: bool = True
+    bf16: bool = False
     threaded: bool = True
     """False: rendering happens only in :meth:`ViewerServer.render_for` (live training)"""
     rate_scale: float = 1.0
