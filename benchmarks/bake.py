@@ -131,7 +131,7 @@ def synthetic_shell_tree(coarse_res=384, fine_res=4, sh_degree=3, radius=0.6, wi
     cells, dens, sh = cells[keep], dens[keep], sh[keep]
     shape = (len(cells), df, df, df)
     aabb = np.array([[-half] * 3, [half] * 3], np.float32)
-    return NerfTree(index_from_cells(cells.astype(np.int32), dc), dens.reshape(shape), sh.reshape(shape + (3 * k,)), aabb, sh_degree)
+    return NerfTree.from_dense(index_from_cells(cells.astype(np.int32), dc), dens.reshape(shape), sh.reshape(shape + (3 * k,)), aabb, sh_degree)
 
 
 def look_at_camera(size: int, eye=(2.5, -2.5, 2.0), fov_x: float = 0.6911112070083618) -> Cameras:

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from tree_helpers import random_rays, random_tree
-from turbonerf.bake.march_cpu import march_cpu, prepare_cpu, sh_basis_numba, tile_index
+from turbonerf.bake.march_cpu import half_bits_to_f64, march_cpu, prepare_cpu, sh_basis_numba, tile_index
 from turbonerf.bake.march_numpy import march_numpy
 from turbonerf.bake.march_torch import march_torch
 from turbonerf.bake.render import TreeRenderer, render_tree
@@ -87,6 +87,17 @@ def test_tile_layout_and_empty_tree_and_missing_rays():
     assert out["opacity"].max() == 0 and out["samples"].max() == 0
     out = march_cpu(tree, o[:1], d[:1], d[:1], 0.0, 10.0, np.zeros(3), STEP)
     assert out["opacity"][0] == 0
+
+
+def test_numba_half_decode_matches_numpy_for_every_bit_pattern():
+    """The kernel decodes float16 pools with the CPU's half -> float conversion: all 65536 patterns
+    (zeros, subnormals, infinities, NaNs) must give numpy's value."""
+    bits = np.arange(65536, dtype=np.uint16)
+    want = bits.view(np.float16).astype(np.float64)
+    got = half_bits_to_f64(bits)
+    nan = np.isnan(want)
+    assert np.array_equal(np.isnan(got), nan)
+    assert np.array_equal(got[~nan], want[~nan])
 
 
 def test_numba_sh_basis_matches_torch():

@@ -30,16 +30,45 @@ def test_save_load_round_trip_is_bit_exact(tmp_path, dtype):
     path = tmp_path / "t.safetensors"
     save_tree(path, tree, info={"note": "test"})
     back = load_tree(path)
-    for name in ("index", "density", "sh", "aabb"):
+    for name in ("index", "density", "sh", "aabb", "sh_row"):
         a, b = getattr(tree, name), getattr(back, name)
         assert a.dtype == b.dtype and a.shape == b.shape
         assert a.tobytes() == b.tobytes()
-    assert back.sh_degree == tree.sh_degree and back.version == 1
+    assert back.sh_degree == tree.sh_degree and back.version == 2
     header = read_tree_header(path)
     assert header["info"] == {"note": "test"} and header["n_blocks"] == tree.n_blocks
     assert not list(tmp_path.glob(".*tmp*"))  # the atomic write left nothing behind
     # the sparse on-disk index holds 4 bytes per block, not a dense grid
     assert path.stat().st_size < tree.nbytes() + 4096
+
+
+def test_the_pool_stores_colour_only_for_voxels_with_density():
+    tree = random_tree()  # about 30% of its voxels have density 0
+    has = tree.density.reshape(-1) > 0
+    assert 0 < has.mean() < 0.9 and tree.sh.shape == (int(has.sum()), 3 * tree.n_coeffs)
+    rows = tree.sh_row.reshape(-1)
+    assert np.array_equal(rows[has], np.arange(has.sum())) and np.all(rows[~has] == -1)
+    dense = tree.dense_sh()
+    assert np.all(dense.reshape(-1, dense.shape[-1])[~has] == 0)
+    assert np.array_equal(dense.reshape(-1, dense.shape[-1])[has], tree.sh)
+    assert tree.nbytes() < 4 * tree.n_blocks + tree.density.nbytes * (1 + 3 * tree.n_coeffs)
+
+
+def test_version_1_files_with_a_dense_sh_pool_are_still_read(tmp_path):
+    from safetensors.numpy import save_file
+
+    tree = random_tree()
+    dense = tree.dense_sh()
+    dense[tree.density == 0] = 7.0  # v1 kept (meaningless) colour for empty voxels: it is dropped
+    header = {"version": 1, "coarse_res": tree.coarse_res, "fine_res": tree.fine_res, "n_blocks": tree.n_blocks,
+              "sh_degree": tree.sh_degree, "dtype": "float16", "color_activation": "sigmoid", "info": {}}
+    arrays = {"cells": cells_from_index(tree.index), "density": tree.density, "sh": dense, "aabb": tree.aabb}
+    path = tmp_path / "v1.safetensors"
+    save_file(arrays, str(path), metadata={"turbonerf_nerftree": json.dumps(header)})
+    back = load_tree(path)
+    assert back.version == 1 and np.array_equal(back.sh, tree.sh) and np.array_equal(back.index, tree.index)
+    save_tree(tmp_path / "v2.safetensors", back)  # re-saved in the current format
+    assert read_tree_header(tmp_path / "v2.safetensors")["version"] == 2
 
 
 def test_truncated_or_foreign_or_newer_files_are_refused(tmp_path):
@@ -78,6 +107,8 @@ def test_validate_catches_inconsistent_trees():
         bad.validate()
     with pytest.raises(TurboNerfError, match="SH pool"):
         type(tree)(tree.index, tree.density, tree.sh[..., :-1], tree.aabb, tree.sh_degree).validate()
+    with pytest.raises(TurboNerfError, match="SH pool"):  # one row per voxel with density, no more
+        type(tree)(tree.index, tree.density, np.concatenate([tree.sh, tree.sh[:1]]), tree.aabb, tree.sh_degree).validate()
 
 
 def test_tile_order_groups_cells_by_tile():

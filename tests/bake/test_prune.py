@@ -43,7 +43,7 @@ def test_pruning_keeps_the_surviving_blocks_and_their_cells():
     pruned = prune_blocks(tree, keep)
     np.testing.assert_array_equal(cells_from_index(pruned.index), cells_from_index(tree.index)[keep])
     np.testing.assert_array_equal(pruned.density, tree.density[keep])
-    np.testing.assert_array_equal(pruned.sh, tree.sh[keep])
+    np.testing.assert_array_equal(pruned.dense_sh(), tree.dense_sh()[keep])
     pruned.validate()
 
 
@@ -54,7 +54,7 @@ def test_dilation_keeps_the_neighbours_of_kept_blocks_and_nothing_far():
     dc = 8
     ijk = np.array([[1, 1, 1], [2, 2, 2], [4, 4, 4], [7, 7, 7]])  # blocks 0..3
     cells = np.ravel_multi_index(ijk.T, (dc,) * 3).astype(np.int32)
-    tree = NerfTree(index_from_cells(cells, dc), np.ones((4, 1, 1, 1), np.float16), np.zeros((4, 1, 1, 1, 3), np.float16),
+    tree = NerfTree(index_from_cells(cells, dc), np.ones((4, 1, 1, 1), np.float16), np.zeros((4, 3), np.float16),
                     np.array([[-1, -1, -1], [1, 1, 1]], np.float32), 1)
     order = cells_from_index(tree.index)  # block m sits at cell order[m]
     w = np.where(order == cells[0], 0.5, 0.0)  # only the block at (1, 1, 1) is weighted

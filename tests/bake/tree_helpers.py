@@ -15,7 +15,7 @@ def random_tree(coarse_res=8, fine_res=2, sh_degree=3, occupancy=0.3, seed=0, dt
     dens = rng.random((m, f, f, f)) * 20 * (rng.random((m, f, f, f)) < 0.7)
     sh = rng.normal(size=(m, f, f, f, 3 * sh_degree**2))
     aabb = np.array([[-1, -1, -1], [1, 1, 1]], np.float32)
-    return NerfTree(index_from_cells(cells, coarse_res), dens.astype(dtype), sh.astype(dtype), aabb, sh_degree)
+    return NerfTree.from_dense(index_from_cells(cells, coarse_res), dens.astype(dtype), sh.astype(dtype), aabb, sh_degree)
 
 
 def random_rays(n=1500, seed=1, radius=3.0):

@@ -22,13 +22,17 @@ voxels and pixels have similar footprints. So:
   at D_c = 384, the tiles of a surface-like scene are a few tens of MB);
 - densities and SH stay in separate arrays, so the many near-empty samples of a surface cell
   touch only the 128 bytes of densities of their block; :func:`bake` stores blocks tile by tile;
-- the kernel prefetches the voxel ``PREFETCH_AHEAD`` samples ahead: the loads of a sample depend
-  on nothing computed by the previous one, but the out-of-order window is too small to overlap
-  them by itself (1.8x faster on the development machine).
+  SH rows exist only for voxels with density and are found through ``sh_row``;
+- the kernel prefetches ahead: the density and SH row number of the voxel ``2 * PREFETCH_AHEAD``
+  samples ahead, and the SH record of the voxel ``PREFETCH_AHEAD`` samples ahead (whose row number
+  the first prefetch brought in). The loads of a sample depend on nothing computed by the
+  previous one, but the out-of-order window is too small to overlap them by itself (1.8x faster
+  on the development machine).
 
 Nearest and trilinear lookups are separate inlined functions behind one runtime branch (a single
-lookup function with a runtime flag was 5x slower). float16 pools are decoded through a
-65536-entry lookup table (numba has no float16 type). Kernels are compiled on first use and
+lookup function with a runtime flag was 5x slower). float16 pools are decoded by the CPU's
+half-to-float conversion, emitted as LLVM IR (numba has no float16 type; a 65536-entry lookup
+table, the earlier way, costs an L2 read per value). Kernels are compiled on first use and
 cached on disk (``cache=True``; no literal or function-typed arguments, which defeat the cache or
 cost milliseconds per call).
 """
@@ -70,7 +74,8 @@ class CpuTree:
         macro_dist: uint8 [Dm, Dm, Dm] Chebyshev distance (in blocks) of each macro block to the
             nearest occupied one (0: occupied), capped at 255.
         density: [M * Df^3] flat pool densities, uint16 (float16 bits) or float32 (views of the tree's arrays).
-        sh: [M * Df^3 * 3K] flat pool SH coefficients, same dtype.
+        sh_row: int32 [M * Df^3] row of the SH pool of each voxel, -1 where its density is zero.
+        sh: [V * 3K] flat SH coefficients of the voxels with density, same dtype as density.
         lut: float32 [65536] float16 bits -> value.
         lo, scale: float64 [3] box minimum and coarse cells per unit.
     """
@@ -79,6 +84,7 @@ class CpuTree:
     tiles: np.ndarray
     macro_dist: np.ndarray
     density: np.ndarray
+    sh_row: np.ndarray
     sh: np.ndarray
     lut: np.ndarray
     lo: np.ndarray
@@ -137,6 +143,7 @@ def prepare_cpu(tree: NerfTree) -> CpuTree:
         tiles=tiles,
         macro_dist=chebyshev_distance(macro_tile >= 0),
         density=np.ascontiguousarray(dens),
+        sh_row=np.ascontiguousarray(tree.sh_row.reshape(-1)),
         sh=np.ascontiguousarray(sh),
         lut=half_lut(),
         lo=lo,
@@ -157,6 +164,28 @@ _C4_0, _C4_1, _C4_2, _C4_3, _C4_4 = 2.5033429417967046, -1.7701307697799304, 0.9
 _C4_5, _C4_6, _C4_7, _C4_8 = -0.6690465435572892, 0.47308734787878004, -1.7701307697799304, 0.6258357354491761
 
 
+@intrinsic
+def _half_bits_to_f64(typingctx, bits):
+    """float16 bit pattern (uint16) -> float64, one hardware conversion (F16C where the CPU has it)
+    instead of a read from the 256 KB lookup table."""
+
+    def codegen(context, builder, signature, args):
+        h = builder.bitcast(builder.trunc(args[0], ir.IntType(16)), ir.HalfType())
+        return builder.fpext(h, ir.DoubleType())
+
+    return types.float64(bits), codegen
+
+
+@njit(cache=True)
+def half_bits_to_f64(bits):
+    """[N] uint16 float16 bit patterns -> [N] float64 through :func:`_half_bits_to_f64` (tested
+    against numpy's conversion for all 65536 patterns)."""
+    out = np.empty(bits.shape[0])
+    for i in range(bits.shape[0]):
+        out[i] = _half_bits_to_f64(bits[i])
+    return out
+
+
 def _decode(v, lut):  # pragma: no cover - replaced by the overload inside numba
     return float(v)
 
@@ -164,7 +193,7 @@ def _decode(v, lut):  # pragma: no cover - replaced by the overload inside numba
 @overload(_decode, inline="always")
 def _decode_impl(v, lut):
     if isinstance(v, types.Integer):
-        return lambda v, lut: np.float64(lut[v])
+        return lambda v, lut: _half_bits_to_f64(v)
     return lambda v, lut: np.float64(v)
 
 
@@ -263,7 +292,7 @@ def _block_of(macro_tile, tiles, cx, cy, cz):
 
 
 @njit(cache=True, inline="always")
-def _lookup_nearest(macro_tile, tiles, density, sh, lut, gx, gy, gz, df, shift, n, nc, shacc):
+def _lookup_nearest(macro_tile, tiles, density, sh_row, sh, lut, gx, gy, gz, df, shift, n, nc, shacc):
     """Sample at grid position g -> (occupied, sigma); when sigma > 0 the voxel's SH
     coefficients are written to shacc[:nc]."""
     fx = int(math.floor(gx * df))
@@ -280,36 +309,49 @@ def _lookup_nearest(macro_tile, tiles, density, sh, lut, gx, gy, gz, df, shift, 
     v = m * (df * df * df) + (lx * df + ly) * df + lz
     sigma = _decode(density[v], lut)
     if sigma > 0.0:
-        base = v * nc
+        base = sh_row[v] * nc
         for j in range(nc):
             shacc[j] = _decode(sh[base + j], lut)
     return True, sigma
 
 
 @njit(cache=True, inline="always")
-def _prefetch_voxel(macro_tile, tiles, density, sh, gx, gy, gz, df, shift, n, nc):
-    """Prefetch the density and SH record of the voxel at grid position g, if occupied."""
+def _voxel_at(macro_tile, tiles, gx, gy, gz, df, shift, n):
+    """Flat pool voxel at grid position g, -1 outside the grid or in an empty cell."""
     fx = int(math.floor(gx * df))
     fy = int(math.floor(gy * df))
     fz = int(math.floor(gz * df))
     if fx < 0 or fy < 0 or fz < 0 or fx >= n or fy >= n or fz >= n:
-        return
+        return -1
     cx, lx = _split(fx, df, shift)
     cy, ly = _split(fy, df, shift)
     cz, lz = _split(fz, df, shift)
     m = _block_of(macro_tile, tiles, cx, cy, cz)
     if m < 0:
-        return
-    v = m * (df * df * df) + (lx * df + ly) * df + lz
-    _prefetch(density, v)
-    _prefetch(sh, v * nc)
-    _prefetch(sh, v * nc + nc - 1)
+        return -1
+    return m * (df * df * df) + (lx * df + ly) * df + lz
 
 
 @njit(cache=True, inline="always")
-def _lookup_trilinear(macro_tile, tiles, density, sh, lut, gx, gy, gz, df, shift, n, nc, shacc):
+def _prefetch_ahead(macro_tile, tiles, density, sh_row, sh, ox, oy, oz, dx, dy, dz, t1, t2, df, shift, n, nc):
+    """Prefetch the density and SH row number of the voxel at t2, and the SH record of the voxel
+    at t1 (its row number was prefetched PREFETCH_AHEAD samples ago)."""
+    v2 = _voxel_at(macro_tile, tiles, ox + t2 * dx, oy + t2 * dy, oz + t2 * dz, df, shift, n)
+    if v2 >= 0:
+        _prefetch(density, v2)
+        _prefetch(sh_row, v2)
+    v1 = _voxel_at(macro_tile, tiles, ox + t1 * dx, oy + t1 * dy, oz + t1 * dz, df, shift, n)
+    if v1 >= 0:
+        row = sh_row[v1]
+        if row >= 0:
+            _prefetch(sh, row * nc)
+            _prefetch(sh, row * nc + nc - 1)
+
+
+@njit(cache=True, inline="always")
+def _lookup_trilinear(macro_tile, tiles, density, sh_row, sh, lut, gx, gy, gz, df, shift, n, nc, shacc):
     """Like :func:`_lookup_nearest`, interpolating between the 8 surrounding voxel centres
-    (density: voxels of empty cells count as 0; SH: normalised over the voxels that exist).
+    (density: voxels of empty cells count as 0; SH: normalised over the voxels with density).
     ``shacc`` needs nc + 16 entries: the 8 corner weights and voxels are kept after the SH."""
     fx = int(math.floor(gx * df))
     fy = int(math.floor(gy * df))
@@ -348,10 +390,12 @@ def _lookup_trilinear(macro_tile, tiles, density, sh, lut, gx, gy, gz, df, shift
                 w = wa * wb * (wz if c == 1 else 1.0 - wz)
                 v = mc * df3 + (alx * df + aly) * df + alz
                 sigma += w * _decode(density[v], lut)
-                wsum += w
-                shacc[nc + nv] = w
-                shacc[nc + 8 + nv] = v
-                nv += 1
+                row = sh_row[v]
+                if row >= 0:
+                    wsum += w
+                    shacc[nc + nv] = w
+                    shacc[nc + 8 + nv] = row
+                    nv += 1
     if sigma > 0.0:
         for j in range(nc):
             shacc[j] = 0.0
@@ -367,8 +411,8 @@ def _lookup_trilinear(macro_tile, tiles, density, sh, lut, gx, gy, gz, df, shift
 
 @njit(cache=True)
 def _march_ray(
-    trilinear, r, macro_tile, tiles, mdist, density, sh, lut, lo, scale, dc, df, shift, degree, origins, dirs, viewdirs, near, far,
-    step, t_min, basis, shacc,
+    trilinear, r, macro_tile, tiles, mdist, density, sh_row, sh, lut, lo, scale, dc, df, shift, degree, origins, dirs, viewdirs,
+    near, far, step, t_min, basis, shacc,
 ):  # fmt: skip
     """March ray r; returns (r, g, b without background, depth, opacity, samples)."""
     dm = mdist.shape[0]
@@ -437,13 +481,19 @@ def _march_ray(
                             done = True
                             break
                         k_done = kk
-                        tp = tk + PREFETCH_AHEAD * step  # memory latency dominates: fetch ahead
-                        _prefetch_voxel(macro_tile, tiles, density, sh, ox + tp * dx, oy + tp * dy, oz + tp * dz, df, shift, n, nc)
+                        _prefetch_ahead(  # memory latency dominates: fetch ahead
+                            macro_tile, tiles, density, sh_row, sh, ox, oy, oz, dx, dy, dz, tk + PREFETCH_AHEAD * step,
+                            tk + 2 * PREFETCH_AHEAD * step, df, shift, n, nc,
+                        )  # fmt: skip
                         gx, gy, gz = ox + tk * dx, oy + tk * dy, oz + tk * dz
                         if trilinear:
-                            occ, sigma = _lookup_trilinear(macro_tile, tiles, density, sh, lut, gx, gy, gz, df, shift, n, nc, shacc)
+                            occ, sigma = _lookup_trilinear(
+                                macro_tile, tiles, density, sh_row, sh, lut, gx, gy, gz, df, shift, n, nc, shacc
+                            )  # fmt: skip
                         else:
-                            occ, sigma = _lookup_nearest(macro_tile, tiles, density, sh, lut, gx, gy, gz, df, shift, n, nc, shacc)
+                            occ, sigma = _lookup_nearest(
+                                macro_tile, tiles, density, sh_row, sh, lut, gx, gy, gz, df, shift, n, nc, shacc
+                            )  # fmt: skip
                         if not occ:
                             continue
                         ns += 1
@@ -511,8 +561,8 @@ def _march_ray(
 
 @njit(parallel=True, cache=True, nogil=True)
 def _march_kernel(
-    trilinear, macro_tile, tiles, mdist, density, sh, lut, lo, scale, dc, df, degree, origins, dirs, viewdirs, near, far, bg, step,
-    t_min, block, out_rgb, out_depth, out_opac, out_samples,
+    trilinear, macro_tile, tiles, mdist, density, sh_row, sh, lut, lo, scale, dc, df, degree, origins, dirs, viewdirs, near, far,
+    bg, step, t_min, block, out_rgb, out_depth, out_opac, out_samples,
 ):  # fmt: skip
     n_rays = origins.shape[0]
     shift = -1
@@ -527,8 +577,8 @@ def _march_kernel(
         shacc = np.empty(nc + 16)
         for r in range(task * block, min(n_rays, (task + 1) * block)):
             cr, cg, cb, dep, opa, ns = _march_ray(
-                trilinear, r, macro_tile, tiles, mdist, density, sh, lut, lo, scale, dc, df, shift, degree, origins, dirs, viewdirs,
-                near, far, step, t_min, basis, shacc,
+                trilinear, r, macro_tile, tiles, mdist, density, sh_row, sh, lut, lo, scale, dc, df, shift, degree, origins, dirs,
+                viewdirs, near, far, step, t_min, basis, shacc,
             )  # fmt: skip
             out_rgb[r, 0] = cr + (1.0 - opa) * bg[0]
             out_rgb[r, 1] = cg + (1.0 - opa) * bg[1]
@@ -585,7 +635,7 @@ def march_cpu(
             numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
         numba.set_parallel_chunksize(4)
         _march_kernel(
-            lookup == "trilinear", ct.macro_tile, ct.tiles, ct.macro_dist, ct.density, ct.sh,
+            lookup == "trilinear", ct.macro_tile, ct.tiles, ct.macro_dist, ct.density, ct.sh_row, ct.sh,
             ct.lut, ct.lo, ct.scale, ct.coarse_res, ct.fine_res, ct.sh_degree,
             f32(origins), f32(dirs), f32(viewdirs), near, far, np.asarray(background, np.float64).reshape(3), float(step), float(t_min),
             RAYS_PER_TASK, out["rgb"], out["depth"], out["opacity"], out["samples"],

@@ -10,7 +10,8 @@ Marching rule shared by every backend (see :func:`turbonerf.bake.render.render_t
   cells (or outside the box) contribute nothing.
 - ``nearest``: density and SH of voxel F. ``trilinear``: density interpolated between the 8
   fine-voxel centres around g (voxels of empty cells or outside count as density 0); SH
-  interpolated the same way but normalised over the voxels that exist.
+  interpolated the same way but normalised over the voxels that have density (only they store
+  colour).
 - rgb_c = sigmoid(sum_k sh[c * K + k] * Y_k(viewdir)); alpha = 1 - exp(-sigma * step);
   front-to-back compositing; a ray stops after the sample that brings its transmittance below
   ``t_min``. Outputs: rgb = sum w c + (1 - opacity) * background, depth = sum w t_k,
@@ -55,8 +56,12 @@ def lookup_nearest(tree: NerfTree, g: np.ndarray) -> tuple[np.ndarray, np.ndarra
     loc = fc - c * df
     mm = np.where(occ, m, 0)
     sigma = tree.density[mm, loc[:, 0], loc[:, 1], loc[:, 2]].astype(np.float64) * occ
-    sh = tree.sh[mm, loc[:, 0], loc[:, 1], loc[:, 2]].astype(np.float64) * occ[:, None]
-    return occ, sigma, sh
+    return occ, sigma, _sh_of(tree, np.where(occ, tree.sh_row[mm, loc[:, 0], loc[:, 1], loc[:, 2]], -1))
+
+
+def _sh_of(tree: NerfTree, rows: np.ndarray) -> np.ndarray:
+    """SH rows [S] (-1: none) -> [S, 3K] float64, zeros where there is no row."""
+    return tree.sh[np.maximum(rows, 0)].astype(np.float64) * (rows >= 0)[:, None]
 
 
 def lookup_trilinear(tree: NerfTree, g: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -84,7 +89,9 @@ def lookup_trilinear(tree: NerfTree, g: np.ndarray) -> tuple[np.ndarray, np.ndar
             wc = wc * (w[:, axis] if corner[axis] else 1.0 - w[:, axis])
         wc = wc * ok
         sigma += wc * tree.density[mm, loc[:, 0], loc[:, 1], loc[:, 2]].astype(np.float64)
-        sh += wc[:, None] * tree.sh[mm, loc[:, 0], loc[:, 1], loc[:, 2]].astype(np.float64)
+        rows = np.where(ok, tree.sh_row[mm, loc[:, 0], loc[:, 1], loc[:, 2]], -1)
+        wc = wc * (rows >= 0)
+        sh += wc[:, None] * _sh_of(tree, rows)
         wsum += wc
     sh = sh / np.where(wsum > 0, wsum, 1.0)[:, None]
     return occ, sigma * occ, sh * occ[:, None]

@@ -36,13 +36,15 @@ class TorchTree:
         index: int32 [Dc^3] flat coarse index (-1 empty).
         dilated: bool [Dc^3] occupancy dilated by one cell (26-neighbourhood).
         density: [M * Df^3] pool densities (the tree's dtype).
-        sh: [M * Df^3, 3K] pool SH coefficients.
+        sh_row: int32 [M * Df^3] row of ``sh`` of each voxel, -1 where its density is zero.
+        sh: [V, 3K] SH coefficients of the voxels with density.
         lo, scale: float64 [3] box minimum and coarse cells per unit.
     """
 
     index: Tensor
     dilated: Tensor
     density: Tensor
+    sh_row: Tensor
     sh: Tensor
     lo: Tensor
     scale: Tensor
@@ -66,7 +68,8 @@ def prepare_torch(tree: NerfTree, device: str | torch.device = "cpu") -> TorchTr
         index=torch.from_numpy(tree.index).reshape(-1).to(dev),
         dilated=dil.reshape(-1),
         density=torch.from_numpy(tree.density.reshape(-1)).to(dev),
-        sh=torch.from_numpy(tree.sh.reshape(-1, tree.sh.shape[-1])).to(dev),
+        sh_row=torch.from_numpy(tree.sh_row.reshape(-1)).to(dev),
+        sh=torch.from_numpy(tree.sh).to(dev),
         lo=torch.from_numpy(lo).to(dev),
         scale=torch.from_numpy(scale).to(dev),
         coarse_res=tree.coarse_res,
@@ -143,7 +146,7 @@ def lookup_nearest(tt: TorchTree, g: Tensor, dtype: torch.dtype) -> tuple[Tensor
 
 
 def _trilinear(tt: TorchTree, g: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """Samples g [S, 3] (all in occupied cells) -> sigma [S], SH [S, 3K] (normalised over existing voxels)."""
+    """Samples g [S, 3] (all in occupied cells) -> sigma [S], SH [S, 3K] (normalised over the voxels with density)."""
     df, d = tt.fine_res, tt.coarse_res
     n = d * df
     q = g * df - 0.5
@@ -153,7 +156,7 @@ def _trilinear(tt: TorchTree, g: Tensor, dtype: torch.dtype) -> tuple[Tensor, Te
     sigma = torch.zeros(g.shape[0], dtype=dtype, device=g.device)
     sh = torch.zeros(g.shape[0], tt.sh.shape[1], dtype=dtype, device=g.device)
     wsum = torch.zeros_like(sigma)
-    for corner in CORNERS:
+    for corner in CORNERS:  # wsum: weights of the corners that have colour
         f = i0 + torch.tensor(corner, device=g.device)
         ok = ((f >= 0) & (f < n)).all(-1)
         f = torch.where(ok[:, None], f, torch.zeros_like(f))
@@ -167,7 +170,9 @@ def _trilinear(tt: TorchTree, g: Tensor, dtype: torch.dtype) -> tuple[Tensor, Te
             wc = wc * (w[:, axis] if corner[axis] else 1.0 - w[:, axis])
         wc = wc * ok
         sigma = sigma + wc * tt.density[v].to(dtype)
-        sh = sh + wc[:, None] * tt.sh[v].to(dtype)
+        row = torch.where(ok, tt.sh_row[v].long(), torch.full_like(m, -1))
+        wc = wc * (row >= 0)
+        sh = sh + wc[:, None] * tt.sh[row.clamp(min=0)].to(dtype)
         wsum = wsum + wc
     return sigma, sh / torch.where(wsum > 0, wsum, torch.ones_like(wsum))[:, None]
 
@@ -261,7 +266,7 @@ def march_torch(
         csel = torch.nonzero((included & (alpha > 0)).reshape(-1)).squeeze(1)
         if csel.numel():
             if lookup == "nearest":
-                coeff = tt.sh[vox[csel]].to(dtype)
+                coeff = tt.sh[tt.sh_row[vox[csel]].long()].to(dtype)
             else:
                 pos_in_sel = torch.searchsorted(sel, csel)
                 coeff = sh_s[pos_in_sel]

@@ -2,9 +2,14 @@
 
 Level 1 is a dense grid of D_c^3 coarse cells over the scene box; each cell holds -1 (empty) or
 the number of a block in a pool. Level 2 is that pool: M blocks of D_f^3 fine voxels, one per
-occupied cell, each voxel holding a density and 3 x K spherical-harmonics coefficients
-(K = sh_degree^2). Colour along view direction d is ``sigmoid(sum_k c_k Y_k(d))`` per channel
-(the activation of EfficientNeRF and PlenOctrees), so a renderer needs no network at all.
+occupied cell, each voxel holding a density, and each voxel whose density is not zero also 3 x K
+spherical-harmonics coefficients (K = sh_degree^2). The pool is sparse in colour: the SH rows
+are stored only for voxels with density, in the order of the voxels (block by block, then a, b,
+c), so the row of a voxel is the number of voxels with density before it
+(:attr:`NerfTree.sh_row`). On lego most voxels of an occupied block are empty, and a dense SH
+pool spent most of its bytes on them. Colour along view direction d is
+``sigmoid(sum_k c_k Y_k(d))`` per channel (the activation of EfficientNeRF and PlenOctrees), so a
+renderer needs no network at all.
 
 Conventions:
 - Coarse cell (i, j, k) covers ``aabb[0] + ([i, i+1] x [j, j+1] x [k, k+1]) * (aabb[1] - aabb[0]) / D_c``;
@@ -22,7 +27,9 @@ coarse grid, the fine pass on batches of occupied cells, so memory is the coarse
 
 The file format (:func:`save_tree`, :func:`load_tree`) is safetensors: plain arrays plus a JSON
 header, no pickle. On disk the coarse grid is stored sparsely, as the flat index of the cell of
-each block, so the file holds little more than the pool.
+each block, so the file holds little more than the pool. Version 2 (written now) stores the
+sparse SH rows; version 1 stored SH for every voxel and is still read (its rows of empty voxels
+are dropped on loading).
 """
 
 from __future__ import annotations
@@ -41,8 +48,9 @@ from tqdm.auto import tqdm
 
 from turbonerf.errors import TurboNerfError
 
-TREE_FORMAT_VERSION = 1
-"""version of the NerfTree file format written by :func:`save_tree`"""
+TREE_FORMAT_VERSION = 2
+"""version of the NerfTree file format written by :func:`save_tree` (1: dense SH pool; 2: SH rows
+only for voxels with density)"""
 HEADER_KEY = "turbonerf_nerftree"
 POOL_DTYPES = ("float16", "float32")
 FLOAT16_MAX = 65000.0
@@ -64,11 +72,13 @@ class NerfTree:
     Attributes:
         index: int32 [Dc, Dc, Dc] (x, y, z order): the pool block of each coarse cell, -1 where empty.
         density: [M, Df, Df, Df] float16 (or float32) activated density at each fine voxel.
-        sh: [M, Df, Df, Df, 3 * K] same dtype, SH coefficients per voxel, channel-major
-            (K of red, then K of green, then K of blue).
+        sh: [V, 3 * K] same dtype, SH coefficients of the V voxels whose density is not zero, in
+            voxel order, channel-major (K of red, then K of green, then K of blue).
         aabb: float32 [2, 3] the box (min corner, max corner) the coarse grid covers.
         sh_degree: SH bands; K = sh_degree ** 2.
-        version: file-format version the tree was read from or will be written as.
+        version: file-format version the tree was read from.
+        sh_row: int32 [M, Df, Df, Df], derived: the row of ``sh`` of each voxel, -1 where its
+            density is zero (computed from ``density`` when not given).
     """
 
     index: np.ndarray
@@ -77,6 +87,24 @@ class NerfTree:
     aabb: np.ndarray
     sh_degree: int
     version: int = TREE_FORMAT_VERSION
+    sh_row: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.sh_row is None:
+            self.sh_row = sh_rows(self.density)
+
+    @classmethod
+    def from_dense(cls, index: np.ndarray, density: np.ndarray, sh: np.ndarray, aabb: np.ndarray, sh_degree: int) -> "NerfTree":
+        """A tree from a dense SH pool [M, Df, Df, Df, 3K] (the rows of voxels without density are dropped)."""
+        keep = np.asarray(density).reshape(-1) > 0
+        sh = np.asarray(sh)
+        return cls(index, density, np.ascontiguousarray(sh.reshape(keep.shape[0], sh.shape[-1])[keep]), aabb, sh_degree)
+
+    def dense_sh(self) -> np.ndarray:
+        """[M, Df, Df, Df, 3K] SH per voxel, zeros where the density is zero (for tests and inspection)."""
+        out = np.zeros(self.density.shape + (self.sh.shape[-1],), dtype=self.sh.dtype)
+        out.reshape(-1, self.sh.shape[-1])[self.sh_row.reshape(-1) >= 0] = self.sh
+        return out
 
     @property
     def coarse_res(self) -> int:
@@ -118,8 +146,11 @@ class NerfTree:
             raise TurboNerfError(f"pool dtype must be one of {POOL_DTYPES} for both arrays, got {dens.dtype} / {sh.dtype}", path)
         if not 1 <= int(self.sh_degree) <= 5:
             raise TurboNerfError(f"SH degree must be in 1..5, got {self.sh_degree}", path)
-        if sh.shape != dens.shape + (3 * self.n_coeffs,):
-            raise TurboNerfError(f"SH pool must be {dens.shape + (3 * self.n_coeffs,)}, got {sh.shape}", path)
+        n_rows = int(np.count_nonzero(dens))
+        if sh.shape != (n_rows, 3 * self.n_coeffs):
+            raise TurboNerfError(f"SH pool must be [{n_rows}, {3 * self.n_coeffs}] (one row per voxel with density), got {sh.shape}", path)
+        if not np.all(np.isfinite(dens)) or dens.min(initial=0) < 0:
+            raise TurboNerfError("fine densities must be finite and >= 0", path)
         if self.aabb.shape != (2, 3) or not np.all(np.asarray(self.aabb[1]) > np.asarray(self.aabb[0])):
             raise TurboNerfError(f"aabb must be [2, 3] with max > min, got {self.aabb.tolist()}", path)
         occupied = idx[idx >= 0]
@@ -127,6 +158,13 @@ class NerfTree:
             raise TurboNerfError(f"coarse index has {occupied.size} occupied cells but the pool {dens.shape[0]} blocks", path)
         if occupied.size and (occupied.max() >= dens.shape[0] or np.unique(occupied).size != occupied.size):
             raise TurboNerfError("coarse index does not map occupied cells one-to-one onto pool blocks", path)
+
+
+def sh_rows(density: np.ndarray) -> np.ndarray:
+    """int32 [M, Df, Df, Df]: the row of the sparse SH pool of each voxel, -1 where its density is 0."""
+    has = np.asarray(density).reshape(-1) > 0
+    rows = np.cumsum(has, dtype=np.int64) - 1
+    return np.where(has, rows, -1).astype(np.int32).reshape(np.shape(density))
 
 
 def empty_index(coarse_res: int) -> np.ndarray:
@@ -169,6 +207,7 @@ def save_tree(path: str | Path, tree: NerfTree, info: dict | None = None) -> Non
         "coarse_res": tree.coarse_res,
         "fine_res": tree.fine_res,
         "n_blocks": tree.n_blocks,
+        "n_sh_rows": int(tree.sh.shape[0]),
         "sh_degree": int(tree.sh_degree),
         "dtype": tree.density.dtype.name,
         "color_activation": "sigmoid",
@@ -239,7 +278,14 @@ def load_tree(path: str | Path) -> NerfTree:
         raise TurboNerfError(f"array shapes do not match the header (density {dens.shape}, cells {cells.shape}, header M={m} Df={df})", path)
     if m and (cells.min() < 0 or cells.max() >= dc**3):
         raise TurboNerfError("cell indices outside the coarse grid", path)
-    tree = NerfTree(index_from_cells(cells, dc), dens, sh, arrays["aabb"].astype(np.float32), deg, int(header["version"]))
+    version = int(header["version"])
+    if version == 1:  # dense SH pool [M, Df, Df, Df, 3K]: keep the rows of voxels with density
+        if sh.shape[:4] != dens.shape or sh.ndim != 5:
+            raise TurboNerfError(f"version-1 SH pool must be {dens.shape} x 3K, got {sh.shape}", path)
+        tree = NerfTree.from_dense(index_from_cells(cells, dc), dens, sh, arrays["aabb"].astype(np.float32), deg)
+        tree.version = 1
+    else:
+        tree = NerfTree(index_from_cells(cells, dc), dens, sh, arrays["aabb"].astype(np.float32), deg, version)
     tree.validate(path)
     return tree
 
@@ -468,7 +514,7 @@ def bake(
        ``dilate`` cells (within the candidates).
     3. Fine pass: ``fields.voxel_fn`` at the D_f^3 voxel centres of each occupied cell, in
        batches of about ``batch`` points; densities below ``density_floor`` become exactly 0
-       (a renderer then skips them without reading their colour), and cells whose fine
+       (a renderer then skips them, and they store no colour), and cells whose fine
        densities all stay at or below ``threshold`` are dropped. Blocks are stored tile by tile
        (:func:`tile_order`), which keeps neighbouring cells close in memory.
 
@@ -515,18 +561,19 @@ def bake(
     del occ, cand
     m0, nf = cells.shape[0], fine_res**3
     np_dtype = np.dtype(dtype)
-    pool_gib = m0 * nf * (1 + 3 * k) * np_dtype.itemsize / 2**30
+    pool_gib = m0 * nf * (1 + 3 * k) * np_dtype.itemsize / 2**30  # upper bound: colour for every voxel
     if pool_gib > max_pool_gib:
         raise TurboNerfError(
-            f"{m0} occupied cells ({100 * m0 / coarse_res**3:.1f}% of the grid) would need a {pool_gib:.1f} GiB pool "
+            f"{m0} occupied cells ({100 * m0 / coarse_res**3:.1f}% of the grid) could need a {pool_gib:.1f} GiB pool "
             f"(limit {max_pool_gib:g} GiB): raise the threshold or lower the resolution"
         )
     density = np.empty((m0, nf), dtype=np_dtype)
-    sh = np.empty((m0, nf, 3 * k), dtype=np_dtype)
+    sh = np.empty((max(1, m0 * nf // 4), 3 * k), dtype=np_dtype)  # grown on demand
     kept = np.empty(m0, dtype=np.int64)
     offsets = _fine_offsets(fine_res)
     per_batch = max(1, batch // nf)
     w = 0  # blocks kept so far: empty cells are compacted away as we go, in place
+    v = 0  # SH rows written so far: only voxels with density get one
     bar = tqdm(total=m0, desc="bake: fine voxels", disable=not progress, unit="cell", leave=False)
     for s in range(0, m0, per_batch):
         c = cells[s : s + per_batch]
@@ -536,24 +583,26 @@ def bake(
         sigma, coeffs = fields.voxel_fn(x)
         sigma = sigma.float().clamp(0.0, FLOAT16_MAX).reshape(len(c), nf)
         keep = (sigma > threshold).any(dim=1).cpu().numpy()
-        sigma = torch.where(sigma < density_floor, torch.zeros_like(sigma), sigma).cpu().numpy()
-        coeffs = coeffs.float().clamp(-FLOAT16_MAX, FLOAT16_MAX).reshape(len(c), nf, 3 * k).cpu().numpy()
+        sigma = torch.where(sigma < density_floor, torch.zeros_like(sigma), sigma).cpu().numpy()[keep].astype(np_dtype)
+        coeffs = coeffs.float().clamp(-FLOAT16_MAX, FLOAT16_MAX).reshape(len(c), nf, 3 * k).cpu().numpy()[keep]
+        rows = coeffs.reshape(-1, 3 * k)[sigma.reshape(-1) > 0]  # voxels whose stored density is not 0
+        if v + rows.shape[0] > sh.shape[0]:  # grow geometrically (realloc: usually no copy)
+            sh.resize((max(v + rows.shape[0], 2 * sh.shape[0]), 3 * k), refcheck=False)
         nk = int(keep.sum())
-        density[w : w + nk] = sigma[keep]
-        sh[w : w + nk] = coeffs[keep]
+        density[w : w + nk] = sigma
+        sh[v : v + rows.shape[0]] = rows
         kept[w : w + nk] = c[keep]
         w += nk
+        v += rows.shape[0]
         bar.update(len(c))
     bar.close()
-    if w < m0:  # shrink in place (no second copy of the pool)
-        density.resize((w, nf), refcheck=False)
-        sh.resize((w, nf, 3 * k), refcheck=False)
+    density.resize((w, nf), refcheck=False)  # shrink in place (no second copy of the pool)
+    sh.resize((v, 3 * k), refcheck=False)
     cells = kept[:w]
-    shape = (cells.shape[0], fine_res, fine_res, fine_res)
     return NerfTree(
         index=index_from_cells(cells, coarse_res),
-        density=density.reshape(shape),
-        sh=sh.reshape(shape + (3 * k,)),
+        density=density.reshape(cells.shape[0], fine_res, fine_res, fine_res),
+        sh=sh,
         aabb=aabb,
         sh_degree=fields.sh_degree,
     )

@@ -76,10 +76,11 @@ def prune_blocks(tree: NerfTree, keep: np.ndarray) -> NerfTree:
     """The tree with only the blocks where ``keep`` (bool [M]) is True (pool order preserved)."""
     keep = np.asarray(keep, dtype=bool)
     cells = cells_from_index(tree.index)[keep]
+    rows = tree.sh_row[keep].reshape(-1)  # increasing: the kept SH rows stay in voxel order
     return NerfTree(
         index=index_from_cells(cells, tree.coarse_res),
         density=np.ascontiguousarray(tree.density[keep]),
-        sh=np.ascontiguousarray(tree.sh[keep]),
+        sh=np.ascontiguousarray(tree.sh[rows[rows >= 0]]),
         aabb=tree.aabb,
         sh_degree=tree.sh_degree,
     )
