@@ -75,3 +75,19 @@ def test_instant_ngp_fields_share_the_encoding_across_directions():
     assert fields.candidate_fn is not None and fields.voxel_fn(x)[1].shape == (64, 3, 9)
 
 
+
+
+def test_voxel_fn_colours_only_the_selected_voxels():
+    """``select`` limits the colour work to some voxels; their coefficients equal the full pass's."""
+    ngp = InstantNGP(InstantNGPConfig(n_levels=2, log2_table_size=8, max_resolution=32, hidden=16, grid_resolution=8, hash_backend="torch"), AABB)
+    vanilla = VanillaNeRF(VanillaNeRFConfig(depth=2, width=32, color_width=16), AABB)
+    x = _points()
+    for model in (ngp.eval(), vanilla.eval()):
+        fields = baking_fields(model, sh_degree=3, n_dirs=16)
+        with torch.no_grad():
+            sigma, sh = fields.voxel_fn(x)
+            pick = torch.arange(64) % 3 == 0
+            sigma2, sh2 = fields.voxel_fn(x, lambda s: pick)
+        torch.testing.assert_close(sigma2, sigma)
+        assert sh2.shape == (int(pick.sum()), 3, 9)
+        torch.testing.assert_close(sh2, sh[pick], atol=1e-5, rtol=1e-5)

@@ -136,8 +136,10 @@ def _red_sphere_fields(radius=0.5) -> BakingFields:
     def density_fn(x):
         return 100.0 * (x.norm(dim=-1) < radius).float()
 
-    def voxel_fn(x):
-        return density_fn(x), red_logit.to(x.device).expand(x.shape[0], 3)[:, :, None].clone()
+    def voxel_fn(x, select=None):
+        sigma = density_fn(x)
+        n = x.shape[0] if select is None else int(select(sigma).sum())
+        return sigma, red_logit.to(x.device).expand(n, 3)[:, :, None].clone()
 
     return BakingFields(density_fn, voxel_fn, sh_degree=1, description="red sphere")
 

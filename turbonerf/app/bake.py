@@ -24,14 +24,14 @@ class BakeOptions:
 
     out: Path | None = None
     """tree file (default RUN/baked/nerftree.safetensors)"""
-    coarse_res: int = 384
+    coarse_res: int = 192
     fine_res: int = 4
     sh_degree: int = 3
     overwrite: bool = False
     device: str = "auto"
     threshold: float | None = None
     visibility: bool = True
-    n_dirs: int = 32
+    n_dirs: int = 16
     batch: int = 1 << 16
     bf16: bool = False
     dtype: str = "float16"

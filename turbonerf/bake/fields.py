@@ -21,8 +21,11 @@ SH projection: the colour logit (pre-sigmoid value) of each voxel is evaluated a
 coefficients are the least-squares fit, c = pinv(Y) @ logits with Y the [n_dirs, K] basis
 matrix. Cost: one trunk pass plus ``n_dirs`` passes of the view-dependent head per voxel; for
 the NeRF MLP the head's first layer is split (feature part once per point, direction part once
-per direction), so 32 directions add about 10% to the trunk's cost, while the generic path costs
-``n_dirs`` full network evaluations per voxel.
+per direction), so 32 directions add about 10% to the trunk's cost; Instant-NGP's colour MLP is
+split the same way, and its later layers dominate a bake (16 directions, the default, baked a lego
+Instant-NGP at D_c = 192 in 81 s against 246 s with 32, for -0.01 dB; BENCHMARKS.md). The generic
+path costs ``n_dirs`` full network evaluations per voxel. Colour is computed only for the voxels
+the tree keeps (``select``).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from turbonerf.bake.nerftree import BakingFields
+from turbonerf.bake.nerftree import BakingFields, SelectFn
 from turbonerf.encodings.sh import sh_basis
 from turbonerf.errors import TurboNerfError
 from turbonerf.fields.hash_field import HashField
@@ -91,11 +94,24 @@ def nerf_mlp_color_logits(mlp: nn.Module, h: Tensor, dirs: Tensor) -> Tensor:
 
 
 def hash_field_color_logits(field: nn.Module, h: Tensor, dirs: Tensor) -> Tensor:
-    """Colour logits of a HashField: h [N, geo_features] from ``geometry``, dirs [D, 3] -> [N, D, 3]."""
+    """Colour logits of a HashField: h [N, geo_features] from ``geometry``, dirs [D, 3] -> [N, D, 3].
+
+    The colour MLP's first layer is split as in :func:`nerf_mlp_color_logits`: its feature part
+    runs once per point, its direction part once per direction, and only the later layers run
+    per (point, direction) pair (a third fewer multiply-adds than the concatenated input).
+    """
+    first, rest = field.color_mlp[0], field.color_mlp[1:]
+    g = h.shape[1]
     enc = sh_basis(dirs.float(), field.sh_degree).to(h.dtype)  # [D, Ks]
+    a = F.linear(h, first.weight[:, :g], first.bias)  # [N, C]
+    b = F.linear(enc, first.weight[:, g:]).to(a.dtype)  # [D, C]
     n, d = h.shape[0], enc.shape[0]
-    inp = torch.cat([h[:, None, :].expand(n, d, h.shape[1]), enc[None].expand(n, d, enc.shape[1])], -1)
-    return field.color_mlp(inp.reshape(n * d, -1)).reshape(n, d, 3)
+    return rest((a[:, None, :] + b[None, :, :]).reshape(n * d, -1)).reshape(n, d, 3)
+
+
+def _selected(x: Tensor, sigma: Tensor, select: SelectFn | None) -> Tensor:
+    """The rows of ``x`` [N, ...] whose density ``sigma`` [N] ``select`` picks (all for None)."""
+    return x if select is None else x[select(sigma)]
 
 
 def _nerf_mlp_fields(mlp: nn.Module, sh_degree: int, n_dirs: int) -> BakingFields:
@@ -103,9 +119,10 @@ def _nerf_mlp_fields(mlp: nn.Module, sh_degree: int, n_dirs: int) -> BakingField
     dirs = fibonacci_directions(n_dirs)
     proj = sh_projection_matrix(dirs, sh_degree)
 
-    def voxel_fn(x: Tensor) -> tuple[Tensor, Tensor]:
+    def voxel_fn(x: Tensor, select: SelectFn | None = None) -> tuple[Tensor, Tensor]:
         h = mlp.trunk_features(x)
         sigma = F.relu(mlp.sigma_head(h)[:, 0]).float()
+        h = _selected(h, sigma, select)
         logits = nerf_mlp_color_logits(mlp, h, dirs.to(x.device, torch.float32))
         return sigma, project_logits(logits, proj)
 
@@ -119,10 +136,11 @@ def _sh_field_fields(field: nn.Module, sh_degree: int) -> BakingFields:
     def density_fn(x: Tensor) -> Tensor:
         return activate_density(field.sigma_head(field.features(x))[:, 0].float(), 0.0)
 
-    def voxel_fn(x: Tensor) -> tuple[Tensor, Tensor]:
+    def voxel_fn(x: Tensor, select: SelectFn | None = None) -> tuple[Tensor, Tensor]:
         h = field.features(x)
         sigma = activate_density(field.sigma_head(h)[:, 0].float(), 0.0)
-        coeffs = field.sh_head(h).float().reshape(x.shape[0], 3, -1)
+        h = _selected(h, sigma, select)
+        coeffs = field.sh_head(h).float().reshape(h.shape[0], 3, -1)
         return sigma, resize_sh(coeffs, k)
 
     native = int(field.sh_degree)
@@ -135,9 +153,9 @@ def _hash_field_fields(field: nn.Module, sh_degree: int, n_dirs: int) -> BakingF
     dirs = fibonacci_directions(n_dirs)
     proj = sh_projection_matrix(dirs, sh_degree)
 
-    def voxel_fn(x: Tensor) -> tuple[Tensor, Tensor]:
+    def voxel_fn(x: Tensor, select: SelectFn | None = None) -> tuple[Tensor, Tensor]:
         sigma, h = field.geometry(x)
-        logits = hash_field_color_logits(field, h, dirs.to(x.device, torch.float32))
+        logits = hash_field_color_logits(field, _selected(h, sigma, select), dirs.to(x.device, torch.float32))
         return sigma.float(), project_logits(logits, proj)
 
     return BakingFields(field.density, voxel_fn, sh_degree, description=f"hash field, SH projection from {n_dirs} directions")
@@ -148,17 +166,19 @@ def _generic_fields(field: nn.Module, sh_degree: int, n_dirs: int) -> BakingFiel
     dirs = fibonacci_directions(n_dirs)
     proj = sh_projection_matrix(dirs, sh_degree)
 
-    def voxel_fn(x: Tensor) -> tuple[Tensor, Tensor]:
-        n, d = x.shape[0], dirs.shape[0]
+    def voxel_fn(x: Tensor, select: SelectFn | None = None) -> tuple[Tensor, Tensor]:
+        sigma = field.density(x).float().reshape(-1)
+        xs = _selected(x, sigma, select)
+        n, d = xs.shape[0], dirs.shape[0]
         dd = dirs.to(x.device, torch.float32)
-        sigma, rgb = field(x.repeat_interleave(d, 0), dd.repeat(n, 1))
+        _, rgb = field(xs.repeat_interleave(d, 0), dd.repeat(n, 1))
         rgb = rgb.float().reshape(n, d, 3).clamp(LOGIT_EPS, 1.0 - LOGIT_EPS)
-        return sigma.float().reshape(n, d)[:, 0], project_logits(torch.logit(rgb), proj)
+        return sigma, project_logits(torch.logit(rgb), proj)
 
     return BakingFields(field.density, voxel_fn, sh_degree, description=f"generic field, SH projection of logit(rgb) from {n_dirs} directions")
 
 
-def field_baking_fields(field: nn.Module, sh_degree: int = 3, n_dirs: int = 32) -> BakingFields:
+def field_baking_fields(field: nn.Module, sh_degree: int = 3, n_dirs: int = 16) -> BakingFields:
     """Density and SH-colour functions of one field (dispatch on its class, see the module
     docstring; any other field needs ``density(x)`` and ``forward(x, d) -> (sigma, rgb)``)."""
     if isinstance(field, SHField):
@@ -172,7 +192,7 @@ def field_baking_fields(field: nn.Module, sh_degree: int = 3, n_dirs: int = 32) 
     return _generic_fields(field, sh_degree, n_dirs)
 
 
-def baking_fields(model: Method, sh_degree: int = 3, n_dirs: int = 32, use_method_grid: bool = True) -> BakingFields:
+def baking_fields(model: Method, sh_degree: int = 3, n_dirs: int = 16, use_method_grid: bool = True) -> BakingFields:
     """Density, SH-colour and (optionally) candidate functions of a trained method.
 
     Args:

@@ -257,9 +257,12 @@ def view(
 @app.command()
 def bake(
     run: Path = typer.Option(..., help="run folder made by `turbonerf train`"),
-    coarse_res: int = typer.Option(384, help="D_c: coarse cells per axis over the scene box"),
+    coarse_res: int = typer.Option(192, help="D_c: coarse cells per axis over the scene box (192: a lego Instant-NGP tree of 0.8 GB baked in 1.5 min, 0.3 dB below the model; 384: 6 GB, 35 min, 0.26 dB; BENCHMARKS.md)"),
     fine_res: int = typer.Option(4, help="D_f: fine voxels per axis inside each occupied coarse cell"),
     sh_degree: int = typer.Option(3, help="SH bands of the colour (3 -> 9 coefficients per channel, the papers' 'degree 2')"),
+    n_dirs: int = typer.Option(
+        16, help="directions per voxel the colour is fitted from (NeRF / Instant-NGP; at least sh-degree^2; fewer bake faster)"
+    ),
     out: Optional[Path] = typer.Option(None, help="tree file to write (default RUN/baked/nerftree.safetensors)"),
     overwrite: bool = typer.Option(False, help="replace an existing tree file"),
     device: str = typer.Option("auto", help="'auto', 'cpu' or 'cuda[:N]'"),
@@ -276,7 +279,7 @@ def bake(
     from turbonerf.app.bake import BakeOptions, bake_run
 
     opts = BakeOptions(
-        out=out, coarse_res=coarse_res, fine_res=fine_res, sh_degree=sh_degree, overwrite=overwrite, device=device,
+        out=out, coarse_res=coarse_res, fine_res=fine_res, sh_degree=sh_degree, n_dirs=n_dirs, overwrite=overwrite, device=device,
         threshold=threshold, visibility=visibility, prune_weight=prune_weight, prune_stride=prune_stride,
         prune_dilate=prune_dilate, progress=progress,
     )
