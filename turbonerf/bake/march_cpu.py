@@ -76,7 +76,6 @@ class CpuTree:
         density: [M * Df^3] flat pool densities, uint16 (float16 bits) or float32 (views of the tree's arrays).
         sh_row: int32 [M * Df^3] row of the SH pool of each voxel, -1 where its density is zero.
         sh: [V * 3K] flat SH coefficients of the voxels with density, same dtype as density.
-        lut: float32 [65536] float16 bits -> value.
         lo, scale: float64 [3] box minimum and coarse cells per unit.
     """
 
@@ -86,7 +85,6 @@ class CpuTree:
     density: np.ndarray
     sh_row: np.ndarray
     sh: np.ndarray
-    lut: np.ndarray
     lo: np.ndarray
     scale: np.ndarray
     coarse_res: int
@@ -123,11 +121,6 @@ def chebyshev_distance(occ: np.ndarray, cap: int = 255) -> np.ndarray:
     return dist
 
 
-def half_lut() -> np.ndarray:
-    """float32 [65536]: the value of every float16 bit pattern."""
-    return np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
-
-
 def prepare_cpu(tree: NerfTree) -> CpuTree:
     """Lay ``tree`` out for :func:`march_cpu`: tiled index and macro distances (the pool is not
     copied; prepare once, reuse across frames)."""
@@ -145,7 +138,6 @@ def prepare_cpu(tree: NerfTree) -> CpuTree:
         density=np.ascontiguousarray(dens),
         sh_row=np.ascontiguousarray(tree.sh_row.reshape(-1)),
         sh=np.ascontiguousarray(sh),
-        lut=half_lut(),
         lo=lo,
         scale=scale,
         coarse_res=tree.coarse_res,
@@ -186,15 +178,15 @@ def half_bits_to_f64(bits):
     return out
 
 
-def _decode(v, lut):  # pragma: no cover - replaced by the overload inside numba
+def _decode(v):  # pragma: no cover - replaced by the overload inside numba
     return float(v)
 
 
 @overload(_decode, inline="always")
-def _decode_impl(v, lut):
+def _decode_impl(v):
     if isinstance(v, types.Integer):
-        return lambda v, lut: _half_bits_to_f64(v)
-    return lambda v, lut: np.float64(v)
+        return lambda v: _half_bits_to_f64(v)
+    return lambda v: np.float64(v)
 
 
 @njit(cache=True, inline="always")
@@ -292,7 +284,7 @@ def _block_of(macro_tile, tiles, cx, cy, cz):
 
 
 @njit(cache=True, inline="always")
-def _lookup_nearest(macro_tile, tiles, density, sh_row, sh, lut, gx, gy, gz, df, shift, n, nc, shacc):
+def _lookup_nearest(macro_tile, tiles, density, sh_row, sh, gx, gy, gz, df, shift, n, nc, shacc):
     """Sample at grid position g -> (occupied, sigma); when sigma > 0 the voxel's SH
     coefficients are written to shacc[:nc]."""
     fx = int(math.floor(gx * df))
@@ -307,11 +299,11 @@ def _lookup_nearest(macro_tile, tiles, density, sh_row, sh, lut, gx, gy, gz, df,
     if m < 0:
         return False, 0.0
     v = m * (df * df * df) + (lx * df + ly) * df + lz
-    sigma = _decode(density[v], lut)
+    sigma = _decode(density[v])
     if sigma > 0.0:
         base = sh_row[v] * nc
         for j in range(nc):
-            shacc[j] = _decode(sh[base + j], lut)
+            shacc[j] = _decode(sh[base + j])
     return True, sigma
 
 
@@ -349,7 +341,7 @@ def _prefetch_ahead(macro_tile, tiles, density, sh_row, sh, ox, oy, oz, dx, dy, 
 
 
 @njit(cache=True, inline="always")
-def _lookup_trilinear(macro_tile, tiles, density, sh_row, sh, lut, gx, gy, gz, df, shift, n, nc, shacc):
+def _lookup_trilinear(macro_tile, tiles, density, sh_row, sh, gx, gy, gz, df, shift, n, nc, shacc):
     """Like :func:`_lookup_nearest`, interpolating between the 8 surrounding voxel centres
     (density: voxels of empty cells count as 0; SH: normalised over the voxels with density).
     ``shacc`` needs nc + 16 entries: the 8 corner weights and voxels are kept after the SH."""
@@ -389,7 +381,7 @@ def _lookup_trilinear(macro_tile, tiles, density, sh_row, sh, lut, gx, gy, gz, d
                     continue
                 w = wa * wb * (wz if c == 1 else 1.0 - wz)
                 v = mc * df3 + (alx * df + aly) * df + alz
-                sigma += w * _decode(density[v], lut)
+                sigma += w * _decode(density[v])
                 row = sh_row[v]
                 if row >= 0:
                     wsum += w
@@ -403,7 +395,7 @@ def _lookup_trilinear(macro_tile, tiles, density, sh_row, sh, lut, gx, gy, gz, d
             w = shacc[nc + i]
             base = int(shacc[nc + 8 + i]) * nc
             for j in range(nc):
-                shacc[j] += w * _decode(sh[base + j], lut)
+                shacc[j] += w * _decode(sh[base + j])
         for j in range(nc):
             shacc[j] /= wsum
     return True, sigma
@@ -411,7 +403,7 @@ def _lookup_trilinear(macro_tile, tiles, density, sh_row, sh, lut, gx, gy, gz, d
 
 @njit(cache=True)
 def _march_ray(
-    trilinear, r, macro_tile, tiles, mdist, density, sh_row, sh, lut, lo, scale, dc, df, shift, degree, origins, dirs, viewdirs,
+    trilinear, r, macro_tile, tiles, mdist, density, sh_row, sh, lo, scale, dc, df, shift, degree, origins, dirs, viewdirs,
     near, far, step, t_min, basis, shacc,
 ):  # fmt: skip
     """March ray r; returns (r, g, b without background, depth, opacity, samples)."""
@@ -488,11 +480,11 @@ def _march_ray(
                         gx, gy, gz = ox + tk * dx, oy + tk * dy, oz + tk * dz
                         if trilinear:
                             occ, sigma = _lookup_trilinear(
-                                macro_tile, tiles, density, sh_row, sh, lut, gx, gy, gz, df, shift, n, nc, shacc
+                                macro_tile, tiles, density, sh_row, sh, gx, gy, gz, df, shift, n, nc, shacc
                             )  # fmt: skip
                         else:
                             occ, sigma = _lookup_nearest(
-                                macro_tile, tiles, density, sh_row, sh, lut, gx, gy, gz, df, shift, n, nc, shacc
+                                macro_tile, tiles, density, sh_row, sh, gx, gy, gz, df, shift, n, nc, shacc
                             )  # fmt: skip
                         if not occ:
                             continue
@@ -561,7 +553,7 @@ def _march_ray(
 
 @njit(parallel=True, cache=True, nogil=True)
 def _march_kernel(
-    trilinear, macro_tile, tiles, mdist, density, sh_row, sh, lut, lo, scale, dc, df, degree, origins, dirs, viewdirs, near, far,
+    trilinear, macro_tile, tiles, mdist, density, sh_row, sh, lo, scale, dc, df, degree, origins, dirs, viewdirs, near, far,
     bg, step, t_min, block, out_rgb, out_depth, out_opac, out_samples,
 ):  # fmt: skip
     n_rays = origins.shape[0]
@@ -577,7 +569,7 @@ def _march_kernel(
         shacc = np.empty(nc + 16)
         for r in range(task * block, min(n_rays, (task + 1) * block)):
             cr, cg, cb, dep, opa, ns = _march_ray(
-                trilinear, r, macro_tile, tiles, mdist, density, sh_row, sh, lut, lo, scale, dc, df, shift, degree, origins, dirs,
+                trilinear, r, macro_tile, tiles, mdist, density, sh_row, sh, lo, scale, dc, df, shift, degree, origins, dirs,
                 viewdirs, near, far, step, t_min, basis, shacc,
             )  # fmt: skip
             out_rgb[r, 0] = cr + (1.0 - opa) * bg[0]
@@ -636,7 +628,7 @@ def march_cpu(
         numba.set_parallel_chunksize(4)
         _march_kernel(
             lookup == "trilinear", ct.macro_tile, ct.tiles, ct.macro_dist, ct.density, ct.sh_row, ct.sh,
-            ct.lut, ct.lo, ct.scale, ct.coarse_res, ct.fine_res, ct.sh_degree,
+            ct.lo, ct.scale, ct.coarse_res, ct.fine_res, ct.sh_degree,
             f32(origins), f32(dirs), f32(viewdirs), near, far, np.asarray(background, np.float64).reshape(3), float(step), float(t_min),
             RAYS_PER_TASK, out["rgb"], out["depth"], out["opacity"], out["samples"],
         )  # fmt: skip
