@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from tree_helpers import random_rays, random_tree
-from turbonerf.bake.march_cpu import half_bits_to_f64, march_cpu, prepare_cpu, sh_basis_numba, tile_index
+from turbonerf.bake.march_cpu import COLOUR_BATCH, half_bits_to_f64, march_cpu, prepare_cpu, sh_basis_numba, tile_index
 from turbonerf.bake.march_numpy import march_numpy
 from turbonerf.bake.march_torch import march_torch
 from turbonerf.bake.render import TreeRenderer, render_tree
@@ -29,6 +29,21 @@ def test_numba_matches_numpy_reference(tree, lookup):
     ref = _reference(tree, o, d, lookup)
     assert 0.2 < ref["opacity"].mean() < 0.95 and ref["samples"].max() > 5  # the scene is neither empty nor trivial
     out = march_cpu(tree, o, d, d, 1.0, 5.0, np.array([1.0, 0.5, 0.0]), STEP, lookup)
+    np.testing.assert_array_equal(out["samples"], ref["samples"])
+    for key in ("rgb", "depth", "opacity"):
+        np.testing.assert_allclose(out[key], ref[key], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("fine_res", [2, 3])
+def test_numba_matches_reference_on_soft_long_rays(fine_res):
+    """Rays with more samples of density than one colour batch (COLOUR_BATCH), and a fine
+    resolution that is not a power of two (the kernel's general voxel arithmetic)."""
+    tree = random_tree(coarse_res=12, fine_res=fine_res, occupancy=0.5, seed=3)
+    tree.density[...] = (tree.density.astype(np.float32) * 0.02).astype(tree.density.dtype)
+    o, d = random_rays(n=400, seed=4)
+    ref = _reference(tree, o, d, "nearest")
+    assert ref["samples"].max() > 2 * COLOUR_BATCH
+    out = march_cpu(tree, o, d, d, 1.0, 5.0, np.array([1.0, 0.5, 0.0]), STEP, "nearest")
     np.testing.assert_array_equal(out["samples"], ref["samples"])
     for key in ("rgb", "depth", "opacity"):
         np.testing.assert_allclose(out[key], ref[key], atol=1e-5, rtol=0)

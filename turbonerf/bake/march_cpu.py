@@ -1,6 +1,7 @@
 """NerfTree marcher on the CPU in numba: parallel over rays, 3D-DDA empty-space skipping.
 
-Each ray is clipped to the box and walked with a two-level 3D-DDA (Amanatides & Woo):
+Each ray is clipped to the box of the occupied macro blocks (rays that miss it cost a few
+divisions) and walked with a two-level 3D-DDA (Amanatides & Woo):
 
 - over macro blocks of 8^3 coarse cells. Each macro block knows its Chebyshev distance D to the
   nearest occupied block (a distance transform computed when the tree is prepared), so in empty
@@ -10,9 +11,10 @@ Each ray is clipped to the box and walked with a two-level 3D-DDA (Amanatides & 
 Inside an occupied coarse cell the ray takes the lattice samples t_k = near + (k + 1/2) step that
 fall in the cell's t-interval, widened by one sample on each side so that rounding can never
 skip a sample; every sample is classified by its own position exactly as the numpy reference
-does (:mod:`turbonerf.bake.march_numpy` documents the rule), so the image is the same. The SH
-basis is evaluated once per ray, SH coefficients are read only where a sample has density, and
-the ray stops once its transmittance falls below ``t_min``.
+does (:mod:`turbonerf.bake.march_numpy` documents the rule), so the image is the same (a sample
+inside the cell being walked finds its voxel from that cell's block without another index
+lookup). The SH basis is evaluated once per ray and the ray stops once its transmittance falls
+below ``t_min``.
 
 Memory is what costs: a sample in an occupied cell is about one cache miss at 800x800, where fine
 voxels and pixels have similar footprints. So:
@@ -23,11 +25,15 @@ voxels and pixels have similar footprints. So:
 - densities and SH stay in separate arrays, so the many near-empty samples of a surface cell
   touch only the 128 bytes of densities of their block; :func:`bake` stores blocks tile by tile;
   SH rows exist only for voxels with density and are found through ``sh_row``;
-- the kernel prefetches ahead: the density and SH row number of the voxel ``2 * PREFETCH_AHEAD``
-  samples ahead, and the SH record of the voxel ``PREFETCH_AHEAD`` samples ahead (whose row number
-  the first prefetch brought in). The loads of a sample depend on nothing computed by the
-  previous one, but the out-of-order window is too small to overlap them by itself (1.8x faster
-  on the development machine).
+- nearest lookup (the default) colours in two passes: the density march composites weights and
+  records (weight, SH row) of each sample with density in a small buffer, prefetching that SH
+  record; the buffer is coloured when it is full (``COLOUR_BATCH``) and when the ray ends. The
+  SH records of a ray are thus fetched in parallel instead of one cache miss after another
+  (1.4x faster per frame on lego than prefetching a few samples ahead); the colours are summed
+  in the order the samples were met, so the result is unchanged;
+- trilinear lookup keeps one pass and prefetches ahead: the density and SH row number of the
+  voxel ``2 * PREFETCH_AHEAD`` samples ahead, and the SH record of the voxel ``PREFETCH_AHEAD``
+  samples ahead (whose row number the first prefetch brought in).
 
 Nearest and trilinear lookups are separate inlined functions behind one runtime branch (a single
 lookup function with a runtime flag was 5x slower). float16 pools are decoded by the CPU's
@@ -55,7 +61,9 @@ from turbonerf.bake.nerftree import T_MIN, TILE, NerfTree, dilate_mask
 RAYS_PER_TASK = 64
 """rays a thread takes at a time (neighbouring pixels: coherent memory access)"""
 PREFETCH_AHEAD = 3
-"""the marcher prefetches the voxel of the sample this many steps ahead (1.8x faster here)"""
+"""trilinear lookup: prefetch the voxel of the sample this many steps ahead (1.8x faster here)"""
+COLOUR_BATCH = 32
+"""nearest lookup: samples whose colour is computed together, their SH records fetched meanwhile"""
 _INF = 1e30
 _TS = 3  # log2(TILE)
 _TM = 7  # TILE - 1
@@ -77,6 +85,8 @@ class CpuTree:
         sh_row: int32 [M * Df^3] row of the SH pool of each voxel, -1 where its density is zero.
         sh: [V * 3K] flat SH coefficients of the voxels with density, same dtype as density.
         lo, scale: float64 [3] box minimum and coarse cells per unit.
+        box: float64 [2, 3] the box of the occupied macro blocks in coarse-cell units (rays are
+            clipped to it: everything outside is empty).
     """
 
     macro_tile: np.ndarray
@@ -87,6 +97,7 @@ class CpuTree:
     sh: np.ndarray
     lo: np.ndarray
     scale: np.ndarray
+    box: np.ndarray
     coarse_res: int
     fine_res: int
     sh_degree: int
@@ -131,6 +142,11 @@ def prepare_cpu(tree: NerfTree) -> CpuTree:
     lo = tree.aabb[0].astype(np.float64)
     scale = tree.coarse_res / (tree.aabb[1].astype(np.float64) - lo)
     macro_tile, tiles = tile_index(tree.index)
+    blocks = np.argwhere(macro_tile >= 0)
+    if len(blocks):
+        box = np.stack([blocks.min(0) * TILE, np.minimum((blocks.max(0) + 1) * TILE, tree.coarse_res)]).astype(np.float64)
+    else:
+        box = np.zeros((2, 3))
     return CpuTree(
         macro_tile=macro_tile,
         tiles=tiles,
@@ -140,6 +156,7 @@ def prepare_cpu(tree: NerfTree) -> CpuTree:
         sh=np.ascontiguousarray(sh),
         lo=lo,
         scale=scale,
+        box=box,
         coarse_res=tree.coarse_res,
         fine_res=tree.fine_res,
         sh_degree=tree.sh_degree,
@@ -284,27 +301,23 @@ def _block_of(macro_tile, tiles, cx, cy, cz):
 
 
 @njit(cache=True, inline="always")
-def _lookup_nearest(macro_tile, tiles, density, sh_row, sh, gx, gy, gz, df, shift, n, nc, shacc):
-    """Sample at grid position g -> (occupied, sigma); when sigma > 0 the voxel's SH
-    coefficients are written to shacc[:nc]."""
-    fx = int(math.floor(gx * df))
-    fy = int(math.floor(gy * df))
-    fz = int(math.floor(gz * df))
-    if fx < 0 or fy < 0 or fz < 0 or fx >= n or fy >= n or fz >= n:
-        return False, 0.0
-    cx, lx = _split(fx, df, shift)
-    cy, ly = _split(fy, df, shift)
-    cz, lz = _split(fz, df, shift)
-    m = _block_of(macro_tile, tiles, cx, cy, cz)
-    if m < 0:
-        return False, 0.0
-    v = m * (df * df * df) + (lx * df + ly) * df + lz
-    sigma = _decode(density[v])
-    if sigma > 0.0:
-        base = sh_row[v] * nc
-        for j in range(nc):
-            shacc[j] = _decode(sh[base + j])
-    return True, sigma
+def _flush_colour(sh, wbuf, rbuf, nb, basis, k, cr, cg, cb):
+    """Add the colours of the nb buffered samples (weight wbuf[i], SH row rbuf[i]) to (cr, cg, cb),
+    in buffer order (the order the samples were met, so sums match the reference)."""
+    nc = 3 * k
+    for i in range(nb):
+        base = rbuf[i] * nc
+        w = wbuf[i]
+        xr, xg, xb = 0.0, 0.0, 0.0
+        for j in range(k):
+            b = basis[j]
+            xr += _decode(sh[base + j]) * b
+            xg += _decode(sh[base + k + j]) * b
+            xb += _decode(sh[base + 2 * k + j]) * b
+        cr += w / (1.0 + math.exp(-xr))
+        cg += w / (1.0 + math.exp(-xg))
+        cb += w / (1.0 + math.exp(-xb))
+    return cr, cg, cb
 
 
 @njit(cache=True, inline="always")
@@ -403,8 +416,8 @@ def _lookup_trilinear(macro_tile, tiles, density, sh_row, sh, gx, gy, gz, df, sh
 
 @njit(cache=True)
 def _march_ray(
-    trilinear, r, macro_tile, tiles, mdist, density, sh_row, sh, lo, scale, dc, df, shift, degree, origins, dirs, viewdirs,
-    near, far, step, t_min, basis, shacc,
+    trilinear, r, macro_tile, tiles, mdist, density, sh_row, sh, lo, scale, box, dc, df, shift, degree, origins, dirs, viewdirs,
+    near, far, step, t_min, basis, shacc, wbuf, rbuf,
 ):  # fmt: skip
     """March ray r; returns (r, g, b without background, depth, opacity, samples)."""
     dm = mdist.shape[0]
@@ -419,14 +432,15 @@ def _march_ray(
     dy = dirs[r, 1] * scale[1]
     dz = dirs[r, 2] * scale[2]
     nr, fr = np.float64(near[r]), np.float64(far[r])
-    # clip to the box [0, dc]^3
+    # clip to the box of the occupied macro blocks (within [0, dc]^3)
     ta, tb = nr, fr
-    for o, d in ((ox, dx), (oy, dy), (oz, dz)):
+    for a, o, d in ((0, ox, dx), (1, oy, dy), (2, oz, dz)):
+        blo, bhi = box[0, a], box[1, a]
         if d == 0.0:
-            if o < 0.0 or o > dc:
+            if o < blo or o > bhi:
                 tb = -_INF
         else:
-            t1, t2 = (0.0 - o) / d, (dc - o) / d
+            t1, t2 = (blo - o) / d, (bhi - o) / d
             ta = max(ta, min(t1, t2))
             tb = min(tb, max(t1, t2))
     trans, cr, cg, cb, dep, opa = 1.0, 0.0, 0.0, 0.0, 0.0, 0.0
@@ -438,6 +452,8 @@ def _march_ray(
     _sh_basis(vx / vn, vy / vn, vz / vn, degree, basis)
     dmax = max(abs(dx), abs(dy), abs(dz))
     done = False
+    nb = 0  # samples waiting for their colour in wbuf / rbuf
+    df3 = df * df * df
     k_done = -1
     t = ta
     mx, sx, tmx, tdx = _dda_init(ox, dx, t, TILE, 0, dm - 1)
@@ -464,7 +480,8 @@ def _march_ray(
             cz, csz, tcz, tdcz = _dda_init(oz, dz, s, 1.0, z0, z1)
             while True:
                 s_next = min(tcx, tcy, tcz, t_next)
-                if tiles[tile, cx & _TM, cy & _TM, cz & _TM] >= 0 and s_next >= s:
+                blk = tiles[tile, cx & _TM, cy & _TM, cz & _TM]
+                if blk >= 0 and s_next >= s:
                     klo = max(k_done + 1, int(math.ceil((s - nr) * inv_step - 0.5)) - 1, 0)
                     khi = int(math.floor((s_next - nr) * inv_step - 0.5)) + 1
                     for kk in range(klo, khi + 1):
@@ -473,33 +490,60 @@ def _march_ray(
                             done = True
                             break
                         k_done = kk
-                        _prefetch_ahead(  # memory latency dominates: fetch ahead
-                            macro_tile, tiles, density, sh_row, sh, ox, oy, oz, dx, dy, dz, tk + PREFETCH_AHEAD * step,
-                            tk + 2 * PREFETCH_AHEAD * step, df, shift, n, nc,
-                        )  # fmt: skip
                         gx, gy, gz = ox + tk * dx, oy + tk * dy, oz + tk * dz
                         if trilinear:
+                            _prefetch_ahead(  # memory latency dominates: fetch ahead
+                                macro_tile, tiles, density, sh_row, sh, ox, oy, oz, dx, dy, dz, tk + PREFETCH_AHEAD * step,
+                                tk + 2 * PREFETCH_AHEAD * step, df, shift, n, nc,
+                            )  # fmt: skip
                             occ, sigma = _lookup_trilinear(
                                 macro_tile, tiles, density, sh_row, sh, gx, gy, gz, df, shift, n, nc, shacc
                             )  # fmt: skip
-                        else:
-                            occ, sigma = _lookup_nearest(
-                                macro_tile, tiles, density, sh_row, sh, gx, gy, gz, df, shift, n, nc, shacc
-                            )  # fmt: skip
-                        if not occ:
+                            if not occ:
+                                continue
+                            ns += 1
+                            if sigma > 0.0:
+                                alpha = 1.0 - math.exp(-sigma * step)
+                                w = trans * alpha
+                                xr, xg, xb = 0.0, 0.0, 0.0
+                                for j in range(k):
+                                    xr += shacc[j] * basis[j]
+                                    xg += shacc[k + j] * basis[j]
+                                    xb += shacc[2 * k + j] * basis[j]
+                                cr += w / (1.0 + math.exp(-xr))
+                                cg += w / (1.0 + math.exp(-xg))
+                                cb += w / (1.0 + math.exp(-xb))
+                                dep += w * tk
+                                opa += w
+                                trans *= 1.0 - alpha
+                                if trans < t_min:
+                                    done = True
+                                    break
                             continue
+                        # nearest: the voxel, from the cell being walked when the sample lies in it
+                        fx = int(math.floor(gx * df))
+                        fy = int(math.floor(gy * df))
+                        fz = int(math.floor(gz * df))
+                        if shift >= 0 and (fx >> shift) == cx and (fy >> shift) == cy and (fz >> shift) == cz:
+                            v = blk * df3 + ((fx & (df - 1)) * df + (fy & (df - 1))) * df + (fz & (df - 1))
+                        else:
+                            v = _voxel_at(macro_tile, tiles, gx, gy, gz, df, shift, n)
+                            if v < 0:
+                                continue
                         ns += 1
+                        sigma = _decode(density[v])
                         if sigma > 0.0:
                             alpha = 1.0 - math.exp(-sigma * step)
                             w = trans * alpha
-                            xr, xg, xb = 0.0, 0.0, 0.0
-                            for j in range(k):
-                                xr += shacc[j] * basis[j]
-                                xg += shacc[k + j] * basis[j]
-                                xb += shacc[2 * k + j] * basis[j]
-                            cr += w / (1.0 + math.exp(-xr))
-                            cg += w / (1.0 + math.exp(-xg))
-                            cb += w / (1.0 + math.exp(-xb))
+                            row = sh_row[v]
+                            _prefetch(sh, row * nc)  # read when the batch is coloured
+                            _prefetch(sh, row * nc + nc - 1)
+                            wbuf[nb] = w
+                            rbuf[nb] = row
+                            nb += 1
+                            if nb == COLOUR_BATCH:
+                                cr, cg, cb = _flush_colour(sh, wbuf, rbuf, nb, basis, k, cr, cg, cb)
+                                nb = 0
                             dep += w * tk
                             opa += w
                             trans *= 1.0 - alpha
@@ -548,12 +592,14 @@ def _march_ray(
                 break
             t = tmz
             tmz += tdz
+    if nb > 0:
+        cr, cg, cb = _flush_colour(sh, wbuf, rbuf, nb, basis, k, cr, cg, cb)
     return cr, cg, cb, dep, opa, ns
 
 
 @njit(parallel=True, cache=True, nogil=True)
 def _march_kernel(
-    trilinear, macro_tile, tiles, mdist, density, sh_row, sh, lo, scale, dc, df, degree, origins, dirs, viewdirs, near, far,
+    trilinear, macro_tile, tiles, mdist, density, sh_row, sh, lo, scale, box, dc, df, degree, origins, dirs, viewdirs, near, far,
     bg, step, t_min, block, out_rgb, out_depth, out_opac, out_samples,
 ):  # fmt: skip
     n_rays = origins.shape[0]
@@ -567,10 +613,12 @@ def _march_kernel(
     for task in prange(n_tasks):
         basis = np.empty(25)
         shacc = np.empty(nc + 16)
+        wbuf = np.empty(COLOUR_BATCH)
+        rbuf = np.empty(COLOUR_BATCH, np.int64)
         for r in range(task * block, min(n_rays, (task + 1) * block)):
             cr, cg, cb, dep, opa, ns = _march_ray(
-                trilinear, r, macro_tile, tiles, mdist, density, sh_row, sh, lo, scale, dc, df, shift, degree, origins, dirs,
-                viewdirs, near, far, step, t_min, basis, shacc,
+                trilinear, r, macro_tile, tiles, mdist, density, sh_row, sh, lo, scale, box, dc, df, shift, degree, origins, dirs,
+                viewdirs, near, far, step, t_min, basis, shacc, wbuf, rbuf,
             )  # fmt: skip
             out_rgb[r, 0] = cr + (1.0 - opa) * bg[0]
             out_rgb[r, 1] = cg + (1.0 - opa) * bg[1]
@@ -628,7 +676,7 @@ def march_cpu(
         numba.set_parallel_chunksize(4)
         _march_kernel(
             lookup == "trilinear", ct.macro_tile, ct.tiles, ct.macro_dist, ct.density, ct.sh_row, ct.sh,
-            ct.lo, ct.scale, ct.coarse_res, ct.fine_res, ct.sh_degree,
+            ct.lo, ct.scale, ct.box, ct.coarse_res, ct.fine_res, ct.sh_degree,
             f32(origins), f32(dirs), f32(viewdirs), near, far, np.asarray(background, np.float64).reshape(3), float(step), float(t_min),
             RAYS_PER_TASK, out["rgb"], out["depth"], out["opacity"], out["samples"],
         )  # fmt: skip
