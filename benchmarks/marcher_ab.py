@@ -35,9 +35,13 @@ from turbonerf.rays import image_ray_bundle  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 
 
-def kernel_at(rev: str, folder: Path):
-    """The march_cpu module of git revision ``rev``, imported from a copy in ``folder``."""
-    src = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:turbonerf/bake/march_cpu.py"], check=True, capture_output=True, text=True).stdout
+def kernel_at(rev: str, folder: Path, file: Path | None = None):
+    """The march_cpu module of git revision ``rev`` (or the copy of it in ``file``), imported from a
+    copy in ``folder``."""
+    if file is not None:
+        src = file.read_text()
+    else:
+        src = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:turbonerf/bake/march_cpu.py"], check=True, capture_output=True, text=True).stdout
     path = folder / "march_cpu_baseline.py"
     path.write_text(src)
     spec = importlib.util.spec_from_file_location("march_cpu_baseline", path)
@@ -52,6 +56,7 @@ def main() -> None:
     p.add_argument("--run", type=Path, required=True, help="trained run folder (scene and cameras)")
     p.add_argument("--tree", type=Path, required=True, help="NerfTree file")
     p.add_argument("--baseline-rev", default="HEAD", help="git revision whose march_cpu.py is the baseline")
+    p.add_argument("--baseline-file", type=Path, default=None, help="a march_cpu.py to use as the baseline instead of a revision")
     p.add_argument("--views", type=int, nargs="+", default=[0, 50, 100])
     p.add_argument("--sizes", type=int, nargs="+", default=[400, 800])
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -65,7 +70,7 @@ def main() -> None:
     step = default_step(tree, s.ndc) * args.step_scale
     bg = np.asarray(s.background, np.float64).reshape(3)
     with tempfile.TemporaryDirectory() as tmp:
-        baseline = kernel_at(args.baseline_rev, Path(tmp))
+        baseline = kernel_at(args.baseline_rev, Path(tmp), args.baseline_file)
         kernels = {"baseline": (baseline, baseline.prepare_cpu(tree)), "current": (current, current.prepare_cpu(tree))}
         for size in args.sizes:
             for view in args.views:

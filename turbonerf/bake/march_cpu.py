@@ -251,7 +251,7 @@ def sh_basis_numba(dirs, degree):
     return out[:, : degree * degree]
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _dda_init(o, d, t, cell_size, lo_cell, hi_cell):
     """Cell (in units of ``cell_size``) containing the ray at t, clamped to [lo_cell, hi_cell],
     its step, the t of its next boundary and the t between boundaries."""
@@ -264,7 +264,7 @@ def _dda_init(o, d, t, cell_size, lo_cell, hi_cell):
     return c, 0, _INF, _INF
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _split(f, df, shift):
     """Fine coordinate -> (coarse cell, voxel within the cell); shifts when Df is a power of 2."""
     if shift >= 0:
@@ -414,7 +414,7 @@ def _lookup_trilinear(macro_tile, tiles, density, sh_row, sh, gx, gy, gz, df, sh
     return True, sigma
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _march_ray(
     trilinear, r, macro_tile, tiles, mdist, density, sh_row, sh, lo, scale, box, dc, df, shift, degree, origins, dirs, viewdirs,
     near, far, step, t_min, basis, shacc, wbuf, rbuf,
@@ -597,6 +597,31 @@ def _march_ray(
     return cr, cg, cb, dep, opa, ns
 
 
+@njit(cache=True, nogil=True)
+def _march_rays(
+    r0, r1, trilinear, macro_tile, tiles, mdist, density, sh_row, sh, lo, scale, box, dc, df, shift, degree, origins, dirs,
+    viewdirs, near, far, bg, step, t_min, out_rgb, out_depth, out_opac, out_samples,
+):  # fmt: skip
+    """March rays r0..r1-1 into the outputs (one call per task: a call per ray would incref and
+    decref its arrays each time, which cost as much as marching a ray that misses the scene)."""
+    nc = 3 * degree * degree
+    basis = np.empty(25)
+    shacc = np.empty(nc + 16)
+    wbuf = np.empty(COLOUR_BATCH)
+    rbuf = np.empty(COLOUR_BATCH, np.int64)
+    for r in range(r0, r1):
+        cr, cg, cb, dep, opa, ns = _march_ray(
+            trilinear, r, macro_tile, tiles, mdist, density, sh_row, sh, lo, scale, box, dc, df, shift, degree, origins, dirs,
+            viewdirs, near, far, step, t_min, basis, shacc, wbuf, rbuf,
+        )  # fmt: skip
+        out_rgb[r, 0] = cr + (1.0 - opa) * bg[0]
+        out_rgb[r, 1] = cg + (1.0 - opa) * bg[1]
+        out_rgb[r, 2] = cb + (1.0 - opa) * bg[2]
+        out_depth[r] = dep
+        out_opac[r] = opa
+        out_samples[r] = ns
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def _march_kernel(
     trilinear, macro_tile, tiles, mdist, density, sh_row, sh, lo, scale, box, dc, df, degree, origins, dirs, viewdirs, near, far,
@@ -608,24 +633,12 @@ def _march_kernel(
         shift = 0
         while (1 << shift) < df:
             shift += 1
-    nc = 3 * degree * degree
     n_tasks = (n_rays + block - 1) // block
     for task in prange(n_tasks):
-        basis = np.empty(25)
-        shacc = np.empty(nc + 16)
-        wbuf = np.empty(COLOUR_BATCH)
-        rbuf = np.empty(COLOUR_BATCH, np.int64)
-        for r in range(task * block, min(n_rays, (task + 1) * block)):
-            cr, cg, cb, dep, opa, ns = _march_ray(
-                trilinear, r, macro_tile, tiles, mdist, density, sh_row, sh, lo, scale, box, dc, df, shift, degree, origins, dirs,
-                viewdirs, near, far, step, t_min, basis, shacc, wbuf, rbuf,
-            )  # fmt: skip
-            out_rgb[r, 0] = cr + (1.0 - opa) * bg[0]
-            out_rgb[r, 1] = cg + (1.0 - opa) * bg[1]
-            out_rgb[r, 2] = cb + (1.0 - opa) * bg[2]
-            out_depth[r] = dep
-            out_opac[r] = opa
-            out_samples[r] = ns
+        _march_rays(
+            task * block, min(n_rays, (task + 1) * block), trilinear, macro_tile, tiles, mdist, density, sh_row, sh, lo, scale,
+            box, dc, df, shift, degree, origins, dirs, viewdirs, near, far, bg, step, t_min, out_rgb, out_depth, out_opac, out_samples,
+        )  # fmt: skip
 
 
 def march_cpu(
