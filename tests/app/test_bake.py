@@ -3,7 +3,7 @@ import json
 import pytest
 
 from conftest import TINY_VANILLA
-from turbonerf.bake.nerftree import load_tree
+from turbonerf.bake.nerftree import load_tree, read_tree_header
 from turbonerf.cli.main import main
 
 
@@ -16,7 +16,10 @@ def test_bake_eval_and_render_a_tiny_vanilla_run(tiny_scene, tmp_path, capsys):
     tree_file = run / "baked" / "nerftree.safetensors"
     tree = load_tree(tree_file)
     assert tree.coarse_res == 16 and tree.fine_res == 2 and tree.sh_degree == 3 and tree.n_blocks > 0
+    info = read_tree_header(tree_file)["info"]
+    assert info["colour_directions"] == "views" and 0 < info["colour_cap_degrees"] <= 180
     assert main(bake_args) == 2 and "--overwrite" in capsys.readouterr().err  # never overwritten silently
+    assert main(bake_args + ["--overwrite", "--directions", "up"]) == 2 and "--directions" in capsys.readouterr().err
     assert main(bake_args + ["--overwrite"]) == 0
 
     assert main(["eval", "--run", str(run), "--baked", "--no-progress"]) == 0

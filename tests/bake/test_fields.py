@@ -1,10 +1,14 @@
+import math
+
 import torch
 
-from turbonerf.bake.fields import baking_fields, fibonacci_directions, field_baking_fields, hash_field_color_logits, nerf_mlp_color_logits
+from turbonerf.bake.fields import baking_fields, cap_directions, fibonacci_directions, viewing_directions, field_baking_fields, hash_field_color_logits, nerf_mlp_color_logits
+from turbonerf.cameras import Cameras, camera_rays
 from turbonerf.encodings.sh import eval_sh
 from turbonerf.methods.efficient_nerf import EfficientNeRF, EfficientNeRFConfig
 from turbonerf.methods.instant_ngp import InstantNGP, InstantNGPConfig
 from turbonerf.methods.vanilla_nerf import VanillaNeRF, VanillaNeRFConfig
+from turbonerf.render.paths import look_at
 
 AABB = torch.tensor([[-1.5] * 3, [1.5] * 3])
 
@@ -91,3 +95,34 @@ def test_voxel_fn_colours_only_the_selected_voxels():
         torch.testing.assert_close(sigma2, sigma)
         assert sh2.shape == (int(pick.sum()), 3, 9)
         torch.testing.assert_close(sh2, sh[pick], atol=1e-5, rtol=1e-5)
+
+
+def _cameras_at(eyes: torch.Tensor, size: int = 32) -> Cameras:
+    """Pinhole cameras (60-degree field of view) at ``eyes`` [N, 3], looking at the origin."""
+    c2w = torch.stack([look_at(e, torch.zeros(3), torch.tensor([0.0, 0.0, 1.0])) for e in eyes])
+    n, f = len(eyes), torch.full((len(eyes),), size / (2 * math.tan(math.radians(30))))
+    return Cameras(c2w, f, f.clone(), torch.full((n,), size / 2), torch.full((n,), size / 2), size, size)
+
+
+def test_cap_directions_lie_in_their_cap():
+    axis = torch.tensor([0.3, -0.5, 0.8])
+    dirs = cap_directions(40, axis, math.radians(25))
+    torch.testing.assert_close(dirs.norm(dim=1), torch.ones(40, dtype=torch.float64))
+    cos = dirs @ (axis.double() / axis.double().norm())
+    assert cos.min() >= math.cos(math.radians(25)) - 1e-9 and cos.max() > math.cos(math.radians(3))
+
+
+def test_viewing_directions_cover_a_forward_facing_capture_and_fall_back_to_the_sphere():
+    # forward-facing: cameras on a small patch of the plane y = 4, all looking at the origin
+    eyes = torch.tensor([[x, 4.0, z] for x in (-0.5, 0.0, 0.5) for z in (-0.3, 0.3)])
+    cams = _cameras_at(eyes)
+    dirs, cap = viewing_directions(cams, 16)
+    assert math.radians(30) < cap < math.radians(90) and dirs.shape == (16, 3)
+    axis = dirs.mean(0) / dirs.mean(0).norm()
+    _, seen = camera_rays(cams, torch.arange(6).repeat_interleave(4), torch.tensor([0, 31, 0, 31] * 6), torch.tensor([0, 0, 31, 31] * 6))
+    assert (seen.double() @ axis).min() > math.cos(cap)  # every corner ray lies inside the fitted cone
+    # 360 degrees: a ring of cameras around the origin -> the whole sphere
+    ring = torch.stack([torch.tensor([4 * math.cos(a), 4 * math.sin(a), 1.0]) for a in torch.linspace(0, 2 * math.pi, 9)[:-1]])
+    dirs, cap = viewing_directions(_cameras_at(ring), 16)
+    assert cap == math.pi
+    torch.testing.assert_close(dirs, fibonacci_directions(16))

@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from turbonerf.bake.fields import baking_fields
+from turbonerf.bake.fields import baking_fields, fibonacci_directions, viewing_directions
 from turbonerf.app.runs import RunLock, default_tree_path, load_trained
 from turbonerf.bake.nerftree import NerfTree, bake, save_tree
 from turbonerf.bake.prune import block_max_weights, blocks_to_keep, prune_blocks
@@ -17,6 +18,10 @@ from turbonerf.bake.render import default_step
 from turbonerf.data.formats import load_scene
 from turbonerf.engine import runtime
 from turbonerf.errors import TurboNerfError
+
+DIRECTIONS = ("views", "sphere")
+"""choices of BakeOptions.directions"""
+
 
 @dataclass
 class BakeOptions:
@@ -32,6 +37,9 @@ class BakeOptions:
     threshold: float | None = None
     visibility: bool = True
     n_dirs: int = 16
+    directions: str = "views"
+    """where colours are fitted: "views" (the training views' cone when narrower than a
+    hemisphere, else the sphere) or "sphere" """
     batch: int = 1 << 16
     bf16: bool = False
     dtype: str = "float16"
@@ -63,11 +71,16 @@ def _bake_locked(run_dir: Path, o: BakeOptions) -> tuple[Path, NerfTree, dict]:
         raise TurboNerfError("NerfTree file exists (use --overwrite to replace it)", out)
     dev = runtime.resolve_device(device)
     runtime.configure(dev, bf16=bf16)
+    if o.directions not in DIRECTIONS:
+        raise TurboNerfError(f"unknown --directions '{o.directions}' (choose from {', '.join(DIRECTIONS)})")
     model, spec, meta = load_trained(Path(run_dir), dev)
-    fields = baking_fields(model, o.sh_degree, o.n_dirs)
     scene = None
-    if (visibility and not spec.scene.ndc) or prune_weight > 0:
+    if (visibility and not spec.scene.ndc) or prune_weight > 0 or o.directions == "views":
         scene = load_scene(spec.scene.data, downscale=spec.scene.downscale, splits=("train",))
+    dirs, cap = fibonacci_directions(o.n_dirs), math.pi
+    if o.directions == "views":
+        dirs, cap = viewing_directions(scene.split("train").cameras, o.n_dirs)
+    fields = baking_fields(model, o.sh_degree, o.n_dirs, directions=dirs)
     cameras = scene.split("train").cameras if (visibility and not spec.scene.ndc) else None
     t0 = time.perf_counter()
     with torch.no_grad(), runtime.autocast(dev, bf16):
@@ -86,6 +99,8 @@ def _bake_locked(run_dir: Path, o: BakeOptions) -> tuple[Path, NerfTree, dict]:
         "bake_seconds": seconds,
         "device": str(dev),
         "colour": fields.description,
+        "colour_directions": o.directions,
+        "colour_cap_degrees": math.degrees(cap),
         "visibility_culling": cameras is not None,
         "bf16": bf16,
         "ndc": spec.scene.ndc,

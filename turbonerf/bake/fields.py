@@ -17,8 +17,7 @@ any other field             SH projection of logit(rgb) from ``density`` + ``for
 ==========================  ===========================================================  ===================
 
 SH projection: the colour logit (pre-sigmoid value) of each voxel is evaluated at
-``n_dirs`` fixed directions spread over the sphere (a Fibonacci lattice) and the K = sh_degree^2
-coefficients are the least-squares fit, c = pinv(Y) @ logits with Y the [n_dirs, K] basis
+``n_dirs`` fixed directions and the K = sh_degree^2 coefficients are the least-squares fit, c = pinv(Y) @ logits with Y the [n_dirs, K] basis
 matrix. Cost: one trunk pass plus ``n_dirs`` passes of the view-dependent head per voxel; for
 the NeRF MLP the head's first layer is split (feature part once per point, direction part once
 per direction), so 32 directions add about 10% to the trunk's cost; Instant-NGP's colour MLP is
@@ -26,6 +25,13 @@ split the same way, and its later layers dominate a bake (16 directions, the def
 Instant-NGP at D_c = 192 in 81 s against 246 s with 32, for -0.01 dB; BENCHMARKS.md). The generic
 path costs ``n_dirs`` full network evaluations per voxel. Colour is computed only for the voxels
 the tree keeps (``select``).
+
+Which directions (:func:`viewing_directions`): where the training views see the scene from a
+cone narrower than a hemisphere (forward-facing captures such as LLFF), a Fibonacci lattice on
+that cone; otherwise (360-degree captures) on the whole sphere. A network has never been trained
+on the directions behind a forward-facing capture and returns arbitrary colours there; a fit over
+the whole sphere spends its few coefficients on them and greys the colours that are seen (fern:
+the leaves lost their green).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from turbonerf.bake.nerftree import BakingFields, SelectFn
+from turbonerf.cameras import Cameras, camera_rays
 from turbonerf.encodings.sh import sh_basis
 from turbonerf.errors import TurboNerfError
 from turbonerf.fields.hash_field import HashField
@@ -55,6 +62,46 @@ def fibonacci_directions(n: int) -> Tensor:
     r = torch.sqrt((1.0 - z * z).clamp(min=0.0))
     phi = math.pi * (3.0 - math.sqrt(5.0)) * i
     return torch.stack([r * torch.cos(phi), r * torch.sin(phi), z], -1)
+
+
+def cap_directions(n: int, axis: Tensor, half_angle: float) -> Tensor:
+    """[n, 3] unit vectors spread evenly (Fibonacci lattice) over the spherical cap of
+    ``half_angle`` radians around unit ``axis`` [3], float64."""
+    i = torch.arange(n, dtype=torch.float64) + 0.5
+    z = 1.0 - (1.0 - math.cos(half_angle)) * i / n
+    r = torch.sqrt((1.0 - z * z).clamp(min=0.0))
+    phi = math.pi * (3.0 - math.sqrt(5.0)) * i
+    local = torch.stack([r * torch.cos(phi), r * torch.sin(phi), z], -1)
+    a = axis.double() / axis.double().norm()
+    helper = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64) if abs(float(a[0])) < 0.9 else torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64)
+    e1 = torch.linalg.cross(helper, a)
+    e1 = e1 / e1.norm()
+    e2 = torch.linalg.cross(a, e1)
+    return local[:, :1] * e1 + local[:, 1:2] * e2 + local[:, 2:] * a
+
+
+def viewing_directions(cameras: Cameras, n: int, margin: float = math.radians(10.0), grid: int = 5) -> tuple[Tensor, float]:
+    """The directions to fit colours at: (float64 [n, 3], cap half-angle in radians, pi for the
+    whole sphere).
+
+    The ray directions of every camera at a ``grid`` x ``grid`` lattice of pixels (corners
+    included) give the mean viewing axis and the widest angle from it; widened by ``margin``,
+    a cap narrower than a hemisphere gets :func:`cap_directions`, anything wider the sphere."""
+    k = len(cameras)
+    us = torch.linspace(0, cameras.width - 1, grid)
+    vs = torch.linspace(0, cameras.height - 1, grid)
+    u, v = torch.meshgrid(us, vs, indexing="xy")
+    idx = torch.arange(k).repeat_interleave(grid * grid)
+    _, d = camera_rays(cameras, idx, u.reshape(-1).repeat(k), v.reshape(-1).repeat(k))
+    d = d.double().cpu()
+    axis = d.mean(0)
+    if float(axis.norm()) < 1e-6:
+        return fibonacci_directions(n), math.pi
+    axis = axis / axis.norm()
+    half = math.acos(float((d @ axis).clamp(-1.0, 1.0).min())) + margin
+    if half >= math.pi / 2:
+        return fibonacci_directions(n), math.pi
+    return cap_directions(n, axis, half), half
 
 
 def sh_projection_matrix(dirs: Tensor, sh_degree: int) -> Tensor:
@@ -114,9 +161,9 @@ def _selected(x: Tensor, sigma: Tensor, select: SelectFn | None) -> Tensor:
     return x if select is None else x[select(sigma)]
 
 
-def _nerf_mlp_fields(mlp: nn.Module, sh_degree: int, n_dirs: int) -> BakingFields:
+def _nerf_mlp_fields(mlp: nn.Module, sh_degree: int, dirs: Tensor) -> BakingFields:
     """NeRFMLP (turbonerf.fields.nerf_mlp): ReLU density, sigmoid colour through a view branch."""
-    dirs = fibonacci_directions(n_dirs)
+    n_dirs = dirs.shape[0]
     proj = sh_projection_matrix(dirs, sh_degree)
 
     def voxel_fn(x: Tensor, select: SelectFn | None = None) -> tuple[Tensor, Tensor]:
@@ -148,9 +195,9 @@ def _sh_field_fields(field: nn.Module, sh_degree: int) -> BakingFields:
     return BakingFields(density_fn, voxel_fn, sh_degree, description=note)
 
 
-def _hash_field_fields(field: nn.Module, sh_degree: int, n_dirs: int) -> BakingFields:
+def _hash_field_fields(field: nn.Module, sh_degree: int, dirs: Tensor) -> BakingFields:
     """Instant-NGP's HashField: the encoding and density MLP once per point, the colour MLP per direction."""
-    dirs = fibonacci_directions(n_dirs)
+    n_dirs = dirs.shape[0]
     proj = sh_projection_matrix(dirs, sh_degree)
 
     def voxel_fn(x: Tensor, select: SelectFn | None = None) -> tuple[Tensor, Tensor]:
@@ -161,9 +208,9 @@ def _hash_field_fields(field: nn.Module, sh_degree: int, n_dirs: int) -> BakingF
     return BakingFields(field.density, voxel_fn, sh_degree, description=f"hash field, SH projection from {n_dirs} directions")
 
 
-def _generic_fields(field: nn.Module, sh_degree: int, n_dirs: int) -> BakingFields:
+def _generic_fields(field: nn.Module, sh_degree: int, dirs: Tensor) -> BakingFields:
     """Any field with density(x) and forward(x, d) -> (sigma, rgb): n_dirs full evaluations per voxel."""
-    dirs = fibonacci_directions(n_dirs)
+    n_dirs = dirs.shape[0]
     proj = sh_projection_matrix(dirs, sh_degree)
 
     def voxel_fn(x: Tensor, select: SelectFn | None = None) -> tuple[Tensor, Tensor]:
@@ -178,21 +225,25 @@ def _generic_fields(field: nn.Module, sh_degree: int, n_dirs: int) -> BakingFiel
     return BakingFields(field.density, voxel_fn, sh_degree, description=f"generic field, SH projection of logit(rgb) from {n_dirs} directions")
 
 
-def field_baking_fields(field: nn.Module, sh_degree: int = 3, n_dirs: int = 16) -> BakingFields:
+def field_baking_fields(field: nn.Module, sh_degree: int = 3, n_dirs: int = 16, directions: Tensor | None = None) -> BakingFields:
     """Density and SH-colour functions of one field (dispatch on its class, see the module
-    docstring; any other field needs ``density(x)`` and ``forward(x, d) -> (sigma, rgb)``)."""
+    docstring; any other field needs ``density(x)`` and ``forward(x, d) -> (sigma, rgb)``).
+    ``directions`` [D, 3] (default: ``n_dirs`` over the sphere) are where colours are fitted."""
+    dirs = fibonacci_directions(n_dirs) if directions is None else directions.double()
     if isinstance(field, SHField):
         return _sh_field_fields(field, sh_degree)
     if isinstance(field, NeRFMLP):
-        return _nerf_mlp_fields(field, sh_degree, n_dirs)
+        return _nerf_mlp_fields(field, sh_degree, dirs)
     if isinstance(field, HashField):
-        return _hash_field_fields(field, sh_degree, n_dirs)
+        return _hash_field_fields(field, sh_degree, dirs)
     if not (callable(getattr(field, "density", None)) and callable(field)):
         raise TurboNerfError(f"cannot bake a {type(field).__name__}: it has no density(x) and forward(x, d)")
-    return _generic_fields(field, sh_degree, n_dirs)
+    return _generic_fields(field, sh_degree, dirs)
 
 
-def baking_fields(model: Method, sh_degree: int = 3, n_dirs: int = 16, use_method_grid: bool = True) -> BakingFields:
+def baking_fields(
+    model: Method, sh_degree: int = 3, n_dirs: int = 16, use_method_grid: bool = True, directions: Tensor | None = None
+) -> BakingFields:
     """Density, SH-colour and (optionally) candidate functions of a trained method.
 
     Args:
@@ -201,10 +252,12 @@ def baking_fields(model: Method, sh_degree: int = 3, n_dirs: int = 16, use_metho
         sh_degree: SH bands of the tree.
         n_dirs: directions per voxel for the SH projection (must be >= sh_degree^2).
         use_method_grid: skip cells the method's occupancy / density grid calls empty.
+        directions: [n_dirs, 3] unit directions to fit the colour at (default: the sphere; see
+            :func:`viewing_directions`).
     """
     if n_dirs < sh_degree**2:
         raise TurboNerfError(f"SH projection needs at least {sh_degree ** 2} directions for {sh_degree} bands, got {n_dirs}")
-    out = field_baking_fields(model.baking_field(), sh_degree, n_dirs)
+    out = field_baking_fields(model.baking_field(), sh_degree, n_dirs, directions)
     cand_fn = model.occupancy_fn() if use_method_grid else None
     if cand_fn is not None:
         out = BakingFields(out.density_fn, out.voxel_fn, out.sh_degree, cand_fn, out.description + "; cells limited to the method's grid")

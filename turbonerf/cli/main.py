@@ -263,6 +263,9 @@ def bake(
     n_dirs: int = typer.Option(
         16, help="directions per voxel the colour is fitted from (NeRF / Instant-NGP; at least sh-degree^2; fewer bake faster)"
     ),
+    directions: str = typer.Option(
+        "views", help="where the colour is fitted: 'views' (the cone the training views see the scene from, when narrower than a hemisphere, as in forward-facing captures; else the sphere) or 'sphere'"
+    ),
     out: Optional[Path] = typer.Option(None, help="tree file to write (default RUN/baked/nerftree.safetensors)"),
     overwrite: bool = typer.Option(False, help="replace an existing tree file"),
     device: str = typer.Option("auto", help="'auto', 'cpu' or 'cuda[:N]'"),
@@ -279,8 +282,8 @@ def bake(
     from turbonerf.app.bake import BakeOptions, bake_run
 
     opts = BakeOptions(
-        out=out, coarse_res=coarse_res, fine_res=fine_res, sh_degree=sh_degree, n_dirs=n_dirs, overwrite=overwrite, device=device,
-        threshold=threshold, visibility=visibility, prune_weight=prune_weight, prune_stride=prune_stride,
+        out=out, coarse_res=coarse_res, fine_res=fine_res, sh_degree=sh_degree, n_dirs=n_dirs, directions=directions, overwrite=overwrite,
+        device=device, threshold=threshold, visibility=visibility, prune_weight=prune_weight, prune_stride=prune_stride,
         prune_dilate=prune_dilate, progress=progress,
     )
     path, _, info = bake_run(run, opts)
