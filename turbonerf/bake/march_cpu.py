@@ -501,42 +501,34 @@ def _march_ray(
                             )  # fmt: skip
                             if not occ:
                                 continue
-                            ns += 1
-                            if sigma > 0.0:
-                                alpha = 1.0 - math.exp(-sigma * step)
-                                w = trans * alpha
-                                xr, xg, xb = 0.0, 0.0, 0.0
-                                for j in range(k):
-                                    xr += shacc[j] * basis[j]
-                                    xg += shacc[k + j] * basis[j]
-                                    xb += shacc[2 * k + j] * basis[j]
-                                cr += w / (1.0 + math.exp(-xr))
-                                cg += w / (1.0 + math.exp(-xg))
-                                cb += w / (1.0 + math.exp(-xb))
-                                dep += w * tk
-                                opa += w
-                                trans *= 1.0 - alpha
-                                if trans < t_min:
-                                    done = True
-                                    break
-                            continue
-                        # nearest: the voxel, from the cell being walked when the sample lies in it
-                        fx = int(math.floor(gx * df))
-                        fy = int(math.floor(gy * df))
-                        fz = int(math.floor(gz * df))
-                        if shift >= 0 and (fx >> shift) == cx and (fy >> shift) == cy and (fz >> shift) == cz:
-                            v = blk * df3 + ((fx & (df - 1)) * df + (fy & (df - 1))) * df + (fz & (df - 1))
-                        else:
-                            v = _voxel_at(macro_tile, tiles, gx, gy, gz, df, shift, n)
-                            if v < 0:
-                                continue
+                        else:  # nearest: the voxel, from the cell being walked when the sample lies in it
+                            fx = int(math.floor(gx * df))
+                            fy = int(math.floor(gy * df))
+                            fz = int(math.floor(gz * df))
+                            if shift >= 0 and (fx >> shift) == cx and (fy >> shift) == cy and (fz >> shift) == cz:
+                                v = blk * df3 + ((fx & (df - 1)) * df + (fy & (df - 1))) * df + (fz & (df - 1))
+                            else:
+                                v = _voxel_at(macro_tile, tiles, gx, gy, gz, df, shift, n)
+                                if v < 0:
+                                    continue
+                            sigma = _decode(density[v])
                         ns += 1
-                        sigma = _decode(density[v])
-                        if sigma > 0.0:
-                            alpha = 1.0 - math.exp(-sigma * step)
-                            w = trans * alpha
+                        if sigma <= 0.0:
+                            continue
+                        alpha = 1.0 - math.exp(-sigma * step)
+                        w = trans * alpha
+                        if trilinear:  # colour now, from the interpolated SH in shacc
+                            xr, xg, xb = 0.0, 0.0, 0.0
+                            for j in range(k):
+                                xr += shacc[j] * basis[j]
+                                xg += shacc[k + j] * basis[j]
+                                xb += shacc[2 * k + j] * basis[j]
+                            cr += w / (1.0 + math.exp(-xr))
+                            cg += w / (1.0 + math.exp(-xg))
+                            cb += w / (1.0 + math.exp(-xb))
+                        else:  # colour with the batch; fetch the SH record meanwhile
                             row = sh_row[v]
-                            _prefetch(sh, row * nc)  # read when the batch is coloured
+                            _prefetch(sh, row * nc)
                             _prefetch(sh, row * nc + nc - 1)
                             wbuf[nb] = w
                             rbuf[nb] = row
@@ -544,12 +536,12 @@ def _march_ray(
                             if nb == COLOUR_BATCH:
                                 cr, cg, cb = _flush_colour(sh, wbuf, rbuf, nb, basis, k, cr, cg, cb)
                                 nb = 0
-                            dep += w * tk
-                            opa += w
-                            trans *= 1.0 - alpha
-                            if trans < t_min:
-                                done = True
-                                break
+                        dep += w * tk
+                        opa += w
+                        trans *= 1.0 - alpha
+                        if trans < t_min:
+                            done = True
+                            break
                     if done:
                         break
                 if s_next >= t_next:
