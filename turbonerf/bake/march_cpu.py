@@ -29,8 +29,8 @@ voxels and pixels have similar footprints. So:
   records (weight, SH row) of each sample with density in a small buffer, prefetching that SH
   record; the buffer is coloured when it is full (``COLOUR_BATCH``) and when the ray ends. The
   SH records of a ray are thus fetched in parallel instead of one cache miss after another
-  (1.4x faster per frame on lego than prefetching a few samples ahead); the colours are summed
-  in the order the samples were met, so the result is unchanged;
+  (1.25-1.6x faster per frame on lego than prefetching a few samples ahead; BENCHMARKS.md); the
+  colours are summed in the order the samples were met, so the result is unchanged;
 - trilinear lookup keeps one pass and prefetches ahead: the density and SH row number of the
   voxel ``2 * PREFETCH_AHEAD`` samples ahead, and the SH record of the voxel ``PREFETCH_AHEAD``
   samples ahead (whose row number the first prefetch brought in).
