@@ -77,9 +77,10 @@ def _bake_locked(run_dir: Path, o: BakeOptions) -> tuple[Path, NerfTree, dict]:
     scene = None
     if (visibility and not spec.scene.ndc) or prune_weight > 0 or o.directions == "views":
         scene = load_scene(spec.scene.data, downscale=spec.scene.downscale, splits=("train",))
-    dirs, cap = fibonacci_directions(o.n_dirs), math.pi
     if o.directions == "views":
         dirs, cap = viewing_directions(scene.split("train").cameras, o.n_dirs)
+    else:
+        dirs, cap = fibonacci_directions(o.n_dirs), math.pi
     fields = baking_fields(model, o.sh_degree, o.n_dirs, directions=dirs)
     cameras = scene.split("train").cameras if (visibility and not spec.scene.ndc) else None
     t0 = time.perf_counter()

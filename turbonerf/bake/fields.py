@@ -17,8 +17,8 @@ any other field             SH projection of logit(rgb) from ``density`` + ``for
 ==========================  ===========================================================  ===================
 
 SH projection: the colour logit (pre-sigmoid value) of each voxel is evaluated at
-``n_dirs`` fixed directions and the K = sh_degree^2 coefficients are the least-squares fit, c = pinv(Y) @ logits with Y the [n_dirs, K] basis
-matrix. Cost: one trunk pass plus ``n_dirs`` passes of the view-dependent head per voxel; for
+``n_dirs`` fixed directions and the K = sh_degree^2 coefficients are the least-squares fit,
+c = pinv(Y) @ logits with Y the [n_dirs, K] basis matrix. Cost: one trunk pass plus ``n_dirs`` passes of the view-dependent head per voxel; for
 the NeRF MLP the head's first layer is split (feature part once per point, direction part once
 per direction), so 32 directions add about 10% to the trunk's cost; Instant-NGP's colour MLP is
 split the same way, and its later layers dominate a bake (16 directions, the default, baked a lego
@@ -55,23 +55,25 @@ LOGIT_EPS = 1e-3
 """rgb is clamped to [eps, 1 - eps] before the logit in the generic projection"""
 
 
-def fibonacci_directions(n: int) -> Tensor:
-    """[n, 3] unit vectors spread evenly over the sphere (Fibonacci lattice), float64."""
+def _fibonacci_cap(n: int, cos_min: float) -> Tensor:
+    """[n, 3] float64 Fibonacci lattice on the cap z >= cos_min of the unit sphere (cos_min = -1:
+    the whole sphere)."""
     i = torch.arange(n, dtype=torch.float64) + 0.5
-    z = 1.0 - 2.0 * i / n
+    z = 1.0 - (1.0 - cos_min) * i / n
     r = torch.sqrt((1.0 - z * z).clamp(min=0.0))
     phi = math.pi * (3.0 - math.sqrt(5.0)) * i
     return torch.stack([r * torch.cos(phi), r * torch.sin(phi), z], -1)
 
 
+def fibonacci_directions(n: int) -> Tensor:
+    """[n, 3] unit vectors spread evenly over the sphere (Fibonacci lattice), float64."""
+    return _fibonacci_cap(n, -1.0)
+
+
 def cap_directions(n: int, axis: Tensor, half_angle: float) -> Tensor:
     """[n, 3] unit vectors spread evenly (Fibonacci lattice) over the spherical cap of
     ``half_angle`` radians around unit ``axis`` [3], float64."""
-    i = torch.arange(n, dtype=torch.float64) + 0.5
-    z = 1.0 - (1.0 - math.cos(half_angle)) * i / n
-    r = torch.sqrt((1.0 - z * z).clamp(min=0.0))
-    phi = math.pi * (3.0 - math.sqrt(5.0)) * i
-    local = torch.stack([r * torch.cos(phi), r * torch.sin(phi), z], -1)
+    local = _fibonacci_cap(n, math.cos(half_angle))
     a = axis.double() / axis.double().norm()
     helper = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64) if abs(float(a[0])) < 0.9 else torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64)
     e1 = torch.linalg.cross(helper, a)
