@@ -54,3 +54,33 @@ def test_bench_two_methods_two_budgets_then_nothing_reruns(tiny_scene, tmp_path,
     monkeypatch.setattr(bench, "evaluate_run", boom)
     monkeypatch.setattr(bench, "bake_run", boom)
     assert main(args) == 0
+
+
+def test_a_sharded_bench_merges_every_process_cells_into_one_bench(tiny_scene, tmp_path, monkeypatch):
+    """The two ranks of ``bench --nproc 2`` run one after the other here (their barriers are then
+    no-ops): rank 1 keeps its cell in a part file, rank 0 merges it into bench.json."""
+    import turbonerf.app.bench as bench
+    from turbonerf.engine.distributed import Replicas
+
+    out = tmp_path / "bench"
+    opts = bench.BenchOptions(
+        scenes=[tiny_scene], methods=["vanilla-nerf", "instant-ngp"], minutes=[0.01], out=out, downscale=1, every=1,
+        overrides=TINY, batch_rays=64, lpips_vgg=False, progress=False,
+    )
+    monkeypatch.setattr(Replicas, "barrier", lambda self: None)
+    assert bench.run_bench(opts, Replicas(rank=1, world_size=2)) is None
+    assert not (out / "bench.json").exists()
+    part = json.loads((out / "bench.part1.json").read_text())["records"]
+    assert list(part) == ["scene|instant-ngp|0.01|model"]  # pair 1 of 2 is rank 1's
+    data = bench.run_bench(opts, Replicas(rank=0, world_size=2))
+    assert sorted(data["records"]) == ["scene|instant-ngp|0.01|model", "scene|vanilla-nerf|0.01|model"]
+    assert data["protocol"]["processes"] == 2 and not list(out.glob("bench.part*.json"))
+    assert json.loads((out / "bench.json").read_text())["records"] == data["records"]
+    assert "2 processes ran the cells at once" in (out / "bench.md").read_text()
+
+    def boom(*a, **k):
+        raise AssertionError("a finished cell was run again")
+
+    monkeypatch.setattr(bench, "train", boom)
+    monkeypatch.setattr(bench, "evaluate_run", boom)
+    assert len(bench.run_bench(opts, Replicas())["records"]) == 2

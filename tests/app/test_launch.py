@@ -11,12 +11,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from conftest import TINY_VANILLA
 from turbonerf.app.launch import pop_nproc
 from turbonerf.app.runs import load_trained
+from turbonerf.bake.nerftree import load_tree, read_tree_header
 from turbonerf.cli.main import main
 from turbonerf.engine.distributed import SPARSE_MIN_NUMEL, state_fingerprint
 from turbonerf.errors import TurboNerfError
@@ -110,6 +112,16 @@ def test_torchrun_eval_writes_the_results_of_one_process(tiny_scene, tmp_path):
     assert res.returncode == 0, res.stderr
     assert sorted(p.name for p in (out / "rgb").iterdir()) == [f"{i:04d}.png" for i in range(5)]
     assert (out / "rgb.mp4").stat().st_size > 0 and res.stdout.count("frames in") == 1
+    # a shared bake (x-slices, then runs of 64 cells, joined by rank 0) writes the tree one process bakes
+    bake = ["bake", "--run", str(run), "--coarse-res", "16", "--fine-res", "2", "--threshold", "0", "--batch", "512", "--no-progress"]
+    res = cli(*bake, "--nproc", "2", "--out", str(tmp_path / "two.safetensors"))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.count("baked") == 1
+    assert main([*bake, "--out", str(tmp_path / "one.safetensors")]) == 0
+    one, two = (load_tree(tmp_path / f"{n}.safetensors") for n in ("one", "two"))
+    assert one.n_blocks > 128 and read_tree_header(tmp_path / "two.safetensors")["info"]["processes"] == 2
+    for name in ("index", "density", "sh"):
+        assert np.array_equal(getattr(one, name), getattr(two, name)), name
     # a distillation with two processes: shared pseudo-data chunks, then a data-parallel student
     student = tmp_path / "student"
     res = cli("distill", "--nproc", "2", "--teacher", str(run), "--out", str(student), "--num-pseudo-images", "4",

@@ -7,6 +7,7 @@ import torch
 
 from tree_helpers import random_tree
 from turbonerf.bake.nerftree import (
+    BakeShare,
     BakingFields,
     bake,
     cells_from_index,
@@ -165,6 +166,65 @@ def test_baked_analytic_sphere_renders_a_red_disc():
         assert abs(math.sqrt(area / math.pi) - r_px) < 0.1 * r_px
         depth = out["depth"].reshape(res, res)[res // 2, res // 2]
         assert abs(float(depth) - 2.5) < 0.05  # the front of the sphere
+
+
+def _smooth_fields() -> BakingFields:
+    """A field with a different density and colour at every point (so a misplaced block shows)."""
+
+    def density_fn(x):
+        return 50.0 * torch.relu(0.6 - x.norm(dim=-1)) * (1.0 + torch.sin(7.0 * x[:, 0]) ** 2)
+
+    def voxel_fn(x, select=None):
+        sigma = density_fn(x)
+        keep = torch.ones_like(sigma, dtype=torch.bool) if select is None else select(sigma)
+        rows = torch.stack([torch.sin(3.0 * x[keep] + k) for k in range(4)], -1)  # [S, 3, 4]
+        return sigma, rows
+
+    return BakingFields(density_fn, voxel_fn, sh_degree=2, description="smooth")
+
+
+def test_a_bake_shared_by_two_processes_is_the_tree_one_bakes():
+    """Two threads stand in for two ranks; the shares meet at barriers, as the app's gloo calls do."""
+    import threading
+
+    aabb = torch.tensor([[-1.0] * 3, [1.0] * 3])
+    kw = dict(coarse_res=16, fine_res=2, batch=256, progress=False)  # 32 cells per batch: 5 batches to share
+    whole = bake(_smooth_fields(), aabb, **kw)
+    world, meet = 2, threading.Barrier(2)
+    occs, parts, trees = [None] * world, [None] * world, [None] * world
+
+    def share(rank: int) -> BakeShare:
+        def slices(d):
+            return (np.arange(d) // 4) % world == rank
+
+        def combine(occ):
+            occs[rank] = occ
+            meet.wait()
+            return np.logical_or(*occs)
+
+        def span(n, align):
+            chunks = -(-n // align)
+            return min(n, rank * chunks // world * align), min(n, (rank + 1) * chunks // world * align)
+
+        def join(blocks):
+            parts[rank] = blocks
+            meet.wait()
+            return parts if rank == 0 else None
+
+        return BakeShare(slices, combine, span, join)
+
+    def run(rank):
+        trees[rank] = bake(_smooth_fields(), aabb, share=share(rank), **kw)
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in range(world)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert trees[1] is None and all(p.cells.size for p in parts)  # both ranks baked some blocks
+    assert not occs[0][4:8].any() and occs[1][4:8].any()  # rank 0 did not test slices 4..7
+    for name in ("index", "density", "sh", "sh_row"):
+        assert np.array_equal(getattr(trees[0], name), getattr(whole, name)), name
 
 
 def _looking(eye, target, like: Cameras) -> Cameras:

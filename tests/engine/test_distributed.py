@@ -26,12 +26,23 @@ def test_one_process_is_a_no_op(monkeypatch):
     assert replicas.agree([1.0, 2.5]) == [1.0, 2.5]
     assert replicas.gather({"a": 1}) == [{"a": 1}]
     assert replicas.shard(5) == [0, 1, 2, 3, 4]
+    grid = torch.tensor([True, False])
+    assert replicas.maximum(grid) is grid and replicas.gather_to_main(grid)[0] is grid
 
 
 def test_shards_cover_every_item_once():
     shards = [Replicas(rank=r, world_size=3).shard(10) for r in range(3)]
     assert sorted(i for s in shards for i in s) == list(range(10))
     assert shards[1] == [1, 4, 7]
+
+
+def test_spans_are_consecutive_aligned_and_cover_every_item_once():
+    for n, world, align in [(10, 3, 1), (100, 2, 16), (5, 4, 8), (0, 2, 4), (64, 2, 32)]:
+        spans = [Replicas(rank=r, world_size=world).span(n, align) for r in range(world)]
+        assert spans[0][0] == 0 and spans[-1][1] == n
+        assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+        assert all(s % align == 0 or s == n for s, _ in spans)
+    assert Replicas().span(7, 4) == (0, 7)
 
 
 def test_rank_seeds_differ_and_rank_0_keeps_the_seed():

@@ -1,5 +1,12 @@
 """``turbonerf bake``: bake a trained run into a NerfTree file (rendering it is
-:func:`turbonerf.app.runs.renderer_for_run` with ``baked=True``)."""
+:func:`turbonerf.app.runs.renderer_for_run` with ``baked=True``).
+
+With several processes (``--nproc N`` or torchrun) the stages of :func:`turbonerf.bake.nerftree.bake`
+are shared out (:func:`bake_share`): the coarse occupancy test by x-slices (dealt out in groups,
+so every process gets some of the scene's middle) and combined with a MAX all-reduce; the fine
+pass by consecutive runs of the tile-ordered cells, split at the fine pass's batch boundaries, so
+every batch is the one a single process evaluates; rank 0 receives the other parts, joins them in
+order (the same tree as one process bakes), prunes and writes the file."""
 
 from __future__ import annotations
 
@@ -8,19 +15,23 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from turbonerf.bake.fields import baking_fields, fibonacci_directions, viewing_directions
 from turbonerf.app.runs import RunLock, default_tree_path, load_trained
-from turbonerf.bake.nerftree import NerfTree, bake, save_tree
+from turbonerf.bake.nerftree import BakedBlocks, BakeShare, NerfTree, bake, save_tree
 from turbonerf.bake.prune import block_max_weights, blocks_to_keep, prune_blocks
 from turbonerf.bake.render import default_step
 from turbonerf.data.formats import load_scene
 from turbonerf.engine import runtime
+from turbonerf.engine.distributed import WORK_TIMEOUT_S, Replicas, close, device_for_rank, replicas_from_env
 from turbonerf.errors import TurboNerfError
 
 DIRECTIONS = ("views", "sphere")
 """choices of BakeOptions.directions"""
+SLICE_GROUP = 4
+"""x-slices of the coarse grid dealt to one process at a time in a shared occupancy test"""
 
 
 @dataclass
@@ -49,27 +60,42 @@ class BakeOptions:
     progress: bool = True
 
 
-def bake_run(run_dir: Path, opts: BakeOptions | None = None) -> tuple[Path, NerfTree, dict]:
+def bake_run(run_dir: Path, opts: BakeOptions | None = None, replicas: Replicas | None = None) -> tuple[Path, NerfTree | None, dict]:
     """Bake the latest checkpoint of ``run_dir`` into a NerfTree file.
 
     Visibility culling uses the run's training cameras (not for NDC scenes, whose box already is
     the reference frustum). With ``prune_weight`` > 0 the tree is then pruned to the blocks in
     which some sample of the training rays (every ``prune_stride``-th pixel) gets a compositing
     weight of at least ``prune_weight`` (:mod:`turbonerf.bake.prune`). Returns (path, tree, info)
-    where info holds the bake time and settings (also stored in the file's header).
+    where info holds the bake time and settings (also stored in the file's header); on ranks
+    other than 0 of a shared bake, (path, None, {}).
+
+    ``replicas``: the processes sharing the bake (default: those torchrun or ``--nproc`` started,
+    or this one alone).
     """
     o = opts or BakeOptions()
-    with RunLock(Path(run_dir), "bake"):
-        return _bake_locked(run_dir, o)
-
-
-def _bake_locked(run_dir: Path, o: BakeOptions) -> tuple[Path, NerfTree, dict]:
-    out, overwrite, device, bf16, progress = o.out, o.overwrite, o.device, o.bf16, o.progress
-    visibility, prune_weight = o.visibility, o.prune_weight
-    out = Path(out) if out else default_tree_path(run_dir)
-    if out.exists() and not overwrite:
+    out = Path(o.out) if o.out else default_tree_path(run_dir)
+    if out.exists() and not o.overwrite:  # every rank checks, before any waits for another
         raise TurboNerfError("NerfTree file exists (use --overwrite to replace it)", out)
-    dev = runtime.resolve_device(device)
+    dev = runtime.resolve_device(o.device)
+    own = replicas is None
+    replicas = replicas_from_env(dev, timeout_s=WORK_TIMEOUT_S) if own else replicas
+    try:
+        dev = device_for_rank(dev, replicas)
+        if not replicas.is_main:  # rank 0 holds the run's lock for all
+            replicas.barrier()
+            return _bake_locked(run_dir, out, o, dev, replicas)
+        with RunLock(Path(run_dir), "bake"):
+            replicas.barrier()
+            return _bake_locked(run_dir, out, o, dev, replicas)
+    finally:
+        if own:
+            close(replicas)
+
+
+def _bake_locked(run_dir: Path, out: Path, o: BakeOptions, dev: torch.device, replicas: Replicas) -> tuple[Path, NerfTree | None, dict]:
+    bf16, progress = o.bf16, o.progress and replicas.is_main
+    visibility, prune_weight = o.visibility, o.prune_weight
     runtime.configure(dev, bf16=bf16)
     if o.directions not in DIRECTIONS:
         raise TurboNerfError(f"unknown --directions '{o.directions}' (choose from {', '.join(DIRECTIONS)})")
@@ -87,8 +113,10 @@ def _bake_locked(run_dir: Path, o: BakeOptions) -> tuple[Path, NerfTree, dict]:
     with torch.no_grad(), runtime.autocast(dev, bf16):
         tree = bake(
             fields, spec.scene.aabb, o.coarse_res, o.fine_res, cameras=cameras, threshold=o.threshold, batch=o.batch,
-            device=dev, dtype=o.dtype, progress=progress,
+            device=dev, dtype=o.dtype, progress=progress, share=bake_share(replicas),
         )
+    if tree is None:
+        return out, None, {}
     blocks_before_pruning = tree.n_blocks
     if prune_weight > 0:
         tree = prune_with_training_rays(tree, scene, prune_weight, o.prune_stride, o.prune_dilate, progress)
@@ -99,6 +127,7 @@ def _bake_locked(run_dir: Path, o: BakeOptions) -> tuple[Path, NerfTree, dict]:
         "step": meta.get("step"),
         "bake_seconds": seconds,
         "device": str(dev),
+        "processes": replicas.world_size,
         "colour": fields.description,
         "colour_directions": o.directions,
         "colour_cap_degrees": math.degrees(cap),
@@ -114,6 +143,23 @@ def _bake_locked(run_dir: Path, o: BakeOptions) -> tuple[Path, NerfTree, dict]:
     info["n_blocks"] = tree.n_blocks
     info["occupied_fraction"] = tree.occupied_fraction()
     return out, tree, info
+
+
+def bake_share(replicas: Replicas) -> BakeShare:
+    """The :class:`BakeShare` of ``replicas``: x-slices in groups of ``SLICE_GROUP`` dealt in turn,
+    occupancy combined with a MAX all-reduce, consecutive runs of cells, the parts sent to rank 0."""
+
+    def slices(coarse_res: int) -> np.ndarray:
+        return (np.arange(coarse_res) // SLICE_GROUP) % replicas.world_size == replicas.rank
+
+    def combine(occ: np.ndarray) -> np.ndarray:
+        return replicas.maximum(torch.from_numpy(occ)).numpy()
+
+    def join(part: BakedBlocks) -> list[BakedBlocks] | None:
+        gathered = [replicas.gather_to_main(torch.from_numpy(a)) for a in (part.cells, part.density, part.sh)]
+        return [BakedBlocks(*(t.numpy() for t in ts)) for ts in zip(*gathered)] if replicas.is_main else None
+
+    return BakeShare(slices=slices, combine=combine, span=replicas.span, join=join)
 
 
 def prune_with_training_rays(

@@ -17,6 +17,13 @@ evaluated as its own renderer. A cell (scene x method x budget x renderer) alrea
 ``bench.json`` is never run again, and a finished training is never repeated, so an interrupted
 bench continues where it stopped.
 
+With several processes (``--nproc N`` or torchrun) the (scene, method) pairs are dealt out, one
+pair to one process, which trains, evaluates and bakes it alone (one rank per machine or GPU is
+how this pays: N processes on one CPU share its cores, so their timings are not those of a quiet
+machine, and bench.md says how many ran at once). Each process keeps its finished cells in
+``bench.part<rank>.json`` until rank 0 merges them into ``bench.json``, so an interrupted sharded
+bench loses no cell either.
+
 Outputs in ``out``: ``bench.json`` (machine, protocol, one record per cell), ``bench.md`` (the
 table), ``pareto.png`` (PSNR against ms per frame, log scale, the Pareto front drawn) and
 ``training.png`` (PSNR against training minutes, one line per method and scene), and the runs
@@ -40,13 +47,17 @@ from turbonerf.app.evaluate import EvalOptions, evaluate_run
 from turbonerf.app.runs import CHECKPOINT
 from turbonerf.app.train import TrainOptions, train
 from turbonerf.app.validate import require_positive
+from turbonerf.engine import runtime
 from turbonerf.engine.checkpoint import read_checkpoint_meta
+from turbonerf.engine.distributed import WORK_TIMEOUT_S, Replicas, close, device_for_rank, replicas_from_env
 from turbonerf.engine.schedule import BudgetSchedule
 from turbonerf.errors import TurboNerfError
 from turbonerf.io.files import atomic_write_text
 from turbonerf.methods.registry import get_method
 
 BENCH_FILE = "bench.json"
+PART_GLOB = "bench.part*.json"
+"""the finished cells of one process of a sharded bench, not yet merged into bench.json"""
 
 PUBLISHED = [
     # method, scene, PSNR (dB), resolution, hardware and training time, source
@@ -146,16 +157,24 @@ def cell_key(scene: str, method: str, budget: float, renderer: str) -> str:
 
 
 def _load(out: Path) -> dict:
+    """bench.json's content, with the cells of any process's part file merged in."""
     path = out / BENCH_FILE
-    if not path.is_file():
-        return {"records": {}}
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise TurboNerfError(f"not valid JSON ({e}); move it away to start a new bench", path) from None
+    data = _read_json(path) if path.is_file() else {"records": {}}
     if not isinstance(data, dict) or not isinstance(data.get("records"), dict):
         raise TurboNerfError("not a bench.json (no records)", path)
+    for part in sorted(out.glob(PART_GLOB)):
+        records = _read_json(part).get("records")
+        if not isinstance(records, dict):
+            raise TurboNerfError("not a bench part file (no records)", part)
+        data["records"].update(records)
     return data
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise TurboNerfError(f"not valid JSON ({e}); move it away to start a new bench", path) from None
 
 
 def _protocol(opts: BenchOptions) -> dict:
@@ -208,26 +227,59 @@ def check_bench_options(opts: BenchOptions) -> None:
         raise TurboNerfError(f"scene folders must have distinct names (got {', '.join(names)})")
 
 
-def run_bench(opts: BenchOptions) -> dict:
+def run_bench(opts: BenchOptions, replicas: Replicas | None = None) -> dict | None:
     """Run every missing cell of the grid; returns bench.json's content (also written, with
-    bench.md and the plots)."""
+    bench.md and the plots; None on ranks other than 0 of a sharded bench).
+
+    ``replicas``: the processes sharing the grid (default: those torchrun or ``--nproc`` started,
+    or this one alone); each runs its (scene, method) pairs alone."""
     check_bench_options(opts)
     if opts.threads:
         torch.set_num_threads(opts.threads)
+    device = runtime.resolve_device("auto")
+    own = replicas is None
+    replicas = replicas_from_env(device, timeout_s=WORK_TIMEOUT_S) if own else replicas
+    try:
+        device_for_rank(device, replicas)
+        return _run_cells(opts, replicas)
+    finally:
+        if own:
+            close(replicas)
+
+
+def _run_cells(opts: BenchOptions, replicas: Replicas) -> dict | None:
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     data = _load(out)
+    replicas.barrier()  # every rank has read the part files before rank 0 merges them
     data.update(protocol=_protocol(opts), machine=machine_info(), updated=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+    data["protocol"]["processes"] = replicas.world_size
     budgets = sorted(set(opts.minutes))
-    cells = [(Path(s), m) for s in opts.scenes for m in opts.methods]
+    pairs = [(Path(s), m) for s in opts.scenes for m in opts.methods]
+    cells = [pairs[i] for i in replicas.shard(len(pairs))]
+    own_part = out / f"bench.part{replicas.rank}.json"
+    mine: dict = _read_json(own_part).get("records", {}) if own_part.is_file() else {}  # this rank's part file's cells
     total = len(cells) * len(budgets) * (2 if opts.bake else 1)
-    bar = tqdm(total=total, desc="bench", unit="cell", disable=not opts.progress, position=0)
+    progress = opts.progress and replicas.is_main
+    bar = tqdm(total=total, desc="bench" + (f" (rank 0 of {replicas.world_size})" if replicas.distributed else ""),
+               unit="cell", disable=not progress, position=0)
     eval_opts = EvalOptions(every=opts.every, limit=opts.limit, downscale=opts.downscale, progress=False, lpips_vgg=opts.lpips_vgg)
+    alone = Replicas()
 
     def save() -> None:
         data["updated"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        if not replicas.is_main:
+            atomic_write_text(own_part, json.dumps({"records": mine}, indent=2))
+            return
+        for part in sorted(out.glob(PART_GLOB)):  # the others' cells finished so far
+            data["records"].update(_read_json(part).get("records", {}))
+        data["records"].update(mine)
         atomic_write_text(out / BENCH_FILE, json.dumps(data, indent=2))
         write_reports(data, out)
+
+    def add(key: str, record: dict) -> None:
+        data["records"][key] = mine[key] = record
+        save()
 
     for scene, method in cells:
         name = scene.name
@@ -236,19 +288,18 @@ def run_bench(opts: BenchOptions) -> dict:
         run = out / "runs" / name / method
         todo = [b for b in budgets if cell_key(name, method, b, "model") not in data["records"]]
         if todo and not per_budget:
-            _train_cell(opts, scene, method, run, budgets[-1], budgets[:-1])
+            _train_cell(opts, scene, method, run, budgets[-1], budgets[:-1], progress)
         for b in budgets:
             key = cell_key(name, method, b, "model")
             if key not in data["records"]:
                 bar.set_postfix_str(f"{name} {method} {b:g} min")
                 if per_budget:
                     b_run = run / f"{b:g}min"
-                    _train_cell(opts, scene, method, b_run, b, [])
-                    res = evaluate_run(b_run, cell_eval, out_name="bench")
+                    _train_cell(opts, scene, method, b_run, b, [], progress)
+                    res = evaluate_run(b_run, cell_eval, out_name="bench", replicas=alone)
                 else:
-                    res = evaluate_run(run, cell_eval, checkpoint=_snapshot(run, b, budgets), out_name=f"bench_{b:g}min")
-                data["records"][key] = _record(name, method, b, res)
-                save()
+                    res = evaluate_run(run, cell_eval, checkpoint=_snapshot(run, b, budgets), out_name=f"bench_{b:g}min", replicas=alone)
+                add(key, _record(name, method, b, res))
             bar.update(1)
         if per_budget:
             run = run / f"{budgets[-1]:g}min"
@@ -257,15 +308,20 @@ def run_bench(opts: BenchOptions) -> dict:
             key = cell_key(name, method, b, "nerftree")
             if key not in data["records"]:
                 try:
-                    bake_run(run, BakeOptions(coarse_res=opts.bake_coarse_res, overwrite=True, progress=False))
-                    res = evaluate_run(run, cell_eval, baked=True, out_name="bench_baked")
-                    data["records"][key] = _record(name, method, b, res)
+                    bake_run(run, BakeOptions(coarse_res=opts.bake_coarse_res, overwrite=True, progress=False), replicas=alone)
+                    res = evaluate_run(run, cell_eval, baked=True, out_name="bench_baked", replicas=alone)
+                    add(key, _record(name, method, b, res))
                 except TurboNerfError as err:  # a method without a density field (a light field)
-                    data["records"][key] = {"scene": name, "method": method, "budget_min": b, "renderer": "nerftree", "skipped": err.problem}
-                save()
+                    add(key, {"scene": name, "method": method, "budget_min": b, "renderer": "nerftree", "skipped": err.problem})
             bar.update(len(budgets))
     bar.close()
     save()
+    replicas.barrier()  # every part file is complete
+    if not replicas.is_main:
+        return None
+    save()
+    for part in out.glob(PART_GLOB):
+        part.unlink()
     return data
 
 
@@ -285,7 +341,7 @@ def bf16_of(opts: BenchOptions, variant: str) -> bool:
     return bf16 == "true"
 
 
-def _train_cell(opts: BenchOptions, scene: Path, variant: str, run: Path, minutes: float, snapshots: list[float]) -> None:
+def _train_cell(opts: BenchOptions, scene: Path, variant: str, run: Path, minutes: float, snapshots: list[float], progress: bool) -> None:
     """Train (or finish training) one run of ``variant`` for ``minutes``, with snapshots at ``snapshots``."""
     ckpt = run / CHECKPOINT
     if ckpt.is_file() and read_checkpoint_meta(ckpt).get("seconds", 0.0) >= 60.0 * minutes - 1.0:
@@ -299,8 +355,8 @@ def _train_cell(opts: BenchOptions, scene: Path, variant: str, run: Path, minute
         method=base_method(variant), data=scene, out=run, max_minutes=minutes, downscale=opts.downscale,
         overrides=overrides, schedule=schedule_of(opts, variant), lr_final=lr_final, bf16=bf16_of(opts, variant),
         snapshot_minutes=snapshots, resume=(run / "run.json").is_file(), batch_rays=opts.batch_rays,
-        checkpoint_minutes=5.0, checkpoint_every=10**9, progress=opts.progress,
-    ))
+        checkpoint_minutes=5.0, checkpoint_every=10**9, progress=progress,
+    ), replicas=Replicas())
 
 
 def _fmt(v, spec: str) -> str:
@@ -319,7 +375,8 @@ def markdown_table(data: dict) -> str:
         f"{', '.join(f'{b:g}' for b in sorted(set(p['minutes'])))} min of training time"
         + (", one run per budget with the learning rate scheduled over it (budget schedule)." if p.get("schedule", "method") == "budget"
            else ", snapshots of one run per method (the papers' step schedules).")
-        + (f" Settings: {'; '.join(p['overrides'])}." if p.get("overrides") else ""),
+        + (f" Settings: {'; '.join(p['overrides'])}." if p.get("overrides") else "")
+        + (f" {p['processes']} processes ran the cells at once on this machine: their times share it." if p.get("processes", 1) > 1 else ""),
         "",
         "| scene | method | renderer | budget (min) | steps | s/step | samples/ray | PSNR | SSIM | LPIPS-Alex | LPIPS-VGG | ms/frame | FPS | MB | params | MFLOPs/ray |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",

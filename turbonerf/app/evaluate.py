@@ -17,7 +17,7 @@ from turbonerf.app.validate import require_positive
 from turbonerf.data.formats import load_scene, scene_info
 from turbonerf.data.scene import Split
 from turbonerf.engine import runtime
-from turbonerf.engine.distributed import Replicas, close, device_for_rank, replicas_from_env
+from turbonerf.engine.distributed import WORK_TIMEOUT_S, Replicas, close, device_for_rank, replicas_from_env
 from turbonerf.errors import TurboNerfError
 from turbonerf.eval.lpips import LpipsScorer
 from turbonerf.eval.scores import image_scores, mean_scores
@@ -163,15 +163,19 @@ def evaluate_run(
     tree: TreeOptions | None = None,
     checkpoint: Path | None = None,
     out_name: str | None = None,
+    replicas: Replicas | None = None,
 ) -> dict:
     """Evaluate a run with what :func:`renderer_for_run` picks (the model, a snapshot
     ``checkpoint``, or with ``baked`` its NerfTree); writes ``RUN/<out_name>/results.json``
     (default ``eval``, or ``eval_baked`` for a tree, with ``_<split>`` appended for a split other
-    than test, so that scoring the train views keeps the test results) and returns the results."""
+    than test, so that scoring the train views keeps the test results) and returns the results.
+    ``replicas``: the processes sharing the images (default: those torchrun or ``--nproc``
+    started; ``Replicas()`` scores alone, as a bench cell does)."""
     opts = opts or EvalOptions()
     check_eval_options(opts)
     dev = runtime.resolve_device(opts.device)
-    replicas = replicas_from_env(dev)
+    own = replicas is None
+    replicas = replicas_from_env(dev, timeout_s=WORK_TIMEOUT_S) if own else replicas
     try:
         dev = device_for_rank(dev, replicas)
         runtime.configure(dev, bf16=opts.bf16)
@@ -192,7 +196,8 @@ def evaluate_run(
                 return evaluate_multi_scene(Path(run_dir), renderer, opts, k, dev, Path(run_dir) / name)
             return evaluate_renderer(Path(run_dir), renderer, opts, dev, Path(run_dir) / name, replicas)
     finally:
-        close(replicas)
+        if own:
+            close(replicas)
 
 
 def eval_folder_name(baked: bool, split: str, source_views: int | None = None) -> str:

@@ -24,7 +24,7 @@ from pathlib import Path
 from turbonerf.engine.distributed import RENDEZVOUS_FILE_VAR, launched_as_replica
 from turbonerf.errors import TurboNerfError
 
-SHARDED_COMMANDS = ("train", "eval", "render", "distill")
+SHARDED_COMMANDS = ("train", "eval", "render", "distill", "bake", "bench")
 STOP_GRACE_S = 60
 """after Ctrl-C, how long the processes get to write their checkpoints before they are killed"""
 

@@ -13,7 +13,7 @@ from turbonerf.cameras import Cameras
 from turbonerf.data.formats import load_scene
 from turbonerf.data.multiscene import detect_multiscene
 from turbonerf.engine import runtime
-from turbonerf.engine.distributed import Replicas, close, device_for_rank, replicas_from_env
+from turbonerf.engine.distributed import WORK_TIMEOUT_S, Replicas, close, device_for_rank, replicas_from_env
 from turbonerf.app.sources import eval_objects
 from turbonerf.app.runs import RunSpec, TreeOptions, renderer_for_run
 from turbonerf.app.validate import require_positive
@@ -98,7 +98,7 @@ def render_sequence(
     if out.exists() and any(out.iterdir()) and not opts.overwrite:
         raise TurboNerfError("output folder exists and is not empty (use --overwrite)", out)
     dev = runtime.resolve_device(opts.device)
-    replicas = replicas_from_env(dev)
+    replicas = replicas_from_env(dev, timeout_s=WORK_TIMEOUT_S)
     try:
         replicas.barrier()  # every rank has checked the output folder before any writes to it
         return _render_frames(run_dir, out, opts, baked, tree, device_for_rank(dev, replicas), replicas)

@@ -144,7 +144,7 @@ def check_train_options(opts: TrainOptions) -> None:
 MIN_IMAGE_SIDE = 8
 
 
-def train(opts: TrainOptions) -> TrainResult:
+def train(opts: TrainOptions, replicas: Replicas | None = None) -> TrainResult:
     """Train ``opts.method`` on ``opts.data`` into the run folder ``opts.out``.
 
     Nothing is written until every option, the scene and the method's config have been checked;
@@ -152,14 +152,18 @@ def train(opts: TrainOptions) -> TrainResult:
 
     Started by ``torchrun`` with several processes, every rank trains its own batches of
     ``batch_rays`` rays and the gradients are averaged (:mod:`turbonerf.engine.distributed`);
-    rank 0 alone writes the run folder."""
+    rank 0 alone writes the run folder. ``replicas``: the processes that train this model together
+    (default: those torchrun or ``--nproc`` started; ``Replicas()`` trains alone even inside a
+    sharded command, as a bench cell does)."""
     check_train_options(opts)
     device = runtime.resolve_device(opts.device)
-    replicas = replicas_from_env(device)
+    own = replicas is None
+    replicas = replicas_from_env(device) if own else replicas
     try:
         return _train(opts, device_for_rank(device, replicas), replicas)
     finally:
-        close(replicas)
+        if own:
+            close(replicas)
 
 
 def _train(opts: TrainOptions, device: torch.device, replicas: Replicas) -> TrainResult:

@@ -492,92 +492,111 @@ def _fine_offsets(fine_res: int) -> np.ndarray:
     return np.stack(np.meshgrid(r, r, r, indexing="ij"), -1).reshape(-1, 3)
 
 
-@torch.no_grad()
-def bake(
-    fields: BakingFields,
-    aabb,
-    coarse_res: int = 192,
-    fine_res: int = 4,
-    cameras=None,
-    threshold: float | None = None,
-    batch: int = 1 << 16,
-    device: str | torch.device = "cpu",
-    dtype: str = "float16",
-    dilate: int = 0,
-    density_floor: float | None = None,
-    max_pool_gib: float = 16.0,
-    progress: bool = True,
-) -> NerfTree:
-    """Bake a field into a NerfTree.
+@dataclass
+class BakedBlocks:
+    """The fine pass's result for a run of coarse cells (:func:`fine_pass`): the cells that kept
+    a block, in the order given, their densities and the SH rows of their voxels with density.
 
-    1. Candidates: every coarse cell, minus cells no camera in ``cameras`` sees (tested on a
-       4x coarser grid, conservatively), minus cells the method's own grid calls empty
-       (``fields.candidate_fn``).
-    2. Occupancy: a candidate cell is occupied when the density at its centre or at one of its
-       corners exceeds ``threshold`` (:func:`coarse_occupancy`); then optionally dilated by
-       ``dilate`` cells (within the candidates).
-    3. Fine pass: ``fields.voxel_fn`` at the D_f^3 voxel centres of each occupied cell, in
-       batches of about ``batch`` points; densities below ``density_floor`` become exactly 0
-       (a renderer then skips them, and they store no colour), and cells whose fine
-       densities all stay at or below ``threshold`` are dropped; colour is computed only for
-       the voxels that remain. Blocks are stored tile by tile
-       (:func:`tile_order`), which keeps neighbouring cells close in memory.
-
-    Args:
-        aabb: [2, 3] box (sample space: NDC for forward-facing scenes).
-        cameras: training cameras for visibility culling, or None (e.g. NDC scenes, where the
-            box already is the reference camera's frustum).
-        threshold: density above which space counts as occupied; default: the density with
-            opacity 0.01 over one fine voxel (for unit-length ray directions).
-        batch: points per call of the field functions.
-        dtype: "float16" (default; half the storage) or "float32" for the pool.
-        dilate: grow the occupied cells by this many cells before the fine pass (catches thin
-            structures the 9-point occupancy test missed; costs fine evaluations).
-        density_floor: fine densities below it are stored as 0 (and get no colour); default
-            ``threshold`` (opacity 0.01 per fine voxel: on a lego Instant-NGP at D_c = 192 it stored
-            15% fewer voxels than threshold / 10 at +0.02 dB; BENCHMARKS.md).
-        max_pool_gib: refuse (before the fine pass) when the pool would exceed this size.
-    Returns:
-        the tree.
+    Attributes:
+        cells: int64 [w] flat coarse cell of each kept block.
+        density: [w, Df^3] pool dtype.
+        sh: [v, 3K] pool dtype, v = voxels of ``density`` that are not zero.
     """
-    if dtype not in POOL_DTYPES:
-        raise TurboNerfError(f"pool dtype must be one of {POOL_DTYPES}, got {dtype!r}")
-    if coarse_res < 1 or fine_res < 1:
-        raise TurboNerfError(f"resolutions must be positive (coarse {coarse_res}, fine {fine_res})")
-    aabb = np.asarray(torch.as_tensor(aabb).detach().cpu().float().numpy(), dtype=np.float32).reshape(2, 3)
-    lo, size = _cell_geometry(aabb, coarse_res)
-    if threshold is None:
-        threshold = density_threshold_for(0.01, float(size.min()) / fine_res)
-    if density_floor is None:
-        density_floor = threshold
-    k = fields.sh_degree**2
 
+    cells: np.ndarray
+    density: np.ndarray
+    sh: np.ndarray
+
+
+def _all_slices(coarse_res: int) -> np.ndarray:
+    return np.ones(coarse_res, dtype=bool)
+
+
+def _alone(n: int, align: int) -> tuple[int, int]:
+    return 0, n
+
+
+@dataclass(frozen=True)
+class BakeShare:
+    """How :func:`bake` shares its work between processes; the default: one process does it all.
+
+    Attributes:
+        slices: Dc -> bool [Dc], the x-slices whose occupancy this process tests.
+        combine: bool [Dc]^3 occupancy of this process's slices -> the whole grid's (every process).
+        span: (n cells, alignment) -> this process's run [start, end) of the cells to bake,
+            split only at multiples of the alignment.
+        join: this process's :class:`BakedBlocks` -> every process's, in order, on the process
+            that writes the tree; None on the others.
+    """
+
+    slices: Callable[[int], np.ndarray] = _all_slices
+    combine: Callable[[np.ndarray], np.ndarray] = np.asarray
+    span: Callable[[int, int], "tuple[int, int]"] = _alone
+    join: Callable[["BakedBlocks"], "list[BakedBlocks] | None"] = lambda blocks: [blocks]
+
+
+def default_threshold(aabb: np.ndarray, coarse_res: int, fine_res: int) -> float:
+    """The occupancy threshold :func:`bake` uses by default: opacity 0.01 over one fine voxel."""
+    _, size = _cell_geometry(np.asarray(aabb, np.float32).reshape(2, 3), coarse_res)
+    return density_threshold_for(0.01, float(size.min()) / fine_res)
+
+
+def fine_batch_cells(batch: int, fine_res: int) -> int:
+    """Cells per field call of :func:`fine_pass` (about ``batch`` points). A run of cells split at
+    multiples of it is evaluated in the same batches as the whole, so the parts equal the whole."""
+    return max(1, batch // fine_res**3)
+
+
+def bake_candidates(
+    fields: BakingFields, aabb: np.ndarray, coarse_res: int, cameras=None, batch: int = 1 << 16, device="cpu", progress: bool = True
+) -> np.ndarray:
+    """bool [Dc]^3: the cells worth testing: seen by some camera of ``cameras`` (tested on a 4x
+    coarser grid, conservatively; all cells when None) and not empty by the method's own grid."""
     cand = np.ones((coarse_res,) * 3, dtype=bool)
     if cameras is not None:
         f = 4 if coarse_res >= 16 else 1
         cand &= _upsample_mask(visible_cells(aabb, -(-coarse_res // f), cameras, progress), f, coarse_res)
     if fields.candidate_fn is not None:
         cand &= _candidate_mask(fields.candidate_fn, aabb, coarse_res, batch, device)
-    occ = coarse_occupancy(fields.density_fn, aabb, coarse_res, threshold, cand, batch, device, progress)
+    return cand
+
+
+def cells_to_bake(occ: np.ndarray, cand: np.ndarray, dilate: int = 0) -> np.ndarray:
+    """int64 [M0]: the flat occupied cells of ``occ`` (grown by ``dilate`` cells within ``cand``),
+    in tile order (:func:`tile_order`)."""
     if dilate > 0:
         occ = dilate_mask(occ, dilate) & cand
-
     cells = np.flatnonzero(occ.reshape(-1))
-    cells = cells[tile_order(cells, coarse_res)]
-    del occ, cand
+    return cells[tile_order(cells, occ.shape[0])]
+
+
+@torch.no_grad()
+def fine_pass(
+    fields: BakingFields,
+    cells: np.ndarray,
+    aabb: np.ndarray,
+    coarse_res: int,
+    fine_res: int,
+    threshold: float,
+    density_floor: float,
+    batch: int = 1 << 16,
+    device: str | torch.device = "cpu",
+    dtype: str = "float16",
+    progress: bool = True,
+) -> BakedBlocks:
+    """``fields.voxel_fn`` at the D_f^3 voxel centres of each cell of ``cells`` [M0], in batches
+    of :func:`fine_batch_cells` cells: densities below ``density_floor`` become exactly 0 (they get
+    no colour), cells whose densities all stay at or below ``threshold`` are dropped, and colour
+    is computed only for the voxels that remain. Kept blocks stay in the order of ``cells``."""
+    lo, size = _cell_geometry(aabb, coarse_res)
+    k = fields.sh_degree**2
     m0, nf = cells.shape[0], fine_res**3
     np_dtype = np.dtype(dtype)
-    pool_gib = m0 * nf * (1 + 3 * k) * np_dtype.itemsize / 2**30  # upper bound: colour for every voxel
-    if pool_gib > max_pool_gib:
-        raise TurboNerfError(
-            f"{m0} occupied cells ({100 * m0 / coarse_res**3:.1f}% of the grid) could need a {pool_gib:.1f} GiB pool "
-            f"(limit {max_pool_gib:g} GiB): raise the threshold or lower the resolution"
-        )
     density = np.empty((m0, nf), dtype=np_dtype)
     sh = np.empty((max(1, m0 * nf // 4), 3 * k), dtype=np_dtype)  # grown on demand
     kept = np.empty(m0, dtype=np.int64)
     offsets = _fine_offsets(fine_res)
-    per_batch = max(1, batch // nf)
+    per_batch = fine_batch_cells(batch, fine_res)
 
     def select(sig: Tensor) -> Tensor:
         """fine densities [B * nf] -> bool [B * nf]: at least the floor, in a cell that stays."""
@@ -612,11 +631,110 @@ def bake(
     bar.close()
     density.resize((w, nf), refcheck=False)  # shrink in place (no second copy of the pool)
     sh.resize((v, 3 * k), refcheck=False)
-    cells = kept[:w]
+    return BakedBlocks(kept[:w], density, sh)
+
+
+def tree_from_blocks(parts: list[BakedBlocks], aabb: np.ndarray, coarse_res: int, fine_res: int, sh_degree: int) -> NerfTree:
+    """The tree of the fine pass's results over consecutive runs of cells, in order (one part:
+    no copy)."""
+    if len(parts) == 1:
+        cells, density, sh = parts[0].cells, parts[0].density, parts[0].sh
+    else:
+        cells = np.concatenate([p.cells for p in parts])
+        density = np.concatenate([p.density for p in parts])
+        sh = np.concatenate([p.sh for p in parts])
     return NerfTree(
         index=index_from_cells(cells, coarse_res),
         density=density.reshape(cells.shape[0], fine_res, fine_res, fine_res),
         sh=sh,
-        aabb=aabb,
-        sh_degree=fields.sh_degree,
+        aabb=np.asarray(aabb, np.float32).reshape(2, 3),
+        sh_degree=sh_degree,
     )
+
+
+def check_pool_size(n_cells: int, coarse_res: int, fine_res: int, sh_degree: int, dtype: str, max_pool_gib: float) -> None:
+    """Refuse (before the fine pass) a pool that could exceed ``max_pool_gib``."""
+    pool_gib = n_cells * fine_res**3 * (1 + 3 * sh_degree**2) * np.dtype(dtype).itemsize / 2**30  # colour for every voxel
+    if pool_gib > max_pool_gib:
+        raise TurboNerfError(
+            f"{n_cells} occupied cells ({100 * n_cells / coarse_res**3:.1f}% of the grid) could need a {pool_gib:.1f} GiB pool "
+            f"(limit {max_pool_gib:g} GiB): raise the threshold or lower the resolution"
+        )
+
+
+def check_bake_settings(coarse_res: int, fine_res: int, dtype: str) -> None:
+    if dtype not in POOL_DTYPES:
+        raise TurboNerfError(f"pool dtype must be one of {POOL_DTYPES}, got {dtype!r}")
+    if coarse_res < 1 or fine_res < 1:
+        raise TurboNerfError(f"resolutions must be positive (coarse {coarse_res}, fine {fine_res})")
+
+
+def as_box(aabb) -> np.ndarray:
+    """float32 [2, 3] numpy copy of a box given as a tensor, an array or nested lists."""
+    return np.asarray(torch.as_tensor(aabb).detach().cpu().float().numpy(), dtype=np.float32).reshape(2, 3)
+
+
+@torch.no_grad()
+def bake(
+    fields: BakingFields,
+    aabb,
+    coarse_res: int = 192,
+    fine_res: int = 4,
+    cameras=None,
+    threshold: float | None = None,
+    batch: int = 1 << 16,
+    device: str | torch.device = "cpu",
+    dtype: str = "float16",
+    dilate: int = 0,
+    density_floor: float | None = None,
+    max_pool_gib: float = 16.0,
+    progress: bool = True,
+    share: BakeShare | None = None,
+) -> NerfTree | None:
+    """Bake a field into a NerfTree.
+
+    1. Candidates (:func:`bake_candidates`): every coarse cell, minus cells no camera in
+       ``cameras`` sees, minus cells the method's own grid calls empty (``fields.candidate_fn``).
+    2. Occupancy: a candidate cell is occupied when the density at its centre or at one of its
+       corners exceeds ``threshold`` (:func:`coarse_occupancy`); then optionally dilated by
+       ``dilate`` cells (within the candidates), and ordered tile by tile (:func:`cells_to_bake`),
+       which keeps neighbouring cells close in the pool.
+    3. Fine pass (:func:`fine_pass`): densities and colours at the D_f^3 voxel centres of each
+       occupied cell; voxels below ``density_floor`` store 0 and no colour, cells that stay at or
+       below ``threshold`` everywhere are dropped.
+
+    Args:
+        aabb: [2, 3] box (sample space: NDC for forward-facing scenes).
+        cameras: training cameras for visibility culling, or None (e.g. NDC scenes, where the
+            box already is the reference camera's frustum).
+        threshold: density above which space counts as occupied; default: the density with
+            opacity 0.01 over one fine voxel (for unit-length ray directions).
+        batch: points per call of the field functions.
+        dtype: "float16" (default; half the storage) or "float32" for the pool.
+        dilate: grow the occupied cells by this many cells before the fine pass (catches thin
+            structures the 9-point occupancy test missed; costs fine evaluations).
+        density_floor: fine densities below it are stored as 0 (and get no colour); default
+            ``threshold`` (opacity 0.01 per fine voxel: on a lego Instant-NGP at D_c = 192 it stored
+            15% fewer voxels than threshold / 10 at +0.02 dB; BENCHMARKS.md).
+        max_pool_gib: refuse (before the fine pass) when the pool would exceed this size.
+        share: how the occupancy test and the fine pass are shared between processes (default:
+            this one does all; ``turbonerf bake --nproc N`` builds one from its replicas in
+            :mod:`turbonerf.app.bake`). Every process takes the same steps in the same order.
+    Returns:
+        the tree (None on a process that only contributed a share).
+    """
+    share = share or BakeShare()
+    check_bake_settings(coarse_res, fine_res, dtype)
+    aabb = as_box(aabb)
+    threshold = default_threshold(aabb, coarse_res, fine_res) if threshold is None else threshold
+    density_floor = threshold if density_floor is None else density_floor
+    cand = bake_candidates(fields, aabb, coarse_res, cameras, batch, device, progress)
+    mine = cand & share.slices(coarse_res)[:, None, None]
+    occ = share.combine(coarse_occupancy(fields.density_fn, aabb, coarse_res, threshold, mine, batch, device, progress))
+    cells = cells_to_bake(occ, cand, dilate)
+    del occ, cand, mine
+    check_pool_size(cells.shape[0], coarse_res, fine_res, fields.sh_degree, dtype, max_pool_gib)
+    start, end = share.span(cells.shape[0], fine_batch_cells(batch, fine_res))
+    blocks = fine_pass(fields, cells[start:end], aabb, coarse_res, fine_res, threshold, density_floor, batch, device, dtype, progress)
+    parts = share.join(blocks)
+    return None if parts is None else tree_from_blocks(parts, aabb, coarse_res, fine_res, fields.sh_degree)

@@ -276,7 +276,11 @@ def bake(
     ),
     prune_stride: int = typer.Option(2, help="pruning marches every N-th pixel of each training view in each axis"),
     prune_dilate: int = typer.Option(2, help="also keep blocks within this many coarse cells of a kept one (covers cells between the sparse rays)"),
+    batch: int = typer.Option(1 << 16, help="points per call of the network (lower it when memory is short)"),
     progress: bool = typer.Option(True, help="show progress bars"),
+    nproc: int = typer.Option(
+        1, help="run as N processes on this machine (gloo over 127.0.0.1): each tests the occupancy of some x-slices and bakes a run of the cells, rank 0 joins them into the same tree one process bakes and writes it; for several machines call torchrun yourself (README)"
+    ),
 ):
     """Bake a trained run into a NerfTree (EfficientNeRF): a network-free cache that `eval --baked` and `render --baked` use."""
     from turbonerf.app.bake import BakeOptions, bake_run
@@ -284,9 +288,11 @@ def bake(
     opts = BakeOptions(
         out=out, coarse_res=coarse_res, fine_res=fine_res, sh_degree=sh_degree, n_dirs=n_dirs, directions=directions, overwrite=overwrite,
         device=device, threshold=threshold, visibility=visibility, prune_weight=prune_weight, prune_stride=prune_stride,
-        prune_dilate=prune_dilate, progress=progress,
+        prune_dilate=prune_dilate, batch=batch, progress=progress,
     )
-    path, _, info = bake_run(run, opts)
+    path, tree, info = bake_run(run, opts)
+    if tree is None:  # a rank other than 0 of a shared bake: rank 0 reports
+        return
     print(
         f"baked {info['method']} into {info['n_blocks']} blocks ({100 * info['occupied_fraction']:.2f}% of {coarse_res}^3 cells, "
         f"{info['storage_mb']:.1f} MiB) in {info['bake_seconds']:.0f} s -> {path}"
@@ -416,6 +422,9 @@ def bench(
     threads: Optional[int] = typer.Option(None, help="torch threads (default: torch's choice)"),
     lpips_vgg: bool = typer.Option(True, "--lpips-vgg/--no-lpips-vgg", help="also score LPIPS-VGG"),
     progress: bool = typer.Option(True, help="show progress bars"),
+    nproc: int = typer.Option(
+        1, help="run as N processes on this machine (gloo over 127.0.0.1), each training, scoring and baking its own (scene, method) pairs alone; they share this machine's cores, so use it where each gets its own GPU or machine (torchrun, README)"
+    ),
 ):
     """Every method on every scene under one protocol: resumable (a finished cell is never re-run),
     writes bench.json, bench.md (the table) and the plots pareto.png and training.png."""
@@ -427,6 +436,8 @@ def bench(
         schedule=schedule, threads=threads, lpips_vgg=lpips_vgg, progress=progress,
     )
     data = run_bench(opts)
+    if data is None:  # a rank other than 0: rank 0 reports
+        return
     print(f"{len(data['records'])} cells in {out / 'bench.json'}; table {out / 'bench.md'}; plots {out / 'pareto.png'}, {out / 'training.png'}")
 
 

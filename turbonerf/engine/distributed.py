@@ -48,7 +48,11 @@ of torchrun's TCP store"""
 SPARSE_MIN_NUMEL = 1 << 18
 """2-D parameters this large average their gradients by rows (hash tables)"""
 DEFAULT_TIMEOUT_S = 120.0
-"""how long a collective waits for a silent rank before the job ends with an error"""
+"""how long a collective of training waits for a silent rank before the job ends with an error
+(a rank that dies is noticed at once: its sockets close and the launcher stops the others)"""
+WORK_TIMEOUT_S = 6 * 3600.0
+"""the same for sharded work (eval, render, bake, bench), whose ranks may finish their shares
+minutes apart: a bench cell trains for as long as its budget"""
 
 
 class ReplicaLost(TurboNerfError):
@@ -83,6 +87,45 @@ class Replicas:
     def shard(self, n: int) -> list[int]:
         """The items of ``range(n)`` this rank handles: every ``world_size``-th, starting at ``rank``."""
         return list(range(self.rank, n, self.world_size))
+
+    def span(self, n: int, align: int = 1) -> tuple[int, int]:
+        """This rank's run ``[start, end)`` of ``range(n)``: consecutive runs of about equal length,
+        in rank order, split only at multiples of ``align``."""
+        chunks = -(-n // align)
+        lo = self.rank * chunks // self.world_size
+        hi = (self.rank + 1) * chunks // self.world_size
+        return min(n, lo * align), min(n, hi * align)
+
+    def maximum(self, t: Tensor) -> Tensor:
+        """``t`` replaced in place by its element-wise maximum over the ranks (bool: logical or)."""
+        if not self.distributed:
+            return t
+        buf = t.to(torch.uint8) if t.dtype == torch.bool else t
+        _collective(lambda: dist.all_reduce(buf, op=dist.ReduceOp.MAX), "combine the shares")
+        if buf is not t:
+            t.copy_(buf.bool())
+        return t
+
+    def gather_to_main(self, t: Tensor) -> list[Tensor]:
+        """Every rank's ``t`` (any shape; the same dtype and number of dimensions), in rank order, on
+        rank 0; an empty list on the other ranks. Sent point to point, so rank 0 holds the whole
+        and the others only their part (a pool of hundreds of MB)."""
+        if not self.distributed:
+            return [t]
+        shapes = self.gather(list(t.shape))
+        if not self.is_main:  # as bytes: every dtype travels the same way
+            data = t.contiguous().reshape(-1).view(torch.uint8)
+            if data.numel():
+                _collective(lambda: dist.send(data, dst=0), "send its share")
+            return []
+        out = [t]
+        for r in range(1, self.world_size):
+            part = torch.empty(shapes[r], dtype=t.dtype, device=t.device)
+            data = part.reshape(-1).view(torch.uint8)
+            if data.numel():
+                _collective(lambda: dist.recv(data, src=r), "receive a share")
+            out.append(part)
+        return out
 
     def agree(self, values: list[float]) -> list[float]:
         """The element-wise maximum of ``values`` over all ranks (flags, elapsed seconds)."""
