@@ -48,11 +48,13 @@ def pop_nproc(args: list[str]) -> tuple[int, list[str]]:
 
 def replica_env(rank: int, nproc: int, rendezvous: Path) -> dict[str, str]:
     """The environment of local process ``rank`` of ``nproc`` (torchrun's variables, plus the
-    rendezvous file, gloo on loopback, and the cores shared out between the processes)."""
+    rendezvous file, gloo on loopback, and the cores shared out between the processes, for
+    torch and for numba's kernels alike)."""
+    threads = os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     return {
         "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc),
         "GROUP_RANK": "0", RENDEZVOUS_FILE_VAR: str(rendezvous), "GLOO_SOCKET_IFNAME": "lo",
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc))),
+        "OMP_NUM_THREADS": threads, "NUMBA_NUM_THREADS": os.environ.get("NUMBA_NUM_THREADS", threads),
     }
 
 
