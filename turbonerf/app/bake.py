@@ -25,7 +25,7 @@ from turbonerf.bake.prune import block_max_weights, blocks_to_keep, prune_blocks
 from turbonerf.bake.render import default_step
 from turbonerf.data.formats import load_scene
 from turbonerf.engine import runtime
-from turbonerf.engine.distributed import WORK_TIMEOUT_S, Replicas, close, device_for_rank, replicas_from_env
+from turbonerf.engine.distributed import WORK_TIMEOUT_S, Replicas, device_for_rank, joined
 from turbonerf.errors import TurboNerfError
 
 DIRECTIONS = ("views", "sphere")
@@ -78,9 +78,7 @@ def bake_run(run_dir: Path, opts: BakeOptions | None = None, replicas: Replicas 
     if out.exists() and not o.overwrite:  # every rank checks, before any waits for another
         raise TurboNerfError("NerfTree file exists (use --overwrite to replace it)", out)
     dev = runtime.resolve_device(o.device)
-    own = replicas is None
-    replicas = replicas_from_env(dev, timeout_s=WORK_TIMEOUT_S) if own else replicas
-    try:
+    with joined(dev, replicas, WORK_TIMEOUT_S) as replicas:
         dev = device_for_rank(dev, replicas)
         if not replicas.is_main:  # rank 0 holds the run's lock for all
             replicas.barrier()
@@ -88,9 +86,6 @@ def bake_run(run_dir: Path, opts: BakeOptions | None = None, replicas: Replicas 
         with RunLock(Path(run_dir), "bake"):
             replicas.barrier()
             return _bake_locked(run_dir, out, o, dev, replicas)
-    finally:
-        if own:
-            close(replicas)
 
 
 def _bake_locked(run_dir: Path, out: Path, o: BakeOptions, dev: torch.device, replicas: Replicas) -> tuple[Path, NerfTree | None, dict]:

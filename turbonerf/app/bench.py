@@ -49,7 +49,7 @@ from turbonerf.app.train import TrainOptions, train
 from turbonerf.app.validate import require_positive
 from turbonerf.engine import runtime
 from turbonerf.engine.checkpoint import read_checkpoint_meta
-from turbonerf.engine.distributed import WORK_TIMEOUT_S, Replicas, close, device_for_rank, replicas_from_env
+from turbonerf.engine.distributed import WORK_TIMEOUT_S, Replicas, device_for_rank, joined
 from turbonerf.engine.schedule import BudgetSchedule
 from turbonerf.errors import TurboNerfError
 from turbonerf.io.files import atomic_write_text
@@ -237,14 +237,9 @@ def run_bench(opts: BenchOptions, replicas: Replicas | None = None) -> dict | No
     if opts.threads:
         torch.set_num_threads(opts.threads)
     device = runtime.resolve_device("auto")
-    own = replicas is None
-    replicas = replicas_from_env(device, timeout_s=WORK_TIMEOUT_S) if own else replicas
-    try:
+    with joined(device, replicas, WORK_TIMEOUT_S) as replicas:
         device_for_rank(device, replicas)
         return _run_cells(opts, replicas)
-    finally:
-        if own:
-            close(replicas)
 
 
 def _run_cells(opts: BenchOptions, replicas: Replicas) -> dict | None:

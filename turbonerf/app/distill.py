@@ -63,7 +63,7 @@ from turbonerf.distill.pseudo_data import (
 )
 from turbonerf.engine import runtime
 from turbonerf.engine.checkpoint import read_checkpoint_meta
-from turbonerf.engine.distributed import Replicas, close, device_for_rank, rank_seed, replicas_from_env
+from turbonerf.engine.distributed import Replicas, device_for_rank, joined, rank_seed
 from turbonerf.engine.loop import (
     LoopOptions,
     LoopState,
@@ -277,11 +277,12 @@ class HardExampleFeed:
         self.pool.add_hardest(output.outputs["fresh_rows"], output.outputs["fresh_error"], self.ratio)
 
 
-def distill(opts: DistillOptions) -> DistillResult:
+def distill(opts: DistillOptions, replicas: Replicas | None = None) -> DistillResult:
     """Distil the teacher run ``opts.teacher`` into a student run ``opts.out`` (locked while it runs).
 
     With several processes (``--nproc`` / torchrun) they share the pseudo-data chunks, then train
-    the student data-parallel (``batch_rays`` fresh rays per process); rank 0 writes the run."""
+    the student data-parallel (``batch_rays`` fresh rays per process); rank 0 writes the run.
+    ``replicas``: those processes (default: those torchrun or ``--nproc`` started)."""
     require_positive("--max-steps", opts.max_steps)
     if opts.max_minutes is not None:
         require_positive("--max-minutes", opts.max_minutes)
@@ -289,8 +290,7 @@ def distill(opts: DistillOptions) -> DistillResult:
     require_positive("--batch-images", opts.batch_images)
     require_at_least("--num-pseudo-images", opts.num_pseudo_images, 0)
     device = runtime.resolve_device(opts.device)
-    replicas = replicas_from_env(device)
-    try:
+    with joined(device, replicas) as replicas:
         device = device_for_rank(device, replicas)
         runtime.configure(device, opts.threads, bf16=opts.bf16)
         out = Path(opts.out)
@@ -302,8 +302,6 @@ def distill(opts: DistillOptions) -> DistillResult:
             return _distill_locked(opts, device, out, replicas)
         with RunLock(out, "distill"):
             return _distill_locked(opts, device, out, replicas)
-    finally:
-        close(replicas)
 
 
 def _distill_locked(opts: DistillOptions, device: torch.device, out: Path, replicas: Replicas) -> DistillResult:

@@ -17,7 +17,7 @@ from turbonerf.app.validate import require_positive
 from turbonerf.data.formats import load_scene, scene_info
 from turbonerf.data.scene import Split
 from turbonerf.engine import runtime
-from turbonerf.engine.distributed import WORK_TIMEOUT_S, Replicas, close, device_for_rank, replicas_from_env
+from turbonerf.engine.distributed import WORK_TIMEOUT_S, Replicas, device_for_rank, joined
 from turbonerf.errors import TurboNerfError
 from turbonerf.eval.lpips import LpipsScorer
 from turbonerf.eval.scores import image_scores, mean_scores
@@ -174,9 +174,7 @@ def evaluate_run(
     opts = opts or EvalOptions()
     check_eval_options(opts)
     dev = runtime.resolve_device(opts.device)
-    own = replicas is None
-    replicas = replicas_from_env(dev, timeout_s=WORK_TIMEOUT_S) if own else replicas
-    try:
+    with joined(dev, replicas, WORK_TIMEOUT_S) as replicas:
         dev = device_for_rank(dev, replicas)
         runtime.configure(dev, bf16=opts.bf16)
         renderer = renderer_for_run(Path(run_dir), dev, baked=baked, tree=tree, checkpoint=checkpoint)
@@ -195,9 +193,6 @@ def evaluate_run(
             if multi:
                 return evaluate_multi_scene(Path(run_dir), renderer, opts, k, dev, Path(run_dir) / name)
             return evaluate_renderer(Path(run_dir), renderer, opts, dev, Path(run_dir) / name, replicas)
-    finally:
-        if own:
-            close(replicas)
 
 
 def eval_folder_name(baked: bool, split: str, source_views: int | None = None) -> str:

@@ -13,7 +13,7 @@ from turbonerf.cameras import Cameras
 from turbonerf.data.formats import load_scene
 from turbonerf.data.multiscene import detect_multiscene
 from turbonerf.engine import runtime
-from turbonerf.engine.distributed import WORK_TIMEOUT_S, Replicas, close, device_for_rank, replicas_from_env
+from turbonerf.engine.distributed import WORK_TIMEOUT_S, Replicas, device_for_rank, joined
 from turbonerf.app.sources import eval_objects
 from turbonerf.app.runs import RunSpec, TreeOptions, renderer_for_run
 from turbonerf.app.validate import require_positive
@@ -82,13 +82,15 @@ class RenderOptions:
 
 
 def render_sequence(
-    run_dir: Path, out: Path, opts: RenderOptions | None = None, baked: bool = False, tree: TreeOptions | None = None
+    run_dir: Path, out: Path, opts: RenderOptions | None = None, baked: bool = False, tree: TreeOptions | None = None,
+    replicas: Replicas | None = None,
 ) -> dict[str, Path]:
     """Render ``opts.frames`` frames along a path into ``out`` (rgb/, depth/, opacity/ PNGs, rgb
     and depth videos) with what :func:`renderer_for_run` picks (the model, or with ``baked`` a tree).
 
     With several processes (``torchrun``), rank r renders frames r, r + N, ...; rank 0 then reads
-    all frames back for the videos and returns the paths (the other ranks return ``{}``)."""
+    all frames back for the videos and returns the paths (the other ranks return ``{}``).
+    ``replicas``: the processes sharing the frames (default: those torchrun or ``--nproc`` started)."""
     opts = opts or RenderOptions()
     require_positive("--frames", opts.frames)
     require_positive("--fps", opts.fps)
@@ -98,12 +100,9 @@ def render_sequence(
     if out.exists() and any(out.iterdir()) and not opts.overwrite:
         raise TurboNerfError("output folder exists and is not empty (use --overwrite)", out)
     dev = runtime.resolve_device(opts.device)
-    replicas = replicas_from_env(dev, timeout_s=WORK_TIMEOUT_S)
-    try:
+    with joined(dev, replicas, WORK_TIMEOUT_S) as replicas:
         replicas.barrier()  # every rank has checked the output folder before any writes to it
         return _render_frames(run_dir, out, opts, baked, tree, device_for_rank(dev, replicas), replicas)
-    finally:
-        close(replicas)
 
 
 def _render_frames(

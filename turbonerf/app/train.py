@@ -30,7 +30,7 @@ from turbonerf.app.runs import (
 from turbonerf.app.validate import require_positive
 from turbonerf.app.view import ViewOptions, check_view_options, start_live_viewer
 from turbonerf.engine.checkpoint import clean_orphans
-from turbonerf.engine.distributed import Replicas, close, device_for_rank, rank_seed, replicas_from_env
+from turbonerf.engine.distributed import Replicas, device_for_rank, joined, rank_seed
 from turbonerf.engine.schedule import BudgetSchedule
 from turbonerf.engine.loop import LoopOptions, LoopState, StepOutput, Trainee, TrainingInterrupted, restore_trainee, run_loop
 from turbonerf.errors import TurboNerfError
@@ -157,13 +157,8 @@ def train(opts: TrainOptions, replicas: Replicas | None = None) -> TrainResult:
     sharded command, as a bench cell does)."""
     check_train_options(opts)
     device = runtime.resolve_device(opts.device)
-    own = replicas is None
-    replicas = replicas_from_env(device) if own else replicas
-    try:
+    with joined(device, replicas) as replicas:
         return _train(opts, device_for_rank(device, replicas), replicas)
-    finally:
-        if own:
-            close(replicas)
 
 
 def _train(opts: TrainOptions, device: torch.device, replicas: Replicas) -> TrainResult:

@@ -545,7 +545,6 @@ def expand_multi_values(args: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``turbonerf`` console script; returns the exit status."""
     from turbonerf.app.launch import launch_local, pop_nproc
-    from turbonerf.app.train import TrainingInterrupted
 
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
@@ -555,9 +554,15 @@ def main(argv: list[str] | None = None) -> int:
     args = expand_multi_values(args)
     try:
         nproc, args = pop_nproc(args)
-        if nproc > 1:
+        if nproc > 1:  # this process only starts the others: it imports no more than it needs
             return launch_local(nproc, args)
-        app(args=args, prog_name="turbonerf")  # standalone: usage errors print and raise SystemExit
+        from turbonerf.app.train import TrainingInterrupted
+
+        try:
+            app(args=args, prog_name="turbonerf")  # standalone: usage errors print and raise SystemExit
+        except TrainingInterrupted as err:
+            print(str(err), file=sys.stderr)
+            return 130
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
     except TurboNerfError as err:
@@ -565,9 +570,6 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except TrainingInterrupted as err:
-        print(str(err), file=sys.stderr)
-        return 130
     return 0
 
 

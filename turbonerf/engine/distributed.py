@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -302,6 +304,22 @@ def device_for_rank(device: torch.device, replicas: Replicas) -> torch.device:
         torch.cuda.set_device(replicas.local_rank)
         return torch.device("cuda", replicas.local_rank)
     return device
+
+
+@contextmanager
+def joined(device: torch.device, replicas: Replicas | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterator[Replicas]:
+    """The processes a command runs with: ``replicas`` when the caller gives them (it keeps and
+    closes them: several commands can run in one process group, and ``Replicas()`` runs alone,
+    as a bench cell does), else those torchrun or ``--nproc`` started (:func:`replicas_from_env`,
+    left again at the end)."""
+    if replicas is not None:
+        yield replicas
+        return
+    replicas = replicas_from_env(device, timeout_s)
+    try:
+        yield replicas
+    finally:
+        close(replicas)
 
 
 def close(replicas: Replicas) -> None:
