@@ -67,9 +67,10 @@ def projection(results: dict, sync_every: int = 16) -> str:
     """Markdown: communication per rank and step at N processes, from the 2-process measurement.
 
     Dense all-reduce (ring): 2 (N-1)/N x the dense bytes per rank. Row-sparse tables (all-gather):
-    (N-1) x the rows one rank sends (measured at N=2, held fixed: weak scaling, same rays per rank).
-    Grids: their bytes / sync_every. Time at the gloo loopback bandwidth measured here and at
-    nominal link speeds (not measured here)."""
+    (N-1) x the rows one rank sends (measured at N=2, held fixed: weak scaling, same rays per rank),
+    or the ring all-reduce of the whole table where that moves less (the rule
+    ``engine.distributed.rows_pay`` applies at every step). Grids: their bytes / sync_every. Time at
+    the gloo loopback bandwidth measured here and at nominal link speeds (not measured here)."""
     t64 = results["allreduce_s"][64]
     loop_bw = 64 * 2**20 / t64  # bytes per second one rank moves in a 2-process ring all-reduce
     links = {"gloo loopback (measured)": loop_bw, "10 GbE (nominal 1.25 GB/s)": 1.25e9, "NVLink H100 (nominal ~450 GB/s bus)": 450e9}
@@ -80,7 +81,8 @@ def projection(results: dict, sync_every: int = 16) -> str:
         measured = row["2x1"]["comm_mb_per_step"] * 2**20
         rows_at_2 = max(measured - b["dense"] - b["buffers"] / sync_every, 0.0)
         for n in (2, 4, 8):
-            vol = b["dense"] * 2 * (n - 1) / n + rows_at_2 * (n - 1) + b["buffers"] / sync_every
+            table = min(rows_at_2 * (n - 1), b["rows_table"] * 2 * (n - 1) / n) if b["rows_table"] else 0.0
+            vol = b["dense"] * 2 * (n - 1) / n + table + b["buffers"] / sync_every
             lines.append(f"| {m} | {n} | {vol / 2**20:.1f} | " + " | ".join(f"{1000 * vol / bw:.1f}" for bw in links.values()) + " |")
     return "\n".join(lines)
 

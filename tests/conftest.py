@@ -10,6 +10,10 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 # a NeRF small enough to train a few steps in well under a second
 TINY_VANILLA = ["width=32", "depth=2", "color_width=16", "n_coarse=8", "n_fine=8"]
+# a nerfacto of the same kind: small grids, few proposal samples
+TINY_NERFACTO = ["n_levels=4", "log2_table_size=12", "max_resolution=64", "hidden=16", "color_hidden=16", "appearance_dim=4",
+                 "proposal_levels=2", "proposal_log2_table_size=10", "proposal_max_resolution_1=32", "proposal_max_resolution_2=32",
+                 "proposal_samples_1=16", "proposal_samples_2=8", "n_samples=8", "anneal_steps=4"]
 
 
 @pytest.fixture(autouse=True)

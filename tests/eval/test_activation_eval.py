@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from conftest import TINY_VANILLA
+from conftest import TINY_NERFACTO, TINY_VANILLA
 from turbonerf.cli.main import main
 from turbonerf.data.formats import load_scene
 from turbonerf.data.synthetic import write_tiny_blender_scene
@@ -165,7 +165,7 @@ def test_methods_without_a_coarse_fine_nerf_pair_are_refused():
     eff = EfficientNeRF(cfg, torch.tensor([[-1.5] * 3, [1.5] * 3]))
     with pytest.raises(TurboNerfError, match="does not apply to efficient-nerf.*pivots_from_grid"):
         check_supported(eff, "efficient-nerf")
-    with pytest.raises(TurboNerfError, match="method 'something' has no such pair"):
+    with pytest.raises(TurboNerfError, match="method .something. has no such pass"):
         check_supported(torch.nn.Linear(2, 2), "something")
 
 
@@ -200,3 +200,24 @@ def test_cli_activation_sampler_and_sweep(tiny_scene, tmp_path, capsys):
     assert "--layer 2 does not exist" in capsys.readouterr().err
     assert main(["eval", "--run", str(run), "--sampler", "fancy", "--no-progress"]) == 2
     assert "unknown --sampler 'fancy'" in capsys.readouterr().err
+
+
+def test_nerfacto_activation_sampler_skips_its_first_proposal_network(tiny_scene, tmp_path, capsys):
+    """On nerfacto the estimate replaces the first proposal network (1 hidden layer); the second
+    proposal network and the field run as in ``base``."""
+    run = tmp_path / "run"
+    sets = [a for kv in TINY_NERFACTO + ["n_images=0"] for a in ("--set", kv)]
+    assert main(["train", "--method", "nerfacto", "--data", str(tiny_scene), "--out", str(run), "--max-steps", "5",
+                 "--batch-rays", "64", "--no-progress", *sets]) == 0
+    model, spec, _ = load_trained(run, torch.device("cpu"))
+    check_supported(model, "nerfacto")
+    scene = load_scene(spec.scene.data, splits=("test",))
+    for cfg in (BASE, ACT, SamplerConfig("activation", layer=0, fct="std_half", upsample=True)):
+        out, t = _render(model, scene, cfg)
+        assert out["rgb"].shape == (16, 16, 3) and torch.isfinite(out["rgb"]).all()
+        assert (t["t_coarse"] > 0) == (cfg.sampler == "default") and (t["t_act"] > 0) == (cfg.sampler != "default")
+    capsys.readouterr()
+    assert main(["eval", "--run", str(run), "--sampler", "activation", "--layer", "0", "--fct", "0", "--no-progress"]) == 0
+    assert list(json.loads((run / "eval" / "stats.json").read_text())) == ["base", "layer_00_ups_0_fct_std"]
+    assert main(["eval", "--run", str(run), "--sampler", "activation", "--layer", "1", "--no-progress"]) == 2
+    assert "--layer 1 does not exist" in capsys.readouterr().err

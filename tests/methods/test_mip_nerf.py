@@ -39,7 +39,7 @@ def test_levels_share_one_mlp_and_fine_bins_replace_the_coarse_ones():
     rays = _rays()
     edges, w, coarse = model.coarse_stage(rays, torch.ones(3), train=True)
     assert edges.shape == (6, 9) and w.shape == (6, 8) and not w.requires_grad
-    fine = model.fine_edges(edges, w, train=True)
+    fine = model.fine_edges(rays, edges, w, train=True)
     assert fine.shape == (6, 13) and not fine.requires_grad  # n_fine + 1 edges, no union with the coarse ones
     assert torch.all(fine[:, 1:] >= fine[:, :-1]) and torch.all((fine >= 2.0) & (fine <= 6.0))
     out = model(rays, torch.ones(3), train=True)

@@ -121,7 +121,7 @@ def sweep_run(
     configs = list(dict.fromkeys(configs))  # drop duplicates, keep order
     skipped = []
     if sweep.drop_missing_layers:
-        depth = {net: len(model.trunk(net).trunk) for net in ("coarse", "fine")}
+        depth = {net: model.trunk_depth(net) for net in ("coarse", "fine")}
         skipped = [c.key for c in configs if c.sampler == "activation" and c.layer >= depth[c.net]]
         configs = [c for c in configs if c.key not in skipped]
     if not configs:

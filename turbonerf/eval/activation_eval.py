@@ -3,13 +3,15 @@ its own coarse-to-fine pipeline, with render time split into stages.
 
 Configurations (keys as in the reference code's ``stats.json``):
 
-- ``base``: the method's coarse-to-fine pipeline (n_coarse uniform samples through the whole
-  coarse MLP, then the fine MLP on the bins the method derives from the coarse weights,
-  ``CoarseToFine.fine_edges``: vanilla NeRF the union with n_fine inverse-CDF samples, Mip-NeRF
-  n_fine blur-pooled resampled bins), reproduced stage by stage.
-- ``layer_{L:02d}_ups_{0|1}_fct_{name}``: the coarse MLP is evaluated only up to trunk layer L
-  at n_coarse uniform samples (on the method's own trunk input: points for vanilla NeRF, the
-  IPE of the frustums for Mip-NeRF, whose two levels share one MLP), its ReLU activations
+- ``base``: the method's coarse-to-fine pipeline (its n_coarse first-pass bins,
+  ``CoarseToFine.initial_edges``, through the whole coarse network, then the fine level on the
+  bins the method derives from the coarse weights, ``CoarseToFine.fine_edges``: vanilla NeRF the
+  union with n_fine inverse-CDF samples, Mip-NeRF n_fine blur-pooled resampled bins, nerfacto
+  the second proposal network and its draw of the field's samples), reproduced stage by stage.
+- ``layer_{L:02d}_ups_{0|1}_fct_{name}``: the coarse network is evaluated only up to trunk layer
+  L at the n_coarse first-pass bins (on the method's own trunk input: points for vanilla NeRF,
+  the IPE of the frustums for Mip-NeRF, whose two levels share one MLP, the hash encoding of the
+  points for nerfacto's first proposal network), its ReLU activations
   reduced to a density estimate (:mod:`turbonerf.samplers.activation`), whose normalised
   compositing weights go through the same ``fine_edges`` (with the sweep's padding): the same
   fine-pass size as ``base``.
@@ -22,9 +24,10 @@ Timing contract (per image, seconds, ``time.perf_counter``; CUDA is synchronised
 boundary): ``t`` is the wall time of the whole image render, from ray generation to the
 assembled [H, W] outputs. Inside it, three disjoint stage timers accumulate over chunks:
 
-- ``t_act``: uniform bins, the partial trunk, reductions, upsampling, transform -> estimate;
-- ``t_coarse``: uniform bins, the whole coarse MLP, compositing weights (0 for activation configs);
-- ``t_fine``: weights -> inverse-CDF samples -> fine bins -> fine MLP -> compositing.
+- ``t_act``: first-pass bins, the partial trunk, reductions, upsampling, transform -> estimate;
+- ``t_coarse``: first-pass bins, the whole coarse network, compositing weights (0 for activation configs);
+- ``t_fine``: weights -> resampled bins (nerfacto: and its second proposal network) -> fine
+  network -> compositing.
 
 ``t_other = t - (t_act + t_coarse + t_fine) >= 0`` is everything outside the stages (ray
 generation, slicing into chunks, concatenating and reshaping outputs), so the four add up to
@@ -56,7 +59,6 @@ from turbonerf.samplers.activation import (
     upsample_image,
     weights_from_estimate,
 )
-from turbonerf.samplers.uniform import stratified_edges
 
 REFERENCE_FCTS = ("std", "std_half", "std_half_sq")
 """the reference's along-ray transforms, in its index order 0, 1, 2"""
@@ -151,15 +153,15 @@ def check_supported(model: torch.nn.Module, method: str) -> None:
         raise TurboNerfError(EFFICIENT_NERF_REASON)
     if not isinstance(model, CoarseToFine):
         raise TurboNerfError(
-            f"activation-based sampling needs a coarse-to-fine NeRF (a coarse and a fine NeRF MLP with "
-            f"n_coarse/n_fine samples, as vanilla-nerf); method '{method}' has no such pair"
+            f"activation-based sampling needs a NeRF whose later samples come from a first pass's weights "
+            f"(vanilla-nerf, mip-nerf, nerfacto); method '{method}' has no such pass"
         )
 
 
 def check_layer(model: torch.nn.Module, config: SamplerConfig) -> None:
     """TurboNerfError when ``config.layer`` is not a trunk layer of the network it reads."""
     if config.sampler == "activation":
-        depth = len(model.trunk(config.net).trunk)
+        depth = model.trunk_depth(config.net)
         if config.layer >= depth:
             raise TurboNerfError(f"--layer {config.layer} does not exist: the {config.net} MLP has {depth} trunk layers (0..{depth - 1})")
 
@@ -203,15 +205,15 @@ def render_rays_base(model: CoarseToFine, rays: RayBundle, background: Tensor, t
     with timer.stage("t_coarse"):
         edges, w, _ = model.coarse_stage(rays, background, train=False)
     with timer.stage("t_fine"):
-        fine = model.fine_stage(rays, background, model.fine_edges(edges, w, train=False), train=False)
+        fine = model.fine_stage(rays, background, model.fine_edges(rays, edges, w, train=False), train=False)
     return _outputs(fine)
 
 
 def activation_values_for(model, config: SamplerConfig, rays: RayBundle, n_samples: int) -> Tensor:
     """[R, n_samples] reduced activations of ``config.net``'s trunk layer ``config.layer`` at
-    n_samples uniform bins over each ray's [near, far] (the method's own trunk input for a bin:
+    the method's n_samples first-pass bins (``initial_edges``; the method's own trunk input for a bin:
     its midpoint for vanilla NeRF, its frustum's IPE for Mip-NeRF)."""
-    edges = stratified_edges(rays.near, rays.far, n_samples, jitter=False)
+    edges = model.initial_edges(rays, n_samples)
     act = model.trunk_activations(rays, edges, config.layer, config.net)
     return reduce_activations(act, config.reduce).reshape(len(rays), n_samples)
 
@@ -219,15 +221,16 @@ def activation_values_for(model, config: SamplerConfig, rays: RayBundle, n_sampl
 def render_rays_from_estimate(
     model, rays: RayBundle, estimate: Tensor, background: Tensor, timer: StageTimer, padding: float = 0.01
 ) -> dict[str, Tensor]:
-    """Fine pass (timed as t_fine) on the bins the method derives from the n_coarse uniform bins
-    and the normalised compositing weights of a density estimate [R, n_coarse], with ``padding``
-    as the weight floor (vanilla NeRF: the uniform bins plus n_fine inverse-CDF samples, exactly
-    :func:`~turbonerf.samplers.activation.activation_fine_edges`; Mip-NeRF: blur-pool and n_fine
-    + 1 resampled edges)."""
+    """Fine pass (timed as t_fine) on the bins the method derives from its n_coarse first-pass
+    bins and the normalised compositing weights of a density estimate [R, n_coarse], with
+    ``padding`` as the weight floor (vanilla NeRF: the uniform bins plus n_fine inverse-CDF
+    samples, exactly :func:`~turbonerf.samplers.activation.activation_fine_edges`; Mip-NeRF:
+    blur-pool and n_fine + 1 resampled edges; nerfacto: the second proposal network's bins drawn
+    from them, that network, the field's bins)."""
     with timer.stage("t_fine"):
-        edges = stratified_edges(rays.near, rays.far, model.n_coarse, jitter=False)
+        edges = model.initial_edges(rays)
         w = weights_from_estimate(edges, estimate)
-        fine = model.fine_stage(rays, background, model.fine_edges(edges, w, train=False, padding=padding), train=False)
+        fine = model.fine_stage(rays, background, model.fine_edges(rays, edges, w, train=False, padding=padding), train=False)
     return _outputs(fine)
 
 
@@ -374,7 +377,7 @@ def estimate_diagnostics(
     stride = max(1, math.ceil(h * w / max_rays))
     pick = torch.arange(0, h * w, stride, device=device)
     sub = rays[pick]
-    edges = stratified_edges(sub.near, sub.far, n, jitter=False)
+    edges = model.initial_edges(sub, n)
     truth = model.bin_density(sub, edges, "fine").float()
     if config.sampler == "default":
         est = model.bin_density(sub, edges, "coarse").float()

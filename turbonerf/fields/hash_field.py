@@ -47,6 +47,21 @@ def _mlp(in_dim: int, hidden: int, n_hidden: int, out_dim: int) -> nn.Sequential
     return nn.Sequential(*layers)
 
 
+def hidden_activations(mlp: nn.Sequential, h: Tensor, upto: int) -> Tensor:
+    """[N, hidden]: the ReLU output of hidden layer ``upto`` (0-based) of an MLP made by
+    :func:`_mlp`, for its inputs ``h`` [N, in_dim] (what activation-based sampling reads)."""
+    if not 0 <= upto < hidden_layers(mlp):
+        raise ValueError(f"hidden layer {upto} does not exist: the MLP has {hidden_layers(mlp)}")
+    for layer in mlp[: 2 * (upto + 1)]:
+        h = layer(h)
+    return h
+
+
+def hidden_layers(mlp: nn.Sequential) -> int:
+    """The number of hidden (ReLU) layers of an MLP made by :func:`_mlp`."""
+    return (len(mlp) - 1) // 2
+
+
 class HashField(nn.Module):
     """Points in an axis-aligned box -> (sigma, rgb), the field of Instant-NGP.
 

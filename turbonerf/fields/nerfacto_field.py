@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from turbonerf.encodings.hashgrid import HashEncoding
 from turbonerf.encodings.sh import sh_basis
 from turbonerf.fields.contraction import points_to_unit_cube
-from turbonerf.fields.hash_field import _mlp, trunc_exp
+from turbonerf.fields.hash_field import _mlp, hidden_activations, hidden_layers, trunc_exp
 
 
 class ProposalDensityField(nn.Module):
@@ -51,6 +51,15 @@ class ProposalDensityField(nn.Module):
         u, inside = points_to_unit_cube(x, self.aabb, self.contract)
         h = self.mlp(self.encoding(u))
         return trunc_exp(h[:, 0].float()) * inside
+
+    @property
+    def trunk_depth(self) -> int:
+        """Hidden layers of the MLP (nerfacto: 1)."""
+        return hidden_layers(self.mlp)
+
+    def trunk_features(self, x: Tensor, upto: int) -> Tensor:
+        """x: [N, 3] -> [N, hidden] ReLU activations of hidden layer ``upto`` (activation-based sampling)."""
+        return hidden_activations(self.mlp, self.encoding(points_to_unit_cube(x, self.aabb, self.contract)[0]), upto)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.density(x)
@@ -119,6 +128,15 @@ class NerfactoField(nn.Module):
     def density(self, x: Tensor) -> Tensor:
         """x: [N, 3] points -> sigma [N] float32 (>= 0)."""
         return self.geometry(x)[0]
+
+    @property
+    def trunk_depth(self) -> int:
+        """Hidden layers of the density MLP."""
+        return hidden_layers(self.density_mlp)
+
+    def trunk_features(self, x: Tensor, upto: int) -> Tensor:
+        """x: [N, 3] -> [N, hidden] ReLU activations of the density MLP's hidden layer ``upto``."""
+        return hidden_activations(self.density_mlp, self.encoding(points_to_unit_cube(x, self.aabb, self.contract)[0]), upto)
 
     def forward(self, x: Tensor, d: Tensor, appearance: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """x: [N, 3] points, d: [N, 3] unit directions, appearance: [N, appearance_dim] or None

@@ -141,32 +141,40 @@ class Method(nn.Module, ABC):
 
 @runtime_checkable
 class CoarseToFine(Protocol):
-    """A NeRF whose fine samples come from inverse-CDF sampling of a coarse pass (vanilla NeRF,
-    Mip-NeRF): what activation-based sampling replaces. Stages, all without jitter at inference:
+    """A NeRF whose later samples come from the weights of a first pass (vanilla NeRF and
+    Mip-NeRF: a coarse MLP and inverse-CDF sampling; nerfacto: its first proposal network, whose
+    weights place the second's samples, whose weights place the field's): what activation-based
+    sampling replaces. Stages, all without jitter at inference:
 
+    - ``initial_edges(rays, n=None) -> [R, n + 1]``: the first pass's bins (n: ``n_coarse``;
+      vanilla / Mip-NeRF uniform in t, nerfacto uniform in its s coordinate);
     - ``coarse_stage(rays, background, train) -> (edges [R, n_coarse + 1], weights [R, n_coarse], outputs)``;
-    - ``fine_edges(edges, weights, train, padding=None) -> fine_edges [R, S + 1]``: the method's
-      own way from bins and their weights to the fine level's bins (vanilla: the union of the
-      bins and n_fine inverse-CDF samples; Mip-NeRF: blur-pool, then n_fine + 1 new edges).
-      ``padding``: the uniform weight floor (None: the method's own);
+    - ``fine_edges(rays, edges, weights, train, padding=None) -> fine_edges [R, S + 1]``: the
+      method's own way from the first pass's bins and their weights to the last level's bins
+      (vanilla: the union of the bins and n_fine inverse-CDF samples; Mip-NeRF: blur-pool, then
+      n_fine + 1 new edges; nerfacto: the draw for the second proposal network, that network,
+      its draw). ``padding``: the uniform weight floor of the first draw (None: the method's own);
     - ``fine_stage(rays, background, fine_edges, train) -> outputs`` on those bins;
-    - ``trunk(net)``: the ``"coarse"`` or ``"fine"`` network (its ``trunk`` lists its trunk layers);
+    - ``trunk_depth(net) -> int``: trunk (hidden ReLU) layers of the ``"coarse"`` network (the
+      one the first pass uses) or the ``"fine"`` one;
     - ``trunk_activations(rays, edges, layer, net) -> [R * S, W]``: ReLU activations of trunk
-      layer ``layer`` of ``net`` for the S bins ``edges`` [R, S + 1] (vanilla: at the bin
-      midpoints; Mip-NeRF: the IPE of the bins' frustums);
+      layer ``layer`` of ``net`` for the S bins ``edges`` [R, S + 1] (vanilla and nerfacto: at
+      the bin midpoints; Mip-NeRF: the IPE of the bins' frustums);
     - ``bin_density(rays, edges, net) -> [R, S]``: that network's density for the same bins.
     """
 
     n_coarse: int
     n_fine: int
 
+    def initial_edges(self, rays: RayBundle, n: int | None = None) -> Tensor: ...
+
     def coarse_stage(self, rays: RayBundle, background: Tensor, train: bool): ...
 
-    def fine_edges(self, edges: Tensor, weights: Tensor, train: bool, padding: float | None = None) -> Tensor: ...
+    def fine_edges(self, rays: RayBundle, edges: Tensor, weights: Tensor, train: bool, padding: float | None = None) -> Tensor: ...
 
     def fine_stage(self, rays: RayBundle, background: Tensor, fine_edges: Tensor, train: bool) -> dict: ...
 
-    def trunk(self, net: str) -> nn.Module: ...
+    def trunk_depth(self, net: str) -> int: ...
 
     def trunk_activations(self, rays: RayBundle, edges: Tensor, layer: int, net: str) -> Tensor: ...
 

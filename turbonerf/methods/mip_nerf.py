@@ -125,11 +125,11 @@ class MipNeRF(Method):
     def coarse_stage(self, rays: RayBundle, background: Tensor, train: bool = False) -> tuple[Tensor, Tensor, dict]:
         """n_coarse stratified bins through the MLP: (edges [R, n_coarse + 1], detached weights
         [R, n_coarse], coarse outputs)."""
-        edges = stratified_edges(rays.near, rays.far, self.n_coarse, jitter=train)
+        edges = stratified_edges(rays.near, rays.far, self.n_coarse, jitter=train)  # initial_edges when not train
         coarse = self._shade(rays, edges, background, train)
         return edges, coarse["weights"].detach().reshape(len(rays), self.n_coarse), coarse
 
-    def fine_edges(self, edges: Tensor, weights: Tensor, train: bool = False, padding: float | None = None) -> Tensor:
+    def fine_edges(self, rays: RayBundle, edges: Tensor, weights: Tensor, train: bool = False, padding: float | None = None) -> Tensor:
         """n_fine + 1 new edges [R, n_fine + 1] from the blur-pooled ``weights`` [R, B] plus
         ``padding`` (default: resample_padding), stratified quantiles when ``train``."""
         pad = self.config.resample_padding if padding is None else padding
@@ -144,6 +144,13 @@ class MipNeRF(Method):
         """The shared MLP (for ``"coarse"`` and ``"fine"`` alike)."""
         return self.mlp
 
+    def initial_edges(self, rays: RayBundle, n: int | None = None) -> Tensor:
+        """[R, n + 1] the coarse pass's bins at inference: uniform over [near, far] (n: n_coarse)."""
+        return stratified_edges(rays.near, rays.far, self.n_coarse if n is None else n, jitter=False)
+
+    def trunk_depth(self, net: str) -> int:
+        return len(self.trunk(net).trunk)
+
     def trunk_activations(self, rays: RayBundle, edges: Tensor, layer: int, net: str) -> Tensor:
         """[R * S, width] activations of trunk layer ``layer`` on the frustums of ``edges`` [R, S + 1]."""
         return self.trunk(net).trunk_features(*self._gaussians(rays, edges), upto=layer)
@@ -155,7 +162,7 @@ class MipNeRF(Method):
     def forward(self, rays: RayBundle, background: Tensor, train: bool = False) -> dict:
         """Fine outputs (rgb, depth, opacity, weights) and ``coarse_rgb`` [R, 3]."""
         edges, w, coarse = self.coarse_stage(rays, background, train)
-        out = self.fine_stage(rays, background, self.fine_edges(edges, w, train), train)
+        out = self.fine_stage(rays, background, self.fine_edges(rays, edges, w, train), train)
         out["coarse_rgb"] = coarse["rgb"]
         return out
 

@@ -28,6 +28,13 @@ Scenes (``scene_contraction``, resolved from the scene when training starts, see
 Inference renders chunks of ``render_chunk_rays`` rays without jitter, annealing or the
 embedding of a training image (evaluation views use the mean appearance embedding).
 
+Activation-based sampling (Radl et al. 2024; ``eval --sampler activation``): the ReLU activations
+of the first proposal network's hidden layer at its 256 bins, averaged over the 16 units and
+transformed along the ray, replace that network's density; its weights go through the same draw,
+and the second proposal network and the field run as always (the ``CoarseToFine`` stages below).
+The saving is small unless the activation pass is upsampled (``--upsample``): the hash encoding,
+the cost of a proposal network, is needed for the activations too.
+
 Proposal updates: as nerfstudio's ``proposal_update_every=5`` / ``proposal_warmup=5000``, the
 proposal networks get a gradient on the first 10 steps, then whenever more than k steps have
 passed since they last did, k growing from 1 to 5 over 5000 steps; on the other steps their
@@ -54,12 +61,12 @@ from turbonerf.data.scene import Scene
 from turbonerf.errors import TurboNerfError
 from turbonerf.fields.nerfacto_field import NerfactoField, ProposalDensityField
 from turbonerf.methods.base import Method, adam, linear_flops
-from turbonerf.rays import RayBundle
+from turbonerf.rays import RayBundle, packed_from_dense
 from turbonerf.render.losses import distortion_loss, interlevel_loss
-from turbonerf.render.volrend import composite
+from turbonerf.render.volrend import composite, render_weight_dense
 from turbonerf.samplers.base import SamplerUpdate
 from turbonerf.samplers.occupancy import ray_aabb_intersect
-from turbonerf.samplers.proposal import ProposalSampler
+from turbonerf.samplers.proposal import ProposalSampler, s_to_t
 
 CONTRACTIONS = ("auto", "box", "contract")
 
@@ -262,6 +269,59 @@ class Nerfacto(Method):
             z = rays.origins.new_zeros(0)
             return {"rgb": rays.origins.new_zeros(0, 3), "depth": z, "opacity": z}
         return {k: torch.cat([p[k] for p in parts]) for k in ("rgb", "depth", "opacity")}
+
+    # The stages of activation-based sampling (a :class:`~turbonerf.methods.base.CoarseToFine`
+    # method; :mod:`turbonerf.eval.activation_eval`): the "coarse" pass is the first proposal
+    # network on its proposal_samples_1 bins, the "fine" pass the second proposal network and
+    # the field. Inference only; together they are the model's own render.
+
+    @property
+    def n_coarse(self) -> int:
+        return self.config.proposal_samples_1
+
+    @property
+    def n_fine(self) -> int:
+        return self.config.n_samples
+
+    def initial_edges(self, rays: RayBundle, n: int | None = None) -> Tensor:
+        """[R, n + 1] distances of the first proposal level's bins (uniform in s over the ray's
+        interval; n: proposal_samples_1)."""
+        r = self._ray_interval(rays)
+        return s_to_t(ProposalSampler.initial_s_edges(r.near, self.n_coarse if n is None else n), r.near, r.far)
+
+    def coarse_stage(self, rays: RayBundle, background: Tensor, train: bool = False) -> tuple[Tensor, Tensor, dict]:
+        """The first proposal network: (edges [R, n_coarse + 1], weights [R, n_coarse], {})."""
+        edges = self.initial_edges(rays)
+        return edges, render_weight_dense(edges, self.bin_density(rays, edges, "coarse")), {}
+
+    def fine_edges(self, rays: RayBundle, edges: Tensor, weights: Tensor, train: bool = False, padding: float | None = None) -> Tensor:
+        """[R, n_samples + 1] the field's bins: the first level's draw from ``weights`` [R,
+        n_coarse] (of the bins ``edges``, which must be :meth:`initial_edges`) padded by
+        ``padding`` (default histogram_padding), the second proposal network, its draw."""
+        if edges.shape[1] != self.n_coarse + 1:
+            raise ValueError(f"nerfacto's first level has {self.n_coarse} bins, got {edges.shape[1] - 1}")
+        return self.sampler.propose(self._ray_interval(rays), train, first_weights=weights, padding=padding).t_edges
+
+    def fine_stage(self, rays: RayBundle, background: Tensor, fine_edges: Tensor, train: bool = False) -> dict:
+        """The field on the bins ``fine_edges`` [R, S + 1] (mean appearance), composited."""
+        p = packed_from_dense(fine_edges)
+        sigma, rgb = self.field(p.positions(rays), p.viewdirs(rays), None)
+        return composite(p.t_starts, p.t_ends, sigma, rgb, p.ray_indices, p.n_rays, background)
+
+    def _net(self, net: str):
+        return {"coarse": self.proposals[0], "fine": self.field}[net]
+
+    def trunk_depth(self, net: str) -> int:
+        """Hidden layers of the first proposal network's MLP (``"coarse"``) or of the field's density MLP."""
+        return self._net(net).trunk_depth
+
+    def trunk_activations(self, rays: RayBundle, edges: Tensor, layer: int, net: str) -> Tensor:
+        """[R * S, hidden] activations of hidden layer ``layer`` at the midpoints of ``edges`` [R, S + 1]."""
+        return self._net(net).trunk_features(packed_from_dense(edges).positions(rays), upto=layer)
+
+    def bin_density(self, rays: RayBundle, edges: Tensor, net: str) -> Tensor:
+        """[R, S] density of ``net`` at the midpoints of the bins ``edges`` [R, S + 1]."""
+        return self._net(net).density(packed_from_dense(edges).positions(rays)).float().reshape(edges.shape[0], -1)
 
     def loss(self, outputs: dict, target: Tensor):
         c = self.config

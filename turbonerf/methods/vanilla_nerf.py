@@ -70,7 +70,7 @@ class VanillaNeRF(Method):
     def coarse_stage(self, rays: RayBundle, background: Tensor, train: bool = False) -> tuple[Tensor, Tensor, dict]:
         """n_coarse stratified samples through the coarse MLP: (edges [R, n_coarse + 1],
         detached weights [R, n_coarse], coarse outputs)."""
-        edges = stratified_edges(rays.near, rays.far, self.n_coarse, jitter=train)
+        edges = stratified_edges(rays.near, rays.far, self.n_coarse, jitter=train)  # initial_edges when not train
         coarse = self._shade(self.coarse, rays, edges, background, train)
         return edges, coarse["weights"].detach().reshape(len(rays), self.n_coarse), coarse
 
@@ -78,7 +78,7 @@ class VanillaNeRF(Method):
         """The fine MLP on the merged intervals ``fine_edges`` [R, S + 1]."""
         return self._shade(self.fine, rays, fine_edges, background, train)
 
-    def fine_edges(self, edges: Tensor, weights: Tensor, train: bool = False, padding: float | None = None) -> Tensor:
+    def fine_edges(self, rays: RayBundle, edges: Tensor, weights: Tensor, train: bool = False, padding: float | None = None) -> Tensor:
         """The union of ``edges`` [R, B + 1] and n_fine inverse-CDF samples of ``weights`` [R, B]
         (``padding`` added per bin, default 1e-5; random quantiles when ``train``): [R, B + n_fine + 1]."""
         eps = 1e-5 if padding is None else padding
@@ -86,6 +86,13 @@ class VanillaNeRF(Method):
 
     def trunk(self, net: str) -> NeRFMLP:
         return {"coarse": self.coarse, "fine": self.fine}[net]
+
+    def initial_edges(self, rays: RayBundle, n: int | None = None) -> Tensor:
+        """[R, n + 1] the coarse pass's bins at inference: uniform over [near, far] (n: n_coarse)."""
+        return stratified_edges(rays.near, rays.far, self.n_coarse if n is None else n, jitter=False)
+
+    def trunk_depth(self, net: str) -> int:
+        return len(self.trunk(net).trunk)
 
     def trunk_activations(self, rays: RayBundle, edges: Tensor, layer: int, net: str) -> Tensor:
         """[R * S, width] activations of trunk layer ``layer`` at the midpoints of the bins ``edges`` [R, S + 1]."""
@@ -99,7 +106,7 @@ class VanillaNeRF(Method):
     def forward(self, rays: RayBundle, background: Tensor, train: bool = False) -> dict:
         """Fine outputs (rgb, depth, opacity, weights) and ``coarse_rgb`` [R, 3]."""
         edges, w, coarse = self.coarse_stage(rays, background, train)
-        out = self.fine_stage(rays, background, self.fine_edges(edges, w, train), train)
+        out = self.fine_stage(rays, background, self.fine_edges(rays, edges, w, train), train)
         out["coarse_rgb"] = coarse["rgb"]
         return out
 

@@ -162,26 +162,42 @@ class ProposalSampler:
         """The NeRF's samples of ``rays`` (``density_fn`` is ignored: the proposals are used)."""
         return self.propose(rays, train).samples
 
-    def propose(self, rays: RayBundle, train: bool) -> ProposalSamples:
+    def propose(
+        self, rays: RayBundle, train: bool, first_weights: Tensor | None = None, padding: float | None = None
+    ) -> ProposalSamples:
         """Run the proposal levels on R rays. ``train``: jitter, anneal, and keep the proposals'
-        graph on the steps they learn; otherwise deterministic, no annealing, no graph."""
+        graph on the steps they learn; otherwise deterministic, no annealing, no graph.
+
+        ``first_weights`` [R, P_0]: weights of the first level's bins (:meth:`initial_s_edges`)
+        computed elsewhere (activation-based sampling: an estimate from the first proposal
+        network's activations), so that network is skipped; its draw then pads them with
+        ``padding`` (default ``histogram_padding``). The later levels run as always."""
         near, far = rays.near, rays.far
         r = len(rays)
-        s_edges = stratified_edges(torch.zeros_like(near), torch.ones_like(far), self.n_proposal_samples[0], jitter=train)
+        s_edges = self.initial_s_edges(near, self.n_proposal_samples[0], train)
         prop_edges, prop_weights = [], []
         for level, density_fn in enumerate(self.density_fns):
             t_edges = s_to_t(s_edges, near, far)
-            mids = 0.5 * (t_edges[:, 1:] + t_edges[:, :-1])
-            points = rays.origins[:, None, :] + mids[..., None] * rays.directions[:, None, :]
-            with torch.set_grad_enabled(train and self.proposals_learn and torch.is_grad_enabled()):
-                sigma = density_fn(points.reshape(-1, 3)).float().reshape(r, -1)
-                weights = render_weight_dense(t_edges, sigma)
+            if level == 0 and first_weights is not None:
+                weights = first_weights
+            else:
+                mids = 0.5 * (t_edges[:, 1:] + t_edges[:, :-1])
+                points = rays.origins[:, None, :] + mids[..., None] * rays.directions[:, None, :]
+                with torch.set_grad_enabled(train and self.proposals_learn and torch.is_grad_enabled()):
+                    sigma = density_fn(points.reshape(-1, 3)).float().reshape(r, -1)
+                    weights = render_weight_dense(t_edges, sigma)
             prop_edges.append(s_edges)
             prop_weights.append(weights)
             n_next = self.n_proposal_samples[level + 1] if level + 1 < len(self.density_fns) else self.n_samples
             w = weights.detach()
             if train and self.anneal != 1.0:
                 w = w.pow(self.anneal)
-            s_edges = sample_edges_from_histogram(s_edges, w, n_next + 1, train, self.histogram_padding)
+            pad = self.histogram_padding if (padding is None or level > 0 or first_weights is None) else padding
+            s_edges = sample_edges_from_histogram(s_edges, w, n_next + 1, train, pad)
         t_edges = s_to_t(s_edges, near, far)
         return ProposalSamples(packed_from_dense(t_edges), t_edges, s_edges, prop_edges, prop_weights)
+
+    @staticmethod
+    def initial_s_edges(near: Tensor, n: int, train: bool = False) -> Tensor:
+        """[R, n + 1] the first level's bins in s (uniform; stratified when ``train``) for rays [R]."""
+        return stratified_edges(torch.zeros_like(near), torch.ones_like(near), n, jitter=train)
