@@ -16,6 +16,24 @@ TINY_NERFACTO = ["n_levels=4", "log2_table_size=12", "max_resolution=64", "hidde
                  "proposal_samples_1=16", "proposal_samples_2=8", "n_samples=8", "anneal_steps=4"]
 
 
+def ball_density(x: torch.Tensor) -> torch.Tensor:
+    """A solid ball of radius 0.5 at the origin with density 20 and a soft edge: [N, 3] -> [N]."""
+    return 20.0 * torch.sigmoid((0.5 - x.norm(dim=-1)) * 40.0)
+
+
+def fit_to_ball(field: torch.nn.Module, steps: int, lr: float) -> None:
+    """Fit ``field.density`` to :func:`ball_density` directly (MSE at random points of
+    [-1.5, 1.5]^3): the activation-sampling tests' known density, without the instability of
+    photometric training on a tiny scene."""
+    opt = torch.optim.Adam(field.parameters(), lr=lr)
+    for _ in range(steps):
+        x = torch.rand(2048, 3) * 3.0 - 1.5
+        loss = ((field.density(x) - ball_density(x)) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
 @pytest.fixture(autouse=True)
 def _restore_torch_process_settings():
     """The app layer sets process-wide torch settings for a run (``engine.runtime.configure``:

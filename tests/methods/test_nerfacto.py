@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from conftest import TINY_NERFACTO
+from conftest import TINY_NERFACTO, ball_density, fit_to_ball
 
 from turbonerf.app.evaluate import EvalOptions, evaluate_run
 from turbonerf.app.train import TrainOptions, train
@@ -178,24 +178,15 @@ def test_first_proposal_activations_place_samples_on_a_density_it_was_fitted_to(
     from turbonerf.fields.nerfacto_field import ProposalDensityField
     from turbonerf.samplers.activation import transform_along_ray, weights_from_estimate
 
-    def ball(x):
-        return 20.0 * torch.sigmoid((0.5 - x.norm(dim=-1)) * 40.0)
-
     torch.manual_seed(0)
     fitted = ProposalDensityField(AABB, False, n_levels=4, log2_table_size=12, max_resolution=64, hash_backend="torch")
     untrained = ProposalDensityField(AABB, False, n_levels=4, log2_table_size=12, max_resolution=64, hash_backend="torch")
-    opt = torch.optim.Adam(fitted.parameters(), lr=1e-2)
-    for _ in range(300):
-        x = torch.rand(2048, 3) * 3.0 - 1.5
-        loss = ((fitted.density(x) - ball(x)) ** 2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    fit_to_ball(fitted, steps=300, lr=1e-2)
     rays = _rays(64)
     edges = torch.linspace(2.0, 6.0, 65)[None].expand(64, -1).contiguous()
     mids = 0.5 * (edges[:, 1:] + edges[:, :-1])
     pts = (rays.origins[:, None] + mids[..., None] * rays.directions[:, None]).reshape(-1, 3)
-    w_true = weights_from_estimate(edges, ball(pts).reshape(64, 64))
+    w_true = weights_from_estimate(edges, ball_density(pts).reshape(64, 64))
 
     def overlap(w):
         return float(torch.minimum(w, w_true).sum(-1).mean())

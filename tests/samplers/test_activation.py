@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from conftest import ball_density, fit_to_ball
 from turbonerf.fields.nerf_mlp import NeRFMLP
 from turbonerf.rays import RayBundle
 from turbonerf.samplers.activation import (
@@ -129,11 +130,6 @@ def test_fine_edges_merge_the_bins_and_follow_the_estimate():
     assert torch.equal(fine, activation_fine_edges(edges, est, n, padding=0.01))  # deterministic
 
 
-def _ball_density(x: torch.Tensor) -> torch.Tensor:
-    """A solid ball of radius 0.5 at the origin with density 20 and a soft edge: [N, 3] -> [N]."""
-    return 20.0 * torch.sigmoid((0.5 - x.norm(dim=-1)) * 40.0)
-
-
 def _spearman_per_ray(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """[R, S] x [R, S] -> [R] rank correlation per ray (ties get their average rank)."""
 
@@ -159,13 +155,7 @@ def test_trained_network_activations_correlate_with_density_along_rays(seed):
     property of photometrically trained networks and is measured on lego in BENCHMARKS.md."""
     torch.manual_seed(seed)
     mlp = NeRFMLP(pos_freqs=6, dir_freqs=2, depth=4, width=64, skip=2, color_width=32)
-    opt = torch.optim.Adam(mlp.parameters(), lr=5e-3)
-    for _ in range(400):
-        x = torch.rand(2048, 3) * 3.0 - 1.5
-        loss = ((mlp.density(x) - _ball_density(x)) ** 2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    fit_to_ball(mlp, steps=400, lr=5e-3)
 
     g = torch.Generator().manual_seed(100 + seed)
     n = 64
@@ -175,7 +165,7 @@ def test_trained_network_activations_correlate_with_density_along_rays(seed):
     rays = RayBundle(o, d, d, torch.full((n,), 1.5), torch.full((n,), 4.5))
     edges = stratified_edges(rays.near, rays.far, 64, jitter=False)
     t_mid = 0.5 * (edges[:, :-1] + edges[:, 1:])
-    truth = _ball_density((o[:, None] + t_mid[..., None] * d[:, None]).reshape(-1, 3)).reshape(n, 64)
+    truth = ball_density((o[:, None] + t_mid[..., None] * d[:, None]).reshape(-1, 3)).reshape(n, 64)
 
     with torch.no_grad():
         est = activation_density(lambda p: mlp.trunk_features(p, 2), rays, edges, fct="none", reduce="mean")
