@@ -33,7 +33,9 @@ of the first proposal network's hidden layer at its 256 bins, averaged over the 
 transformed along the ray, replace that network's density; its weights go through the same draw,
 and the second proposal network and the field run as always (the ``CoarseToFine`` stages below).
 The saving is small unless the activation pass is upsampled (``--upsample``): the hash encoding,
-the cost of a proposal network, is needed for the activations too.
+the cost of a proposal network, is needed for the activations too. Measured on a 5-minute lego
+model (BENCHMARKS.md): upsampled, 2x faster at -0.01 dB; but uniform weights in place of any
+estimate scored the same, since the second proposal network re-finds the surface.
 
 Proposal updates: as nerfstudio's ``proposal_update_every=5`` / ``proposal_warmup=5000``, the
 proposal networks get a gradient on the first 10 steps, then whenever more than k steps have
