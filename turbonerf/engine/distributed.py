@@ -292,7 +292,7 @@ def replicas_from_env(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S
 def _share_numba_threads() -> None:
     """Give numba's parallel kernels (hash grid, tree marcher) no more threads than torch has:
     torchrun gives each process one (OMP_NUM_THREADS), while numba would start one per core in
-    every process: on 2 cores a lego bake shared by 2 processes took 119 s with that, 79 s without)."""
+    every process (on 2 cores a lego bake shared by 2 processes took 119 s with that, 79 s without)."""
     import numba
 
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))

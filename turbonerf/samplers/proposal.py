@@ -178,7 +178,8 @@ class ProposalSampler:
         prop_edges, prop_weights = [], []
         for level, density_fn in enumerate(self.density_fns):
             t_edges = s_to_t(s_edges, near, far)
-            if level == 0 and first_weights is not None:
+            estimated = level == 0 and first_weights is not None
+            if estimated:
                 weights = first_weights
             else:
                 mids = 0.5 * (t_edges[:, 1:] + t_edges[:, :-1])
@@ -192,7 +193,7 @@ class ProposalSampler:
             w = weights.detach()
             if train and self.anneal != 1.0:
                 w = w.pow(self.anneal)
-            pad = self.histogram_padding if (padding is None or level > 0 or first_weights is None) else padding
+            pad = padding if (estimated and padding is not None) else self.histogram_padding
             s_edges = sample_edges_from_histogram(s_edges, w, n_next + 1, train, pad)
         t_edges = s_to_t(s_edges, near, far)
         return ProposalSamples(packed_from_dense(t_edges), t_edges, s_edges, prop_edges, prop_weights)
