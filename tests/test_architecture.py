@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "turbonerf"
 
 # bottom to top: a unit may import itself and units listed before it, never one after it
 LAYERS = [
-    "__init__", "errors", "io", "cameras", "rays", "data", "encodings", "fields", "render", "samplers",
+    "__init__", "errors", "prefetch", "io", "cameras", "rays", "data", "encodings", "fields", "render", "samplers",
     "methods", "distill", "bake", "eval", "engine", "viewer", "app", "cli", "__main__",
 ]
 LIBRARY = LAYERS[: LAYERS.index("app")]

@@ -8,6 +8,7 @@ import torch
 from turbonerf.encodings.hashgrid import (
     PRIMES,
     HashEncoding,
+    _balanced_level_order,
     hash_encode_numba,
     hash_encode_torch,
     hashgrid_layout,
@@ -136,6 +137,38 @@ def test_numba_matches_reference_forward_and_table_gradients():
         grads.append(enc.table.grad.clone())
     torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-5)
+
+
+def test_numba_table_gradient_is_the_same_on_one_and_on_all_threads():
+    """The backward kernel hands levels to threads in a balanced order: the order must not change
+    a single bit of the gradient (each level's slice is summed by one thread, points in order)."""
+    import numba
+
+    enc = HashEncoding()
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(2000, 3, generator=g)
+    up = torch.randn(len(x), enc.out_dim, generator=g)
+    before = torch.get_num_threads()
+    grads = []
+    try:
+        for n in (1, numba.config.NUMBA_NUM_THREADS):
+            torch.set_num_threads(n)  # the kernels follow torch's thread count
+            enc.table.grad = None
+            (hash_encode_numba(x, enc.table, enc.layout) * up).sum().backward()
+            grads.append(enc.table.grad.clone())
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(grads[0], grads[1])
+
+
+@pytest.mark.parametrize("threads", [1, 2, 4])
+def test_balanced_level_order_is_a_permutation_with_even_shares(threads):
+    layout = hashgrid_layout(16, 19, 16, 2048)
+    order = _balanced_level_order(layout, threads)
+    assert sorted(order.tolist()) == list(range(16))
+    runs = [order[t * 16 // threads : (t + 1) * 16 // threads] for t in range(threads)]  # numba's contiguous shares
+    work = [sum(layout.sizes[lv] for lv in run) for run in runs]
+    assert max(work) - min(work) <= max(layout.sizes)  # at most one level's table apart
 
 
 def test_empty_input_and_backend_choice():

@@ -51,6 +51,14 @@ def test_registered_and_overridable():
     assert cfg.lr == 0.005 and cfg.train_early_stop is False and cfg.grid_resolution == 64
 
 
+def test_no_precrop_by_default_and_the_config_can_ask_for_it():
+    """The carved grid keeps a young model off the background, so Instant-NGP starts on whole
+    images (the base class's default is vanilla NeRF's 100 centre-cropped steps)."""
+    aabb = torch.tensor([[-1.0] * 3, [1.0] * 3])
+    assert InstantNGP(InstantNGPConfig(), aabb).precrop_steps() == 0
+    assert InstantNGP(apply_overrides(InstantNGPConfig(), ["precrop_steps=100"]), aabb).precrop_steps() == 100
+
+
 @pytest.mark.parametrize("bf16", [True, False])
 def test_trains_two_steps_without_nan(bf16):
     torch.manual_seed(0)

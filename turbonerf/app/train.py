@@ -65,7 +65,9 @@ class TrainOptions:
     overwrite: bool = False
     overrides: list[str] = field(default_factory=list)
     bf16: bool = False
-    precrop_steps: int = 100
+    precrop_steps: int | None = None
+    """steps that draw rays from the central ``precrop_fraction`` of each image; None: the method's
+    own (:meth:`turbonerf.methods.base.Method.precrop_steps`)"""
     precrop_fraction: float = 0.5
     progress: bool = True
     log_every: int = 10
@@ -285,8 +287,10 @@ def train_locked(
     background = scene.background.to(device)
     n_img, h, w = images.shape[0], images.shape[1], images.shape[2]
 
+    precrop_steps = model.precrop_steps() if opts.precrop_steps is None else opts.precrop_steps
+
     def step_fn(step: int) -> StepOutput:
-        crop = opts.precrop_fraction if (step < opts.precrop_steps and not scene.ndc) else 1.0
+        crop = opts.precrop_fraction if (step < precrop_steps and not scene.ndc) else 1.0
         idx, u, v = sample_pixels(n_img, h, w, opts.batch_rays, crop, gen)
         rays = make_rays(cameras, idx, u, v, scene.near, scene.far, scene.ndc)
         idx, u, v = idx.to(device), u.to(device), v.to(device)

@@ -50,13 +50,13 @@ from dataclasses import dataclass
 
 import numba
 import numpy as np
-from llvmlite import binding as llvm_binding
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from turbonerf.bake.nerftree import T_MIN, TILE, NerfTree, dilate_mask
+from turbonerf.prefetch import prefetch as _prefetch
 
 RAYS_PER_TASK = 64
 """rays a thread takes at a time (neighbouring pixels: coherent memory access)"""
@@ -67,8 +67,6 @@ COLOUR_BATCH = 32
 _INF = 1e30
 _TS = 3  # log2(TILE)
 _TM = 7  # TILE - 1
-# LLVM >= 15 has opaque pointers, which changed the name of the prefetch intrinsic
-_PREFETCH_NAME = "llvm.prefetch.p0" if llvm_binding.llvm_version_info[0] >= 15 else "llvm.prefetch.p0i8"
 
 @dataclass(frozen=True)
 class CpuTree:
@@ -271,24 +269,6 @@ def _split(f, df, shift):
         return f >> shift, f & (df - 1)
     c = f // df
     return c, f - c * df
-
-
-@intrinsic
-def _prefetch(typingctx, arr, idx):
-    """Hint the CPU to fetch arr[idx] into the cache (no effect on results)."""
-
-    def codegen(context, builder, signature, args):
-        aryty = signature.args[0]
-        ary = context.make_array(aryty)(context, builder, args[0])
-        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False)
-        i8p = ir.IntType(8).as_pointer()
-        i32 = ir.IntType(32)
-        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, _PREFETCH_NAME)
-        builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
-        return context.get_dummy_value()
-
-    return types.void(arr, idx), codegen
 
 
 @njit(cache=True, inline="always")

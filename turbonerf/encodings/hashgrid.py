@@ -32,8 +32,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from turbonerf.prefetch import prefetch
+
 PRIMES = (1, 2654435761, 805459861)
 """the spatial-hash primes of the paper, one per axis"""
+PREFETCH_AHEAD = 8
+"""numba kernels: request the table rows of the point this many points ahead (memory latency
+dominates: 1.3x forward, 1.6x backward on the development CPU)"""
 
 
 @dataclass(frozen=True)
@@ -132,7 +137,7 @@ def hash_encode_torch(x: Tensor, table: Tensor, layout: HashGridLayout) -> Tenso
 def _corner_index(cx, cy, cz, res, size, hashed, offset):
     if hashed:
         h = (cx * np.int64(PRIMES[0])) ^ (cy * np.int64(PRIMES[1])) ^ (cz * np.int64(PRIMES[2]))
-        return offset + (h % size)
+        return offset + (h & (size - 1))  # size is a power of two for hashed levels; h >= 0
     return offset + cx + cy * (res + 1) + cz * (res + 1) * (res + 1)
 
 
@@ -164,16 +169,29 @@ def _corner_weight(c, fx, fy, fz):
     return wx * wy * wz
 
 
+@numba.njit(cache=True, inline="always")
+def _prefetch_corners(x, j, res, size, offset, flat):
+    """Ask for the table rows of point j's cell at a hashed level: the four (y, z) corners at
+    x = cx (the x + 1 corner is the next row, since x's prime is 1, so it is in the same cache
+    line almost always). ``flat``: the table as a 1-D array [E * 2]."""
+    cx, cy, cz, _, _, _ = _cell_and_frac(x, j, res)
+    for c in range(4):
+        idx = _corner_index(cx, cy + (c & 1), cz + (c >> 1), res, size, True, offset)
+        prefetch(flat, 2 * idx)
+
+
 @numba.njit(cache=True, parallel=True, nogil=True)
 def _hash_forward_f2(x, table, res_arr, size_arr, hashed_arr, offset_arr, out):
     """out[i, 2l:2l+2] = trilinear interpolation of level l's table at x[i] (F = 2).
 
     Level-major jobs (level x chunk of points): each job touches one level's slice of the
     table, which keeps the working set in cache (about 2x faster than point-major here); the
-    two features are accumulated in registers.
+    two features are accumulated in registers. At hashed levels the rows of the point
+    ``PREFETCH_AHEAD`` ahead are requested before the current point is read.
     """
     n = x.shape[0]
     n_levels = res_arr.shape[0]
+    flat = table.reshape(-1)
     n_chunks = 64
     chunk = (n + n_chunks - 1) // n_chunks
     for job in numba.prange(n_levels * n_chunks):
@@ -182,7 +200,10 @@ def _hash_forward_f2(x, table, res_arr, size_arr, hashed_arr, offset_arr, out):
         size = size_arr[lv]
         hashed = hashed_arr[lv]
         offset = offset_arr[lv]
-        for i in range((job % n_chunks) * chunk, min(n, (job % n_chunks + 1) * chunk)):
+        hi = min(n, (job % n_chunks + 1) * chunk)
+        for i in range((job % n_chunks) * chunk, hi):
+            if hashed and i + PREFETCH_AHEAD < hi:
+                _prefetch_corners(x, i + PREFETCH_AHEAD, res, size, offset, flat)
             cx, cy, cz, fx, fy, fz = _cell_and_frac(x, i, res)
             a0 = np.float32(0.0)
             a1 = np.float32(0.0)
@@ -196,20 +217,24 @@ def _hash_forward_f2(x, table, res_arr, size_arr, hashed_arr, offset_arr, out):
 
 
 @numba.njit(cache=True, parallel=True, nogil=True)
-def _hash_backward_f2(x, grad_out, res_arr, size_arr, hashed_arr, offset_arr, grad_table):
+def _hash_backward_f2(x, grad_out, res_arr, size_arr, hashed_arr, offset_arr, level_order, grad_table):
     """grad_table += d(sum(out * grad_out)) / d(table) (F = 2).
 
     Parallel over levels: each level owns a disjoint slice of the table, so the scatter-adds
-    need no atomics and the result is deterministic.
+    need no atomics and the result is deterministic. ``level_order`` [L]: the order the levels
+    are handed out in (see :func:`_balanced_level_order`). Rows are prefetched as in the forward.
     """
     n = x.shape[0]
-    n_levels = res_arr.shape[0]
-    for lv in numba.prange(n_levels):
+    flat = grad_table.reshape(-1)
+    for k in numba.prange(level_order.shape[0]):
+        lv = level_order[k]
         res = res_arr[lv]
         size = size_arr[lv]
         hashed = hashed_arr[lv]
         offset = offset_arr[lv]
         for i in range(n):
+            if hashed and i + PREFETCH_AHEAD < n:
+                _prefetch_corners(x, i + PREFETCH_AHEAD, res, size, offset, flat)
             cx, cy, cz, fx, fy, fz = _cell_and_frac(x, i, res)
             g0 = grad_out[i, 2 * lv]
             g1 = grad_out[i, 2 * lv + 1]
@@ -218,6 +243,18 @@ def _hash_backward_f2(x, grad_out, res_arr, size_arr, hashed_arr, offset_arr, gr
                 idx = _corner_index(cx + (c & 1), cy + ((c >> 1) & 1), cz + ((c >> 2) & 1), res, size, hashed, offset)
                 grad_table[idx, 0] += w * g0
                 grad_table[idx, 1] += w * g1
+
+
+def _balanced_level_order(layout: HashGridLayout, threads: int) -> np.ndarray:
+    """[L] int64: the levels in the order that splits them evenly over ``threads`` threads.
+
+    numba hands each thread one contiguous run of a ``prange``; in level order the first run
+    would get the small dense levels (cached, fast) and the last the hashed ones (a cache miss
+    per corner), so one thread would do most of the work. Levels are dealt by size, largest
+    first, to the threads in turn, and each thread's levels are laid out as one run.
+    """
+    by_size = sorted(range(layout.n_levels), key=lambda lv: -layout.sizes[lv])
+    return np.asarray([lv for t in range(threads) for lv in by_size[t::threads]], dtype=np.int64)
 
 
 def _layout_arrays(layout: HashGridLayout) -> tuple[np.ndarray, ...]:
@@ -256,7 +293,8 @@ class _HashEncodeNumba(torch.autograd.Function):
         grad_table = torch.zeros(ctx.table_shape, dtype=torch.float32)
         if xs.shape[0]:
             g = grad_out.to(torch.float32).contiguous()
-            _hash_backward_f2(xs.numpy(), g.numpy(), *_layout_arrays(ctx.layout), grad_table.numpy())
+            order = _balanced_level_order(ctx.layout, numba.get_num_threads())
+            _hash_backward_f2(xs.numpy(), g.numpy(), *_layout_arrays(ctx.layout), order, grad_table.numpy())
         return None, grad_table, None
 
 

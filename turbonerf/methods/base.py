@@ -126,6 +126,12 @@ class Method(nn.Module, ABC):
         Returns figures for the user (e.g. the fraction of grid cells left); default: nothing."""
         return {}
 
+    def precrop_steps(self) -> int:
+        """Training steps at the start of a run on a world-space scene whose rays come only from
+        the central part of each image (vanilla NeRF's "precrop", which keeps a young model from
+        settling on the background of object scenes). Default: 100."""
+        return 100
+
     def callbacks(self) -> list:
         """Training-loop hooks (objects with ``before_step(step)`` / ``after_step(step, output)``)."""
         return []

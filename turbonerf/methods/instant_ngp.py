@@ -76,6 +76,10 @@ class InstantNGPConfig:
     """start the occupancy grid from the training views: cells outside every camera frustum or
     seen through a transparent pixel are empty for good (:mod:`turbonerf.samplers.carving`)
     instead of the first refresh marking about half of all cells occupied at random"""
+    precrop_steps: int = 0
+    """training steps whose rays come from the central half of each image (vanilla NeRF's
+    precrop); none by default: the carved grid already keeps the young model off the background,
+    and a centre-cropped ray crosses about 3x the samples of an average one"""
     grid_update_every: int = 16
     """refresh the occupancy grid every this many steps"""
     grid_warmup_steps: int = 256
@@ -113,8 +117,9 @@ class InstantNGPConfig:
     """Adam epsilon"""
     mlp_weight_decay: float = 1e-6
     """L2 weight decay on the MLP weights (none on the hash table)"""
-    lr_warmup_steps: int = 100
-    """linear learning-rate warm-up from lr / 100"""
+    lr_warmup_steps: int = 20
+    """linear learning-rate warm-up from lr / 100 (nerfacc warms up over 100 of its 20k steps; a
+    CPU run of a few hundred steps gained 0.3-0.5 dB at 1.5 minutes from 20, BENCHMARKS.md)"""
     lr_decay_start: int = 10_000
     """step at which the learning rate starts to fall"""
     lr_decay_steps: int = 10_000
@@ -277,6 +282,9 @@ class InstantNGP(Method):
         """Contracted points [N, 3] -> sample space (the inverse of :meth:`warp`)."""
         x = uncontract_inf(y)
         return self.inner_box[0] + (x + 1.0) * 0.5 * (self.inner_box[1] - self.inner_box[0])
+
+    def precrop_steps(self) -> int:
+        return self.config.precrop_steps
 
     def callbacks(self) -> list:
         """The occupancy grid's refresh from the field's density (every ``grid_update_every`` steps)."""
