@@ -14,10 +14,8 @@ bits. One JSON line per figure on stdout.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import inspect
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,27 +25,20 @@ import numba
 import numpy as np
 import torch
 
-from turbonerf.app.train import sample_pixels
-from turbonerf.data.formats import load_scene
-from turbonerf.encodings import hashgrid as current
-from turbonerf.engine import runtime
-from turbonerf.methods.registry import get_method
-from turbonerf.rays import make_rays
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from at_revision import module_at  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
+from turbonerf.app.train import sample_pixels  # noqa: E402
+from turbonerf.data.formats import load_scene  # noqa: E402
+from turbonerf.encodings import hashgrid as current  # noqa: E402
+from turbonerf.engine import runtime  # noqa: E402
+from turbonerf.methods.registry import get_method  # noqa: E402
+from turbonerf.rays import make_rays  # noqa: E402
 
 
 def kernels_at(rev: str, folder: Path):
     """The hashgrid module of git revision ``rev``, imported from a copy in ``folder``."""
-    src = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:turbonerf/encodings/hashgrid.py"],
-                         check=True, capture_output=True, text=True).stdout
-    path = folder / "hashgrid_baseline.py"
-    path.write_text(src)
-    spec = importlib.util.spec_from_file_location("hashgrid_baseline", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["hashgrid_baseline"] = mod  # dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
+    return module_at(rev, "turbonerf/encodings/hashgrid.py", folder, "hashgrid_baseline")
 
 
 def backward_call(mod, layout):

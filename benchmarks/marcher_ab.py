@@ -12,9 +12,7 @@ whether both images agree (max abs difference of rgb). One JSON line per row on 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from at_revision import module_at  # noqa: E402
 from bake import square_camera  # noqa: E402
 
 from turbonerf.app.runs import read_run_spec  # noqa: E402
@@ -32,23 +31,11 @@ from turbonerf.bake.render import default_step  # noqa: E402
 from turbonerf.data.formats import load_scene  # noqa: E402
 from turbonerf.rays import image_ray_bundle  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
-
 
 def kernel_at(rev: str, folder: Path, file: Path | None = None):
     """The march_cpu module of git revision ``rev`` (or the copy of it in ``file``), imported from a
     copy in ``folder``."""
-    if file is not None:
-        src = file.read_text()
-    else:
-        src = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:turbonerf/bake/march_cpu.py"], check=True, capture_output=True, text=True).stdout
-    path = folder / "march_cpu_baseline.py"
-    path.write_text(src)
-    spec = importlib.util.spec_from_file_location("march_cpu_baseline", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["march_cpu_baseline"] = mod  # dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
+    return module_at(rev, "turbonerf/bake/march_cpu.py", folder, "march_cpu_baseline", file)
 
 
 def main() -> None:
