@@ -75,3 +75,12 @@ def test_training_reduces_the_loss(tiny_scene, tmp_path):
     first = sum(r["mse"] for r in log[:5]) / 5
     last = sum(r["mse"] for r in log[-5:]) / 5
     assert last < 0.5 * first
+
+
+def test_box_pixels_stay_inside_their_views_boxes():
+    boxes = torch.tensor([[2, 5, 3, 9], [0, 1, 7, 8]])
+    img, u, v = tr.sample_box_pixels(boxes, 2000, torch.Generator().manual_seed(0))
+    b = boxes[img]
+    assert ((v >= b[:, 0]) & (v < b[:, 1]) & (u >= b[:, 2]) & (u < b[:, 3])).all()
+    assert set(img.tolist()) == {0, 1}
+    assert len(set(zip(u[img == 0].tolist(), v[img == 0].tolist()))) == 18  # every pixel of box 0 drawn

@@ -14,6 +14,7 @@ from turbonerf.data.multiscene import (
     load_multiscene,
     opencv_to_opengl_c2w,
     opengl_to_opencv_c2w,
+    object_boxes,
 )
 from turbonerf.errors import TurboNerfError
 from turbonerf.io.media import save_png
@@ -138,3 +139,13 @@ def test_source_view_choice_is_fixed_nested_and_spread():
     assert len(set(three)) == 3
     pos = cams.c2w[three, :, 3]
     assert torch.cdist(pos, pos)[~torch.eye(3, dtype=bool)].min() > 3.0  # spread over a sphere of radius 4
+
+
+def test_object_boxes_bound_the_non_background_pixels():
+    images = torch.full((3, 10, 12, 3), 255, dtype=torch.uint8)
+    images[0, 2:5, 3:9] = 40  # an object
+    images[1, 9, 0] = 200  # one dark pixel in a corner
+    boxes = object_boxes(images, torch.ones(3))  # view 2 is all background: the whole image
+    assert boxes.tolist() == [[2, 5, 3, 9], [9, 10, 0, 1], [0, 10, 0, 12]]
+    near_white = torch.full((1, 4, 4, 3), 250, dtype=torch.uint8)
+    assert object_boxes(near_white, torch.ones(3)).tolist() == [[0, 4, 0, 4]]

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from turbonerf.data.formats import load_scene
-from turbonerf.data.multiscene import MultiSceneSet, load_scenes
+from turbonerf.data.multiscene import MultiSceneSet, load_scenes, object_boxes
 from turbonerf.data.scene import Scene
 from turbonerf.engine import runtime
 from turbonerf.app.runs import (
@@ -316,14 +316,32 @@ def train_locked(
 # --------------------------------------------------------------------------------------------
 
 
+def sample_box_pixels(
+    boxes: torch.Tensor, n: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """n random (image, column, row) triples, each inside its image's box.
+
+    Args:
+        boxes: [V, 4] int64 (row0, row1, col0, col1), half-open, non-empty (:func:`object_boxes`).
+    """
+    img = torch.randint(0, boxes.shape[0], (n,), generator=generator)
+    b = boxes[img]
+    v = b[:, 0] + (torch.rand(n, generator=generator) * (b[:, 1] - b[:, 0])).long().clamp_max(b[:, 1] - b[:, 0] - 1)
+    u = b[:, 2] + (torch.rand(n, generator=generator) * (b[:, 3] - b[:, 2])).long().clamp_max(b[:, 3] - b[:, 2] - 1)
+    return img, u, v
+
+
 def sample_scene_batch(
-    scenes: MultiSceneSet, n_scenes: int, n_sources: int, rays_per_scene: int, generator: torch.Generator
+    scenes: MultiSceneSet, n_scenes: int, n_sources: int, rays_per_scene: int, generator: torch.Generator,
+    boxes: list[torch.Tensor] | None = None, box_share: float = 0.0,
 ) -> tuple[torch.Tensor, list, object, torch.Tensor]:
     """A training batch: ``n_scenes`` random scenes, ``n_sources`` random source views of each and
-    ``rays_per_scene`` random target pixels from any of its views. Returns (source images
-    [B, S, H, W, 3] uint8, B source camera sets, the B * Rb target rays scene-major, target
-    colours [B * Rb, 3] in [0, 1])."""
+    ``rays_per_scene`` random target pixels from any of its views, of which a ``box_share`` inside
+    the object's 2D box in that view (``boxes[k]``: [V, 4] per scene, :func:`object_boxes`) and
+    the rest anywhere. Returns (source images [B, S, H, W, 3] uint8, B source camera sets, the
+    B * Rb target rays scene-major, target colours [B * Rb, 3] in [0, 1])."""
     picks = torch.randint(0, len(scenes), (n_scenes,), generator=generator).tolist()
+    n_box = int(round(rays_per_scene * box_share)) if boxes is not None else 0
     images, cams, rays, targets = [], [], [], []
     for k in picks:
         obj = scenes.scenes[k]
@@ -331,7 +349,10 @@ def sample_scene_batch(
         images.append(obj.images[views])
         cams.append(obj.cameras[views])
         h, w = obj.images.shape[1:3]
-        idx, u, v = sample_pixels(len(obj), h, w, rays_per_scene, 1.0, generator)
+        idx, u, v = sample_pixels(len(obj), h, w, rays_per_scene - n_box, 1.0, generator)
+        if n_box:
+            bi, bu, bv = sample_box_pixels(boxes[k], n_box, generator)
+            idx, u, v = torch.cat([idx, bi]), torch.cat([u, bu]), torch.cat([v, bv])
         rays.append(make_rays(obj.cameras, idx, u, v, scenes.near, scenes.far))
         targets.append(obj.images[idx, v, u].float() / 255.0)
     bundle = type(rays[0])(*(None if parts[0] is None else torch.cat(parts) for parts in zip(*(r._fields() for r in rays))))
@@ -372,10 +393,12 @@ def _train_multi_scene(opts: TrainOptions, spec: RunSpec | None, method: str, da
         rays_per_scene = max(1, opts.batch_rays // n_batch)
         max_sources = min(model.config.max_source_views, min(len(s) for s in scenes.scenes) - 1)
         background = scenes.background.to(device)
+        box_share = model.config.box_share
+        boxes = [object_boxes(s.images, scenes.background) for s in scenes.scenes] if box_share > 0 else None
 
         def step_fn(step: int) -> StepOutput:
             n_sources = int(torch.randint(1, max_sources + 1, (1,), generator=gen))
-            images, cams, rays, target = sample_scene_batch(scenes, n_batch, n_sources, rays_per_scene, gen)
+            images, cams, rays, target = sample_scene_batch(scenes, n_batch, n_sources, rays_per_scene, gen, boxes, box_share)
             sources = model.encode(images.to(device), [c.to(device) for c in cams])
             outputs = model.render_scenes(rays.to(device), sources, background, train=True)
             loss, stats = model.loss(outputs, target.to(device))

@@ -67,6 +67,34 @@ class SceneViews:
         return self.images.shape[0]
 
 
+def object_boxes(images: Tensor, background: Tensor, tolerance: int = 8) -> Tensor:
+    """The 2D bounding box of the pixels that differ from the background, per view (pixelNeRF's
+    ``bbox`` of its SRN / DVR loaders). A view with no such pixel gets the whole image.
+
+    Args:
+        images: [V, H, W, 3] uint8.
+        background: [3] colour in [0, 1].
+        tolerance: a pixel is the object's where some channel differs by more than this (of 255).
+    Returns:
+        [V, 4] int64 (row0, row1, col0, col1), half-open.
+    """
+    bg = (background.to(torch.float32) * 255.0).round().to(torch.int16)
+    fg = ((images.to(torch.int16) - bg).abs() > tolerance).any(dim=-1)  # [V, H, W]
+    rows, cols = fg.any(dim=2), fg.any(dim=1)  # [V, H], [V, W]
+    h, w = fg.shape[1:]
+
+    def span(mask: Tensor, size: int) -> tuple[Tensor, Tensor]:
+        idx = torch.arange(size).expand_as(mask)
+        first = torch.where(mask, idx, size).min(dim=1).values
+        last = torch.where(mask, idx, -1).max(dim=1).values + 1
+        empty = last <= first
+        return torch.where(empty, 0, first), torch.where(empty, size, last)
+
+    r0, r1 = span(rows, h)
+    c0, c1 = span(cols, w)
+    return torch.stack([r0, r1, c0, c1], dim=1).to(torch.int64)
+
+
 @dataclass
 class MultiSceneSet:
     """The objects of one split of a multi-scene data set.

@@ -59,6 +59,10 @@ class PixelNeRFConfig:
     """training picks 1..this many source views per step"""
     scenes_per_batch: int = 4
     """scenes per training step (``--batch-rays`` rays are split over them)"""
+    box_share: float = 0.75
+    """the share of each scene's training rays drawn inside the object's 2D bounding box in the
+    target view (the rest anywhere in the image). The official code draws all of them there for
+    its first 100k steps (``no_bbox_step``); a share keeps the background in every step"""
     lr: float = 1e-3
     """Adam learning rate"""
     lr_final_factor: float = 0.1
@@ -99,6 +103,8 @@ class PixelNeRF(Method):
             raise TurboNerfError(f"unknown encoder '{c.encoder}' (choose from {', '.join(ENCODERS)})")
         if c.max_source_views < 1:
             raise TurboNerfError("max_source_views must be at least 1")
+        if not 0.0 <= c.box_share <= 1.0:
+            raise TurboNerfError(f"box_share must be between 0 and 1 (got {c.box_share})")
         if c.encoder == "small":
             self.encoder = SmallEncoder(parse_widths(c.encoder_widths))
         else:
