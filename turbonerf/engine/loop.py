@@ -172,6 +172,22 @@ def sigterm_as_keyboard_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextmanager
+def signals_held():
+    """Ignore SIGINT and SIGTERM for the duration (a closing checkpoint is being written; the
+    process ends right after it). Outside the main thread it does nothing."""
+    try:
+        previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not in the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def rng_tensors(generator: torch.Generator | None) -> dict[str, Tensor]:
     """The random-number states a resumed run needs to continue bit for bit."""
     out = {"rng.torch": torch.get_rng_state()}
@@ -450,17 +466,20 @@ def run_loop(
                         f"the {replicas.world_size} replicas of the model differ at the end of training (fingerprints "
                         f"{', '.join(p[:12] for p in prints)}); rank 0's state is saved", trainee.checkpoint
                     )
-    except KeyboardInterrupt:
-        bar.close()
-        _final_save(checkpoint, state, last_ckpt_step)
+    except (KeyboardInterrupt, ReplicaLost) as stop:
+        # A lost replica and the launcher's SIGTERM often arrive together: whichever comes first,
+        # the closing checkpoint is written with both signals held off, so the second cannot cut it.
+        with signals_held():
+            bar.close()
+            if isinstance(stop, KeyboardInterrupt):
+                _final_save(checkpoint, state, last_ckpt_step)
+            elif main:
+                _final_save(checkpoint, state, last_ckpt_step)  # a lost replica: keep what rank 0 trained
+        if isinstance(stop, ReplicaLost):
+            raise
         raise TrainingInterrupted(
             f"interrupted at step {state.step}; checkpoint saved to {trainee.checkpoint} (continue with --resume)"
         ) from None
-    except ReplicaLost:
-        bar.close()
-        if main and state.step != last_ckpt_step:
-            _final_save(checkpoint, state, last_ckpt_step)  # a lost replica: keep what rank 0 trained
-        raise
     bar.close()
     _final_save(checkpoint, state, last_ckpt_step)
     replicas.barrier()  # nobody leaves before rank 0's checkpoint is on disk
