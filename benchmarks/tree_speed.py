@@ -22,7 +22,7 @@ from bake import square_camera  # noqa: E402
 
 from turbonerf.app.runs import read_run_spec  # noqa: E402
 from turbonerf.bake.march_cpu import march_cpu, prepare_cpu  # noqa: E402
-from turbonerf.bake.nerftree import load_tree  # noqa: E402
+from turbonerf.bake.nerftree import T_MIN, load_tree  # noqa: E402
 from turbonerf.bake.render import default_step  # noqa: E402
 from turbonerf.data.formats import load_scene  # noqa: E402
 from turbonerf.rays import image_ray_bundle  # noqa: E402
@@ -37,6 +37,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--step-scale", type=float, default=1.0, help="marching step in fine voxels")
     p.add_argument("--reps", type=int, default=7)
+    p.add_argument("--t-mins", type=float, nargs="+", default=[T_MIN], help="early-termination transmittances to time (each tree x each)")
     args = p.parse_args()
 
     s = read_run_spec(args.run).scene
@@ -48,21 +49,23 @@ def main() -> None:
     trees = {}
     for path in args.trees:
         tree = load_tree(path)
-        trees[path] = (prepare_cpu(tree), default_step(tree, s.ndc) * args.step_scale, tree.sh_degree)
-    times = {path: [] for path in trees}
+        for t_min in args.t_mins:
+            trees[(path, t_min)] = (prepare_cpu(tree), default_step(tree, s.ndc) * args.step_scale, tree.sh_degree)
+    times = {key: [] for key in trees}
     samples = {}
-    for path, (ct, step, _) in trees.items():  # warm-up
-        samples[path] = float(march_cpu(ct, o, d, vd, near, far, bg, step, threads=args.threads)["samples"].mean())
+    for (path, t_min), (ct, step, _) in trees.items():  # warm-up
+        samples[(path, t_min)] = float(march_cpu(ct, o, d, vd, near, far, bg, step, t_min=t_min, threads=args.threads)["samples"].mean())
     for _ in range(args.reps):
-        for path, (ct, step, _) in trees.items():
+        for (path, t_min), (ct, step, _) in trees.items():
             t0 = time.perf_counter()
-            march_cpu(ct, o, d, vd, near, far, bg, step, threads=args.threads)
-            times[path].append(1000 * (time.perf_counter() - t0))
-    for path, (_, step, degree) in trees.items():
+            march_cpu(ct, o, d, vd, near, far, bg, step, t_min=t_min, threads=args.threads)
+            times[(path, t_min)].append(1000 * (time.perf_counter() - t0))
+    for (path, t_min), (_, step, degree) in trees.items():
+        key = (path, t_min)
         print(json.dumps({"tree": path.name, "sh_degree": degree, "storage_mb": path.stat().st_size / 2**20, "view": args.view,
-                          "size": args.size, "threads": args.threads, "step_scale": args.step_scale,
-                          "ms_median": float(np.median(times[path])), "ms_min": float(np.min(times[path])),
-                          "samples_per_ray": samples[path]}), flush=True)
+                          "size": args.size, "threads": args.threads, "step_scale": args.step_scale, "t_min": t_min,
+                          "ms_median": float(np.median(times[key])), "ms_min": float(np.min(times[key])),
+                          "samples_per_ray": samples[key]}), flush=True)
 
 
 if __name__ == "__main__":

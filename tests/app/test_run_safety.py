@@ -71,6 +71,16 @@ def test_resume_infers_the_method(tiny_scene, tmp_path):
     assert meta["method"] == "vanilla-nerf"
 
 
+def test_resume_keeps_the_runs_batch_unless_told(tiny_scene, tmp_path):
+    """A resumed run goes on with the rays per step it was trained with (not the default)."""
+    run = tmp_path / "run"
+    assert main(_train_args(tiny_scene, run, "--max-steps", "2", "--batch-rays", "48")) == 0
+    assert main(["train", "--out", str(run), "--resume", "--max-steps", "3", "--no-progress"]) == 0
+    assert json.loads((run / "run.json").read_text())["training"]["batch_rays"] == 48
+    assert main(["train", "--out", str(run), "--resume", "--max-steps", "4", "--batch-rays", "40", "--no-progress"]) == 0
+    assert json.loads((run / "run.json").read_text())["training"]["batch_rays"] == 40
+
+
 def test_folder_left_before_the_first_step_can_be_restarted(tiny_scene, tmp_path):
     run = tmp_path / "run"
     assert main(_train_args(tiny_scene, run, "--max-steps", "1")) == 0

@@ -6,7 +6,8 @@ from tree_helpers import random_rays, random_tree
 from turbonerf.bake.march_cpu import COLOUR_BATCH, half_bits_to_f64, march_cpu, prepare_cpu, sh_basis_numba, tile_index
 from turbonerf.bake.march_numpy import march_numpy
 from turbonerf.bake.march_torch import march_torch
-from turbonerf.bake.render import TreeRenderer, render_tree
+from turbonerf.bake.nerftree import NerfTree, index_from_cells
+from turbonerf.bake.render import TreeRenderer, close_terminated, render_tree
 from turbonerf.encodings.sh import sh_basis
 from turbonerf.rays import RayBundle
 
@@ -132,4 +133,33 @@ def test_tree_renderer_is_a_render_fn_and_counts_samples(tree):
     assert rend.name == "nerftree-numba" and rend.samples_per_ray() > 0
     prepared = prepare_cpu(tree)  # a prepared tree can be reused directly
     again = march_cpu(prepared, o, d, d, 1.0, 5.0, np.ones(3), STEP)
-    np.testing.assert_allclose(again["rgb"], out["rgb"].numpy(), atol=1e-6)
+    closed = close_terminated({k: torch.from_numpy(v) for k, v in again.items()}, torch.ones(3), rend.t_min)
+    np.testing.assert_allclose(closed["rgb"].numpy(), out["rgb"].numpy(), atol=1e-6)
+
+
+def uniform_tree(colour, density=50.0, coarse_res=4):
+    """Every cell occupied by a medium of one density and one (view-independent) colour."""
+    cells = np.arange(coarse_res**3, dtype=np.int32)
+    logit = np.log(np.asarray(colour) / (1 - np.asarray(colour))) / 0.28209479177387814  # sigmoid(C0 * sh) = colour
+    dens = np.full((len(cells), 2, 2, 2), density, np.float32)
+    sh = np.broadcast_to(logit, (len(cells), 2, 2, 2, 3)).astype(np.float32)
+    aabb = np.array([[-1, -1, -1], [1, 1, 1]], np.float32)
+    return NerfTree.from_dense(index_from_cells(cells, coarse_res), dens, sh, aabb, 1)
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy", "torch"])
+def test_a_ray_stopped_early_shows_the_surface_not_the_background(backend):
+    colour = np.array([0.2, 0.6, 0.4])
+    tree = uniform_tree(colour)
+    o = np.array([[0.0, 0.0, -3.0], [0.0, 0.0, -3.0]], np.float32)
+    d = np.array([[0.0, 0.0, 1.0], [0.0, 0.0, 1.0]], np.float32)
+    near, far = np.array([1.0, 1.0], np.float32), np.array([5.0, 2.02], np.float32)  # the second ray barely enters
+    bg = np.ones(3, np.float32)
+    raw = march_numpy(tree, o, d, d, near, far, bg, 0.05, t_min=0.1)
+    assert raw["opacity"][0] >= 0.9 and np.abs(raw["rgb"][0] - colour).max() > 0.01  # the background shows through T
+    rgb, depth, opacity = render_tree(tree, o, d, near, far, bg, step=0.05, backend=backend, t_min=0.1)
+    np.testing.assert_allclose(rgb[0], colour, atol=1e-5)  # stopped: the medium's colour
+    assert opacity[0] == 1.0 and 2.0 < depth[0] < 2.5
+    assert opacity[1] < 0.9  # not stopped: unchanged
+    np.testing.assert_allclose(rgb[1], raw["rgb"][1], atol=1e-6)
+    np.testing.assert_allclose(opacity[1], raw["opacity"][1], atol=1e-6)

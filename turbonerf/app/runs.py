@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from turbonerf import __version__
-from turbonerf.bake.nerftree import load_tree, read_tree_header
+from turbonerf.bake.nerftree import T_MIN, load_tree, read_tree_header
 from turbonerf.bake.render import TreeRenderer, default_step
 from turbonerf.cameras import Cameras
 from turbonerf.data.multiscene import MultiSceneSet
@@ -341,6 +341,8 @@ class TreeOptions:
     """marching step in fine voxels"""
     backend: str = "auto"
     threads: int | None = None
+    t_min: float | None = None
+    """early-termination transmittance (None: :data:`turbonerf.bake.nerftree.T_MIN`)"""
 
 
 def renderer_for_run(
@@ -361,6 +363,8 @@ def renderer_for_run(
     opts = tree or TreeOptions()
     if not opts.step_scale > 0:
         raise TurboNerfError(f"step scale must be positive, got {opts.step_scale}")
+    if opts.t_min is not None and not 0.0 < opts.t_min < 1.0:
+        raise TurboNerfError(f"--t-min must be between 0 and 1, got {opts.t_min}")
     spec = read_run_spec(run_dir)
     ckpt = checkpoint_path(run_dir, checkpoint)
     try:
@@ -370,5 +374,6 @@ def renderer_for_run(
     path = Path(opts.path) if opts.path else default_tree_path(run_dir)
     nerftree = load_tree(path)
     step = default_step(nerftree, spec.scene.ndc) * opts.step_scale
-    renderer = TreeRenderer(nerftree, opts.backend, device, opts.lookup, step, threads=opts.threads)
+    renderer = TreeRenderer(nerftree, opts.backend, device, opts.lookup, step, t_min=T_MIN if opts.t_min is None else opts.t_min,
+                            threads=opts.threads)
     return RunRenderer(renderer, renderer.name, spec, meta, 1 << 20, tree=renderer, tree_path=path)

@@ -58,7 +58,8 @@ class TrainOptions:
     downscale: int = 1
     seed: int = 0
     device: str = "auto"
-    batch_rays: int = 1024
+    batch_rays: int | None = None
+    """rays per step; None: the run's own on --resume (run.json), else DEFAULT_BATCH_RAYS"""
     checkpoint_every: int = 1000
     checkpoint_minutes: float = 5.0
     resume: bool = False
@@ -133,7 +134,8 @@ def check_train_options(opts: TrainOptions) -> None:
         raise TurboNerfError(f"--lr-final must be in (0, 1], got {opts.lr_final}")
     if opts.max_minutes is not None:
         require_positive("--max-minutes", opts.max_minutes)
-    require_positive("--batch-rays", opts.batch_rays)
+    if opts.batch_rays is not None:
+        require_positive("--batch-rays", opts.batch_rays)
     require_positive("--downscale", opts.downscale)
     require_positive("--checkpoint-every", opts.checkpoint_every)
     require_positive("log_every", opts.log_every)
@@ -144,6 +146,19 @@ def check_train_options(opts: TrainOptions) -> None:
 
 
 MIN_IMAGE_SIDE = 8
+DEFAULT_BATCH_RAYS = 1024
+
+
+def batch_rays_for(opts: TrainOptions, resumed: RunSpec | None) -> int:
+    """Rays per step: ``--batch-rays`` when given; on --resume the run's own (what its last
+    session used, from run.json), so a resumed run goes on as it was trained; else 1024."""
+    if opts.batch_rays is not None:
+        return opts.batch_rays
+    if resumed is not None:
+        recorded = resumed.training.get("batch_rays")
+        if isinstance(recorded, int) and recorded > 0:
+            return recorded
+    return DEFAULT_BATCH_RAYS
 
 
 def train(opts: TrainOptions, replicas: Replicas | None = None) -> TrainResult:
@@ -181,6 +196,7 @@ def _train(opts: TrainOptions, device: torch.device, replicas: Replicas) -> Trai
         apply_overrides(cfg_cls(), opts.overrides)  # fail on a bad option before loading data
         data, downscale = Path(opts.data), opts.downscale
         check_out_folder(out, opts.overwrite, protected=(data,))
+    opts = replace(opts, batch_rays=batch_rays_for(opts, spec if opts.resume else None))
     if getattr(get_method(spec.method if opts.resume else method)[1], "multi_scene", False):
         if replicas.distributed:
             raise TurboNerfError("a multi-scene method (pixelNeRF) trains in one process: drop --nproc")

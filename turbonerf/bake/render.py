@@ -39,6 +39,32 @@ def default_step(tree: NerfTree, ndc: bool = False) -> float:
     return tree.voxel_size() / (2.0 if ndc else 1.0)
 
 
+def close_terminated(out: dict[str, Tensor], background: Tensor, t_min: float) -> dict[str, Tensor]:
+    """Treat the rays that stopped early as opaque.
+
+    A ray stops once its transmittance T falls below ``t_min``; what lies behind would have
+    covered the remaining T with more of the surface, not with the background. So the colour
+    and depth of a stopped ray (opacity >= 1 - t_min) become the weighted means of the samples
+    it took (divided by its opacity) and its opacity 1; other rays are unchanged. With this
+    rule a larger ``t_min`` costs little quality (BENCHMARKS.md, "early termination").
+
+    Args:
+        out: rgb [R, 3] (background composited), depth [R], opacity [R] from a marcher.
+        background: [3] the colour composited into ``rgb``.
+    Returns:
+        the same keys (others passed through), float32.
+    """
+    opa = out["opacity"]
+    stopped = opa >= 1.0 - t_min
+    if not bool(stopped.any()):
+        return out
+    bg = background.to(opa.device, opa.dtype)
+    safe = opa.clamp_min(1e-6)
+    rgb = torch.where(stopped[:, None], (out["rgb"] - (1.0 - opa)[:, None] * bg) / safe[:, None], out["rgb"])
+    depth = torch.where(stopped, out["depth"] / safe, out["depth"])
+    return {**out, "rgb": rgb, "depth": depth, "opacity": torch.where(stopped, torch.ones_like(opa), opa)}
+
+
 class TreeRenderer:
     """A tree prepared once for one backend and device; renders rays, or serves as a method's
     ``render(rays, background)`` (a :data:`turbonerf.render.renderer.RenderFn`).
@@ -106,7 +132,8 @@ class TreeRenderer:
     @torch.no_grad()
     def render_rays(self, origins: Tensor, dirs: Tensor, viewdirs: Tensor, near: Tensor, far: Tensor, background: Tensor) -> dict[str, Tensor]:
         """[R, 3] rays (+ [R] near / far, [3] background) -> rgb [R, 3], depth [R], opacity [R],
-        samples [R], as float32 tensors on the rays' device."""
+        samples [R], as float32 tensors on the rays' device (rays that stopped early closed by
+        :func:`close_terminated`)."""
         dev = origins.device
         r = origins.shape[0]
         near = torch.broadcast_to(torch.as_tensor(near, dtype=torch.float32, device=dev), (r,))
@@ -131,7 +158,7 @@ class TreeRenderer:
             out = {k: torch.from_numpy(v).to(dev) for k, v in res.items()}
         self.samples += int(out["samples"].sum())
         self.rays += r
-        return out
+        return close_terminated(out, bg, self.t_min)
 
     def _prepare_torch_on(self, device: torch.device):
         from turbonerf.bake.march_torch import prepare_torch
