@@ -65,7 +65,7 @@ def train(
     downscale: int = typer.Option(1, help="shrink images (and intrinsics) by this integer factor"),
     seed: int = typer.Option(0, help="random seed"),
     device: str = typer.Option("auto", help="'auto' (cuda if available), 'cpu' or 'cuda[:N]'"),
-    batch_rays: Optional[int] = typer.Option(None, help="rays per training step [default: 1024; with --resume the run's own]"),
+    batch_rays: Optional[int] = typer.Option(None, help="rays per training step (default 1024; with --resume the run's own)"),
     checkpoint_every: int = typer.Option(1000, help="write a checkpoint every N steps (also every 5 min)"),
     set_: List[str] = typer.Option([], "--set", help="method option KEY=VALUE (repeatable), e.g. --set n_fine=64"),
     resume: bool = typer.Option(False, help="continue the run in --out from its last checkpoint"),
@@ -151,7 +151,7 @@ def evaluate(
         1.0, help="NerfTree marching step in fine voxels: 2 halves the samples per ray (see BENCHMARKS.md for the quality cost)"
     ),
     t_min: Optional[float] = typer.Option(
-        None, help="NerfTree: a ray stops once its transmittance falls below this [default: 0.05]; larger is faster (see BENCHMARKS.md for the quality cost)"
+        None, help="NerfTree: a ray stops once its transmittance falls below this (default 0.05); larger is faster (see BENCHMARKS.md for the quality cost)"
     ),
 ):
     """Render a split of a trained run and write RUN/eval/results.json (PSNR, SSIM, LPIPS, ms per frame).
@@ -220,7 +220,7 @@ def render(
         1.0, help="NerfTree marching step in fine voxels: 2 halves the samples per ray (see BENCHMARKS.md for the quality cost)"
     ),
     t_min: Optional[float] = typer.Option(
-        None, help="NerfTree: a ray stops once its transmittance falls below this [default: 0.05]; larger is faster (see BENCHMARKS.md for the quality cost)"
+        None, help="NerfTree: a ray stops once its transmittance falls below this (default 0.05); larger is faster (see BENCHMARKS.md for the quality cost)"
     ),
     source_views: Optional[int] = typer.Option(None, help="multi-scene methods (pixelnerf): source views of the object (default: the method's maximum)"),
     object_: Optional[str] = typer.Option(None, "--object", help="multi-scene methods: the held-out object to render (default: the first test object)"),
@@ -246,7 +246,7 @@ def view(
     tree: Optional[Path] = typer.Option(None, help="NerfTree file to render with (implies --baked)"),
     lookup: str = typer.Option("nearest", help="NerfTree lookup: nearest (fastest) or trilinear"),
     step_scale: float = typer.Option(1.0, help="NerfTree marching step in fine voxels (2: twice as fast, see BENCHMARKS.md)"),
-    t_min: Optional[float] = typer.Option(None, help="NerfTree: a ray stops once its transmittance falls below this [default: 0.05]; larger is faster"),
+    t_min: Optional[float] = typer.Option(None, help="NerfTree: a ray stops once its transmittance falls below this (default 0.05); larger is faster"),
     max_res: int = typer.Option(512, help="longer side of the full-resolution frame (rendered once the camera is still)"),
     target_fps: float = typer.Option(15.0, help="frame rate to keep while the camera moves (the resolution adapts)"),
     device: str = typer.Option("auto", help="'auto', 'cpu' or 'cuda[:N]'"),
