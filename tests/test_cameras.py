@@ -59,3 +59,22 @@ def test_image_ray_bundle_row_major_and_ndc_bounds():
     ndc = make_rays(cams, torch.zeros(2, dtype=torch.long), torch.tensor([0, 5]), torch.tensor([0, 3]), 2.0, 6.0, ndc=True)
     assert torch.equal(ndc.near, torch.zeros(2)) and torch.equal(ndc.far, torch.ones(2))
     assert torch.allclose(ndc.viewdirs.norm(dim=-1), torch.ones(2))
+
+
+def test_rays_of_one_camera_equal_rays_of_mixed_cameras():
+    """camera_rays has a one-camera path (a whole image); it gives what the per-ray path gives."""
+    g = torch.Generator().manual_seed(0)
+    rot, _ = torch.linalg.qr(torch.randn(3, 3, 3, generator=g))
+    c2w = torch.cat([rot, torch.randn(3, 3, 1, generator=g)], 2)
+    cams = Cameras(c2w=c2w, fx=torch.tensor([90.0, 100, 110]), fy=torch.tensor([95.0, 105, 115]), cx=torch.tensor([40.0, 50, 60]),
+                   cy=torch.tensor([30.0, 40, 50]), width=100, height=80)
+    u, v = torch.randint(0, 100, (500,), generator=g), torch.randint(0, 80, (500,), generator=g)
+    for c in range(3):
+        one = torch.full((500,), c, dtype=torch.long)
+        mixed = one.clone()
+        mixed[0] = (c + 1) % 3  # one ray of another camera: the per-ray path
+        o1, d1 = camera_rays(cams, one, u, v)
+        o2, d2 = camera_rays(cams, mixed, u, v)
+        torch.testing.assert_close(d1[1:], d2[1:], atol=1e-6, rtol=0)
+        torch.testing.assert_close(o1[1:], o2[1:])
+        torch.testing.assert_close(o1[0], c2w[c, :, 3])

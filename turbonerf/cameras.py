@@ -161,6 +161,11 @@ def camera_rays(cameras: Cameras, cam_idx: Tensor, u: Tensor, v: Tensor) -> tupl
     if cameras.distortion is not None:
         x, y = undistort_opencv(x, y, cameras.distortion[cam_idx])
     dirs_cam = torch.stack([x, -y, -torch.ones_like(x)], dim=-1)  # OpenCV y-down -> OpenGL y-up
+    if cam_idx.numel() > 1 and bool((cam_idx == cam_idx[0]).all()):  # one camera (a whole image): one matrix product
+        c2w = cameras.c2w[cam_idx[0]]
+        dirs = dirs_cam @ c2w[:3, :3].T
+        dirs = dirs / dirs.norm(dim=-1, keepdim=True)
+        return c2w[:3, 3].expand_as(dirs).contiguous(), dirs
     c2w = cameras.c2w[cam_idx]
     dirs = (c2w[:, :3, :3] @ dirs_cam.unsqueeze(-1)).squeeze(-1)
     dirs = dirs / dirs.norm(dim=-1, keepdim=True)
