@@ -70,6 +70,7 @@ def main() -> None:
     p.add_argument("--tree", type=Path, help="NerfTree file (default: the run's model)")
     p.add_argument("--baked", action="store_true", help="the run's default tree")
     p.add_argument("--step-scale", type=float, default=1.0)
+    p.add_argument("--t-min", type=float, default=None, help="NerfTree early-termination transmittance (default: the renderer's)")
     p.add_argument("--max-res", type=int, default=400)
     p.add_argument("--target-fps", type=float, default=15.0)
     p.add_argument("--still-seconds", type=float, default=0.2)
@@ -86,7 +87,7 @@ def main() -> None:
     reason = browser_unavailable()
     if reason:
         raise SystemExit(reason)
-    opts = ViewOptions(port=0, baked=args.baked or args.tree is not None, tree=TreeOptions(args.tree, step_scale=args.step_scale),
+    opts = ViewOptions(port=0, baked=args.baked or args.tree is not None, tree=TreeOptions(args.tree, step_scale=args.step_scale, t_min=args.t_min),
                        max_res=args.max_res, target_fps=args.target_fps, still_seconds=args.still_seconds)
     server = start_view(args.run, opts)
     try:
@@ -106,7 +107,7 @@ def main() -> None:
         server.stop()
     fulls = [c["full_after_stop_s"] for c in cycles if c["full_after_stop_s"] is not None]
     result = {
-        "run": str(args.run), "tree": str(args.tree) if args.tree else None, "step_scale": args.step_scale,
+        "run": str(args.run), "tree": str(args.tree) if args.tree else None, "step_scale": args.step_scale, "t_min": args.t_min,
         "max_res": args.max_res, "target_fps": args.target_fps, "still_seconds": args.still_seconds,
         "viewport": args.viewport, "frustums": args.frustums,
         "moving_fps_median": statistics.median(c["moving_fps"] for c in cycles),
