@@ -155,37 +155,34 @@ def checkpoint_due(step: int, last_step: int, seconds: float, last_seconds: floa
 
 
 @contextmanager
+def signal_handlers(handlers: dict):
+    """Install ``{signal: handler}`` for the duration and restore the previous handlers after.
+    Outside the main thread (where Python cannot set handlers) it does nothing."""
+    try:
+        previous = {sig: signal.signal(sig, h) for sig, h in handlers.items()}
+    except ValueError:  # not in the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        for sig, h in previous.items():
+            signal.signal(sig, h)
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def sigterm_as_keyboard_interrupt():
     """Turn SIGTERM into KeyboardInterrupt for the duration, so both save a checkpoint."""
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not in the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    return signal_handlers({signal.SIGTERM: _raise_keyboard_interrupt})
 
 
-@contextmanager
 def signals_held():
     """Ignore SIGINT and SIGTERM for the duration (a closing checkpoint is being written; the
-    process ends right after it). Outside the main thread it does nothing."""
-    try:
-        previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
-    except ValueError:  # not in the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    process ends right after it)."""
+    return signal_handlers({signal.SIGINT: signal.SIG_IGN, signal.SIGTERM: signal.SIG_IGN})
 
 
 def rng_tensors(generator: torch.Generator | None) -> dict[str, Tensor]:
