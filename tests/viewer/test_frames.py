@@ -62,6 +62,20 @@ def test_moving_resolution_follows_the_measured_speed():
     assert rate.rate == pytest.approx(0.7 * 100_000 + 0.3 * 400_000)
 
 
+def test_moving_frames_leave_room_for_the_frames_fixed_cost():
+    """A frame that costs 40 ms besides its rays gets the pixels of the other 60 ms at 10 FPS;
+    an overhead beyond the frame time still leaves a quarter of it."""
+    res = Resolution(max_res=4096, target_fps=10)
+    rate = PixelRate()
+    for _ in range(30):
+        rate.update_overhead(0.04)
+    assert rate.overhead == pytest.approx(0.04, rel=1e-3)
+    h, w = res.moving(1_000_000, 1.0, rate.overhead)
+    assert abs(h * w - 60_000) < 1000
+    h, w = res.moving(1_000_000, 1.0, 0.5)
+    assert abs(h * w - 25_000) < 500
+
+
 def test_view_state_plans_moving_frames_then_the_full_frame():
     s = ViewState()
     assert s.plan(0.0, 0.2)[0] is None  # no camera yet

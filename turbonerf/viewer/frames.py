@@ -2,8 +2,10 @@
 abandoned or spread over training steps), the measured render speed, the adaptive resolution
 rule and the per-client decision of what to render next.
 
-The rule (nerfstudio's): while the camera moves, a frame has ``pixels = pixels_per_second /
-target_fps`` pixels, with the speed measured on every rendered chunk;
+The rule (nerfstudio's, plus the fixed cost of a frame): while the camera moves, a frame has
+``pixels = pixels_per_second x (1 / target_fps - overhead)`` pixels, with the speed measured on
+every rendered chunk and the overhead (making the frame's rays, colouring, JPEG encoding,
+sending) on every frame sent;
 once the camera stops the frame is rendered at full resolution, and that render is abandoned
 between chunks when the camera moves again. "Stopped" follows the browser's own pace: no camera
 update for 1.5 times the usual gap between updates (:meth:`ViewState.plan`).
@@ -73,8 +75,11 @@ class FrameJob:
         self.device = device
         self.bf16 = bf16
         self.background = bounds.background.to(device)
+        t0 = time.perf_counter()
         cams = view_cameras(pose, self.height, self.width, bounds.ndc_focal if bounds.ndc else None)
         self.rays: RayBundle = image_ray_bundle(cams, 0, bounds.near, bounds.far, bounds.ndc).to(device)
+        self.setup_seconds = time.perf_counter() - t0
+        """time spent making the rays"""
         self.chunk = max(int(chunk), 256)
         self.parts: dict[str, list[Tensor]] = {}
         self.done_rays = 0
@@ -127,6 +132,8 @@ class PixelRate:
     rate: float = 200_000.0
     smoothing: float = 0.3
     measured: bool = False
+    overhead: float = 0.0
+    """seconds a frame costs besides rendering its rays (moving average over frames sent)"""
 
     def update(self, pixels: int, seconds: float) -> None:
         if seconds <= 0:
@@ -134,6 +141,10 @@ class PixelRate:
         new = pixels / seconds
         self.rate = new if not self.measured else (1 - self.smoothing) * self.rate + self.smoothing * new
         self.measured = True
+
+    def update_overhead(self, seconds: float) -> None:
+        """One frame's cost outside the rendering of its rays."""
+        self.overhead = (1 - self.smoothing) * self.overhead + self.smoothing * max(seconds, 0.0)
 
 
 @dataclass(frozen=True)
@@ -145,9 +156,11 @@ class Resolution:
     target_fps: float = 15.0
     min_side: int = 16
 
-    def moving(self, rate: float, aspect: float) -> tuple[int, int]:
-        """(H, W) of a frame while the camera moves: rate / target_fps pixels."""
-        return frame_size(rate / self.target_fps, aspect, self.max_res, self.min_side)
+    def moving(self, rate: float, aspect: float, overhead: float = 0.0) -> tuple[int, int]:
+        """(H, W) of a frame while the camera moves: the pixels ``rate`` renders in what is left
+        of 1 / target_fps after the frame's ``overhead`` seconds (at least a quarter of it)."""
+        budget = max(1.0 / self.target_fps - overhead, 0.25 / self.target_fps)
+        return frame_size(rate * budget, aspect, self.max_res, self.min_side)
 
     def still(self, aspect: float) -> tuple[int, int]:
         """(H, W) of the full-resolution frame."""

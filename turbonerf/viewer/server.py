@@ -239,7 +239,7 @@ class ClientSession:
         if not self._rate().measured:  # a first small frame measures the render speed
             size = frame_size(FIRST_FRAME_PIXELS, pose.aspect, resolution.max_res)
         elif kind == "moving":
-            size = resolution.moving(rate, pose.aspect)
+            size = resolution.moving(rate, pose.aspect, self._rate().overhead)
         else:
             size = resolution.still(pose.aspect)
             if math.isfinite(opts.max_frame_seconds) and size[0] * size[1] > rate * opts.max_frame_seconds:
@@ -286,6 +286,7 @@ class ClientSession:
         image = job.image(self.output.value)
         self.client.scene.set_background_image(image, format="jpeg", jpeg_quality=self.viewer.options.jpeg_quality)
         now = time.perf_counter()
+        self._rate().update_overhead(job.setup_seconds + (now - t0))
         seconds = job.seconds + (now - t0)
         self.last_ms = 1000.0 * seconds
         self.last_size = f"{job.width} x {job.height} ({'full' if job.full else 'moving'})"
