@@ -468,10 +468,8 @@ def run_loop(
         # the closing checkpoint is written with both signals held off, so the second cannot cut it.
         with signals_held():
             bar.close()
-            if isinstance(stop, KeyboardInterrupt):
+            if isinstance(stop, KeyboardInterrupt) or main:  # a lost replica: rank 0 keeps what it trained
                 _final_save(checkpoint, state, last_ckpt_step)
-            elif main:
-                _final_save(checkpoint, state, last_ckpt_step)  # a lost replica: keep what rank 0 trained
         if isinstance(stop, ReplicaLost):
             raise
         raise TrainingInterrupted(
