@@ -15,6 +15,8 @@ import typer
 
 from turbonerf.errors import TurboNerfError
 
+T_MIN_HELP = "NerfTree: a ray stops once its transmittance falls below this (default 0.05); larger is faster (see BENCHMARKS.md for the quality cost)"
+
 app = typer.Typer(
     help="turbonerf: train neural radiance fields and make them render fast. Add --debug anywhere for a full traceback on errors.",
     no_args_is_help=True,
@@ -151,7 +153,7 @@ def evaluate(
         1.0, help="NerfTree marching step in fine voxels: 2 halves the samples per ray (see BENCHMARKS.md for the quality cost)"
     ),
     t_min: Optional[float] = typer.Option(
-        None, help="NerfTree: a ray stops once its transmittance falls below this (default 0.05); larger is faster (see BENCHMARKS.md for the quality cost)"
+        None, help=T_MIN_HELP
     ),
 ):
     """Render a split of a trained run and write RUN/eval/results.json (PSNR, SSIM, LPIPS, ms per frame).
@@ -220,7 +222,7 @@ def render(
         1.0, help="NerfTree marching step in fine voxels: 2 halves the samples per ray (see BENCHMARKS.md for the quality cost)"
     ),
     t_min: Optional[float] = typer.Option(
-        None, help="NerfTree: a ray stops once its transmittance falls below this (default 0.05); larger is faster (see BENCHMARKS.md for the quality cost)"
+        None, help=T_MIN_HELP
     ),
     source_views: Optional[int] = typer.Option(None, help="multi-scene methods (pixelnerf): source views of the object (default: the method's maximum)"),
     object_: Optional[str] = typer.Option(None, "--object", help="multi-scene methods: the held-out object to render (default: the first test object)"),
@@ -246,7 +248,7 @@ def view(
     tree: Optional[Path] = typer.Option(None, help="NerfTree file to render with (implies --baked)"),
     lookup: str = typer.Option("nearest", help="NerfTree lookup: nearest (fastest) or trilinear"),
     step_scale: float = typer.Option(1.0, help="NerfTree marching step in fine voxels (2: twice as fast, see BENCHMARKS.md)"),
-    t_min: Optional[float] = typer.Option(None, help="NerfTree: a ray stops once its transmittance falls below this (default 0.05); larger is faster"),
+    t_min: Optional[float] = typer.Option(None, help=T_MIN_HELP),
     max_res: int = typer.Option(512, help="longer side of the full-resolution frame (rendered once the camera is still)"),
     target_fps: float = typer.Option(15.0, help="frame rate to keep while the camera moves (the resolution adapts)"),
     device: str = typer.Option("auto", help="'auto', 'cpu' or 'cuda[:N]'"),
