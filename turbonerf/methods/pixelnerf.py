@@ -35,7 +35,10 @@ ENCODERS = ("small", "resnet34")
 class PixelNeRFConfig:
     """pixelNeRF hyper-parameters. The paper: ResNet-34 encoder (512 channels), 5 blocks of width
     512, combine after 3, 64 coarse + 32 fine (+16 near the depth) samples, lr 1e-4; the defaults
-    here are sized for a CPU; it computes in fp32 even under autocast (``fp32``)."""
+    here are sized for a CPU; it computes in fp32 even under autocast (``fp32``). On a GPU a 4x
+    wider model pays: width 256, encoder widths 32,64,64,128, 8 scenes per step, 32 + 16 samples,
+    lr 5e-4 with ``--schedule budget`` trained 5.5 minutes on an H200 to 20.21 dB from 3 views on
+    the generated objects, against 19.99 for the defaults after 185 CPU minutes (BENCHMARKS.md)."""
 
     encoder: str = "small"
     """"small" (a ResNet-like pyramid trained from scratch) or "resnet34" (the paper's)"""
