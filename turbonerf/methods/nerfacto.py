@@ -52,7 +52,10 @@ The defaults stay nerfstudio's. ``proposal_samples_1=128 proposal_samples_2=64 n
 (224 evaluations per ray instead of 400) is the better choice on a CPU for forward-facing
 captures: on fern at 15 minutes on one core it made 1.5x the steps and scored 20.86 dB against
 20.14 for the defaults, and 20.85 against Instant-NGP's 19.68 run side by side (BENCHMARKS.md,
-"nerfacto with fewer samples"); on lego it is unmeasured.
+"nerfacto with fewer samples"). On lego (bounded, one core, 15 minutes, side by side with
+Instant-NGP) fewer samples pay more: 128 / 64 / 32 was 1.79 dB behind Instant-NGP, ``64 / 32 /
+24`` (120 evaluations per ray, a step as cheap as Instant-NGP's) 0.96 dB behind (29.88 against
+30.84; BENCHMARKS.md, "nerfacto with 64 / 32 / 24 samples on lego").
 """
 
 from __future__ import annotations
