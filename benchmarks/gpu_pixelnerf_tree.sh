@@ -1,7 +1,9 @@
 #!/bin/bash
 # One device call: pixelNeRF (wider model) trained on the GPU in the background while an
 # Instant-NGP lego (400x400) trains, is baked and its tree timed with the torch marcher.
-# Usage (after benchmarks/gpu_bundle.py): bash benchmarks/gpu_pixelnerf_tree.sh OUTDIR PX_MINUTES NGP_MINUTES DEVICE [PX_EXTRA_SET...]
+# Usage (after benchmarks/gpu_bundle.py): bash benchmarks/gpu_pixelnerf_tree.sh OUTDIR PX_MINUTES NGP_MINUTES DEVICE
+# (env PX_EXTRA, NGP_EXTRA, BAKE_EXTRA, TREE_EXTRA: extra options of each step; CKPT_DIR: where the
+# pixelNeRF checkpoint goes, as a tar in 15 MB parts)
 set -u
 OUTD=$1; PXMIN=$2; NGPMIN=$3; DEV=$4
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 TURBONERF_LPIPS_DIR=$PWD/.gpu/lpips
