@@ -33,8 +33,9 @@ def _rays(n: int, cams: torch.Tensor | None = None) -> RayBundle:
     return RayBundle(o, d, d, torch.full((n,), 2.0), torch.full((n,), 6.0), None, cams)
 
 
-@pytest.mark.parametrize("fmt, contraction", [("blender", "box"), ("llff", "box"), ("transforms", "contract")])
-def test_auto_settings_follow_the_scene(tmp_path, fmt, contraction):
+@pytest.mark.parametrize("fmt, contraction, embeddings", [("blender", "box", False), ("llff", "box", False),
+                                                        ("transforms", "contract", True)])
+def test_auto_settings_follow_the_scene(tmp_path, fmt, contraction, embeddings):
     if fmt == "blender":
         root = write_tiny_blender_scene(tmp_path / "s", n_train=4, n_test=2, size=16)
     elif fmt == "llff":
@@ -43,10 +44,12 @@ def test_auto_settings_follow_the_scene(tmp_path, fmt, contraction):
         root = write_tiny_transforms_scene(tmp_path / "s")
     scene = load_scene(root, splits=("train",))
     cfg = Nerfacto.config_for_scene(NerfactoConfig(), scene)
-    assert cfg.scene_contraction == contraction and cfg.n_images == len(scene.split("train"))
+    assert cfg.scene_contraction == contraction and cfg.n_images == (len(scene.split("train")) if embeddings else 0)
     # explicit choices are kept
     cfg = Nerfacto.config_for_scene(NerfactoConfig(scene_contraction="contract", n_images=0), scene)
     assert cfg.scene_contraction == "contract" and cfg.n_images == 0
+    cfg = Nerfacto.config_for_scene(NerfactoConfig(n_images=7), scene)
+    assert cfg.n_images == 7
 
 
 def test_appearance_embedding_per_training_image_and_mean_at_eval():
@@ -89,7 +92,7 @@ def test_trains_and_evaluates_on_other_formats(tmp_path, fmt):
     assert result.step == 3
     spec = json.loads((run / "run.json").read_text())
     assert spec["config"]["scene_contraction"] == ("contract" if fmt == "transforms" else "box")
-    assert spec["config"]["n_images"] > 0
+    assert (spec["config"]["n_images"] > 0) == (fmt == "transforms")  # appearance embeddings for captures only
     res = evaluate_run(run, EvalOptions(progress=False, chunk=256, limit=1))
     assert res["psnr"] > 0
 

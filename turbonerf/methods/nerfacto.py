@@ -25,6 +25,14 @@ Scenes (``scene_contraction``, resolved from the scene when training starts, see
   normalised so the scene box is [-1, 1]^3 and contracted (L-inf) into [-2, 2]^3; rays run to
   ``contract_far`` (nerfstudio: 1000) rather than to the box's far corner.
 
+Appearance embeddings (``n_images``, resolved with the contraction): one per training image for
+captures, whose exposure and white balance change between photos; none for Blender and LLFF
+scenes, whose images share one appearance: there an embedding per image only lets each training
+view absorb its own noise, and a test view, which has no embedding of its own, gets the mean.
+Measured at 5 minutes (one core, 64 / 32 / 24 samples; BENCHMARKS.md): without embeddings
+lego 28.73 dB against 27.33 (a pilot earlier that day), fern 21.59 against 20.45 (the same core,
+one after the other). nerfstudio keeps them on for every scene.
+
 Inference renders chunks of ``render_chunk_rays`` rays without jitter, annealing or the
 embedding of a training image (evaluation views use the mean appearance embedding).
 
@@ -56,7 +64,10 @@ captures: on fern at 15 minutes on one core it made 1.5x the steps and scored 20
 Instant-NGP) fewer samples pay more: 128 / 64 / 32 was 1.79 dB behind Instant-NGP, ``64 / 32 /
 24`` (120 evaluations per ray, a step as cheap as Instant-NGP's) 0.96 dB behind (29.88 against
 30.84; BENCHMARKS.md, "nerfacto with 64 / 32 / 24 samples"), and on fern it is still
-ahead of Instant-NGP, by 0.05 dB (20.92 against 20.87).
+ahead of Instant-NGP, by 0.05 dB (20.92 against 20.87). Those runs had appearance embeddings;
+without them (the auto setting for these scenes since), 64 / 32 / 24 is level with Instant-NGP
+on lego at 15 minutes (31.18 against 31.27 dB) and 0.78 dB ahead on fern (22.01 against 21.23;
+BENCHMARKS.md, "nerfacto without appearance embeddings").
 """
 
 from __future__ import annotations
@@ -90,8 +101,9 @@ class NerfactoConfig:
     contract_far: float = 1000.0
     """with contraction, rays are sampled up to max(scene far, this) (nerfstudio: 1000)"""
     n_images: int = -1
-    """appearance embeddings (one per training image); -1: the number of training images,
-    resolved when training starts; 0: no embeddings"""
+    """appearance embeddings (one per training image); -1 (auto, resolved when training starts):
+    none for Blender / white-background and NDC (LLFF) scenes, whose photos share one exposure,
+    one per training image otherwise (captures); 0: no embeddings"""
     appearance_dim: int = 32
     """size of each appearance embedding"""
     n_levels: int = 16
@@ -211,12 +223,14 @@ class Nerfacto(Method):
     @classmethod
     def config_for_scene(cls, config: NerfactoConfig, scene: Scene) -> NerfactoConfig:
         """Resolve ``scene_contraction="auto"`` (box for NDC and white-background scenes such
-        as Blender, contract otherwise) and ``n_images=-1`` (the training images)."""
+        as Blender, contract otherwise) and ``n_images=-1`` (no appearance embeddings for those
+        same scenes, one per training image for captures)."""
         changes = {}
+        known_exposure = scene.ndc or scene.white_background
         if config.scene_contraction == "auto":
-            changes["scene_contraction"] = "box" if (scene.ndc or scene.white_background) else "contract"
+            changes["scene_contraction"] = "box" if known_exposure else "contract"
         if config.n_images < 0:
-            changes["n_images"] = len(scene.split("train")) if "train" in scene.splits else 0
+            changes["n_images"] = len(scene.split("train")) if ("train" in scene.splits and not known_exposure) else 0
         return replace(config, **changes)
 
     def _ray_interval(self, rays: RayBundle) -> RayBundle:
