@@ -226,11 +226,11 @@ class Nerfacto(Method):
         as Blender, contract otherwise) and ``n_images=-1`` (no appearance embeddings for those
         same scenes, one per training image for captures)."""
         changes = {}
-        known_exposure = scene.ndc or scene.white_background
+        curated = scene.ndc or scene.white_background  # Blender / LLFF: bounded (or NDC) and one exposure
         if config.scene_contraction == "auto":
-            changes["scene_contraction"] = "box" if known_exposure else "contract"
+            changes["scene_contraction"] = "box" if curated else "contract"
         if config.n_images < 0:
-            changes["n_images"] = len(scene.split("train")) if ("train" in scene.splits and not known_exposure) else 0
+            changes["n_images"] = len(scene.split("train")) if ("train" in scene.splits and not curated) else 0
         return replace(config, **changes)
 
     def _ray_interval(self, rays: RayBundle) -> RayBundle:
