@@ -43,7 +43,9 @@ and the second proposal network and the field run as always (the ``CoarseToFine`
 The saving is small unless the activation pass is upsampled (``--upsample``): the hash encoding,
 the cost of a proposal network, is needed for the activations too. Measured on a 5-minute lego
 model (BENCHMARKS.md): upsampled, 2x faster at -0.01 dB; but uniform weights in place of any
-estimate scored the same, since the second proposal network re-finds the surface.
+estimate scored the same, since the second proposal network re-finds the surface. On a trained
+model with 64 / 32 / 24 samples (15 minutes, 31.2 dB) it does not: upsampled, 1.27x faster at
+-2.6 dB; not upsampled, no faster (BENCHMARKS.md, "nerfacto without appearance embeddings").
 
 Proposal updates: as nerfstudio's ``proposal_update_every=5`` / ``proposal_warmup=5000``, the
 proposal networks get a gradient on the first 10 steps, then whenever more than k steps have
