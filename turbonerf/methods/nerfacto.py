@@ -46,6 +46,10 @@ model (BENCHMARKS.md): upsampled, 2x faster at -0.01 dB; but uniform weights in 
 estimate scored the same, since the second proposal network re-finds the surface. On a trained
 model with 64 / 32 / 24 samples (15 minutes, 31.2 dB) it does not: upsampled, 1.27x faster at
 -2.6 dB; not upsampled, no faster (BENCHMARKS.md, "nerfacto without appearance embeddings").
+With these defaults (256 / 96 / 48) on a trained model (15 minutes, 31.4 dB) it does again:
+upsampled, 1.39-1.42x faster at -0.05 to -0.08 dB, and uniform weights lose 0.06 dB
+(``benchmarks/nerfacto_uniform_control.py``): with 96 second-level samples the first level's
+draw hardly matters, with 32 it does, and the activation estimate is not good enough for it.
 
 Proposal updates: as nerfstudio's ``proposal_update_every=5`` / ``proposal_warmup=5000``, the
 proposal networks get a gradient on the first 10 steps, then whenever more than k steps have
