@@ -47,9 +47,10 @@ estimate scored the same, since the second proposal network re-finds the surface
 model with 64 / 32 / 24 samples (15 minutes, 31.2 dB) it does not: upsampled, 1.27x faster at
 -2.6 dB; not upsampled, no faster (BENCHMARKS.md, "nerfacto without appearance embeddings").
 With these defaults (256 / 96 / 48) on a trained model (15 minutes, 31.4 dB) it does again:
-upsampled, 1.39-1.42x faster at -0.05 to -0.08 dB, and uniform weights lose 0.06 dB
-(``benchmarks/nerfacto_uniform_control.py``): with 96 second-level samples the first level's
-draw hardly matters, with 32 it does, and the activation estimate is not good enough for it.
+upsampled, 1.39-1.42x faster at -0.05 to -0.08 dB, and with 128 / 96 / 24 1.32x at -0.36 dB;
+but uniform weights lose as little (-0.06 and -0.40 dB; ``benchmarks/nerfacto_uniform_control.py``):
+with 96 second-level samples the first level's draw hardly matters, with 32 it does, and the
+activation estimate (its weights overlap the field's less than uniform weights do) cannot make it.
 
 Proposal updates: as nerfstudio's ``proposal_update_every=5`` / ``proposal_warmup=5000``, the
 proposal networks get a gradient on the first 10 steps, then whenever more than k steps have
@@ -73,7 +74,11 @@ Instant-NGP) fewer samples pay more: 128 / 64 / 32 was 1.79 dB behind Instant-NG
 ahead of Instant-NGP, by 0.05 dB (20.92 against 20.87). Those runs had appearance embeddings;
 without them (the auto setting for these scenes since), 64 / 32 / 24 is level with Instant-NGP
 on lego at 15 minutes (31.18 against 31.27 dB) and 0.78 dB ahead on fern (22.01 against 21.23;
-BENCHMARKS.md, "nerfacto without appearance embeddings").
+BENCHMARKS.md, "nerfacto without appearance embeddings"). The CPU setting that holds up for
+activation sampling too is ``128 / 96 / 24``: 0.35 dB behind Instant-NGP on lego (31.70 against
+32.05, 15 minutes, 2 threads), 0.51 dB ahead on fern (21.88 against 21.37, one core each), and
+the upsampled activation pass 1.32x faster at -0.36 dB (BENCHMARKS.md, "Activation sampling on
+nerfacto with its default samples").
 """
 
 from __future__ import annotations
