@@ -37,20 +37,16 @@ Inference renders chunks of ``render_chunk_rays`` rays without jitter, annealing
 embedding of a training image (evaluation views use the mean appearance embedding).
 
 Activation-based sampling (Radl et al. 2024; ``eval --sampler activation``): the ReLU activations
-of the first proposal network's hidden layer at its 256 bins, averaged over the 16 units and
+of the first proposal network's hidden layer at its bins, averaged over the 16 units and
 transformed along the ray, replace that network's density; its weights go through the same draw,
 and the second proposal network and the field run as always (the ``CoarseToFine`` stages below).
-The saving is small unless the activation pass is upsampled (``--upsample``): the hash encoding,
-the cost of a proposal network, is needed for the activations too. Measured on a 5-minute lego
-model (BENCHMARKS.md): upsampled, 2x faster at -0.01 dB; but uniform weights in place of any
-estimate scored the same, since the second proposal network re-finds the surface. On a trained
-model with 64 / 32 / 24 samples (15 minutes, 31.2 dB) it does not: upsampled, 1.27x faster at
--2.6 dB; not upsampled, no faster (BENCHMARKS.md, "nerfacto without appearance embeddings").
-With these defaults (256 / 96 / 48) on a trained model (15 minutes, 31.4 dB) it does again:
-upsampled, 1.39-1.42x faster at -0.05 to -0.08 dB, and with 128 / 96 / 24 1.32x at -0.36 dB;
-but uniform weights lose as little (-0.06 and -0.40 dB; ``benchmarks/nerfacto_uniform_control.py``):
-with 96 second-level samples the first level's draw hardly matters, with 32 it does, and the
-activation estimate (its weights overlap the field's less than uniform weights do) cannot make it.
+Only the upsampled pass (``--upsample``) saves time: the hash encoding, the cost of a proposal
+network, is needed for the activations too. It holds its quality only with enough second-level
+samples, and not because of the estimate (BENCHMARKS.md, "nerfacto with 128 / 96 / 24 samples"):
+with 96 (the defaults, or 128 / 96 / 24) it is 1.3-1.4x faster at -0.1 to -0.4 dB, but uniform
+weights in place of any estimate lose as little (``benchmarks/nerfacto_uniform_control.py``; the
+estimates' weights overlap the field's less than uniform weights do); with 32 (64 / 32 / 24) it
+loses 2.6-4.4 dB.
 
 Proposal updates: as nerfstudio's ``proposal_update_every=5`` / ``proposal_warmup=5000``, the
 proposal networks get a gradient on the first 10 steps, then whenever more than k steps have
@@ -59,26 +55,14 @@ densities run without a graph. ``--set proposal_update_every=0`` trains them on 
 Not ported: nerfstudio's camera-pose optimiser and its "last sample" background colour (the
 scene's background is used).
 
-CPU cost (``turbonerf bench`` on lego at 200x200, 1024 rays per step, one thread pinned to a
-core while the other core ran another benchmark; BENCHMARKS.md): 0.47 s per step against
-Instant-NGP's 0.21, 22.98 dB against 25.84 after 5 minutes. The hash-grid kernels dominate: the
-NeRF field's 16 levels on 48 samples and the proposals' 5 levels on 256 + 96 samples per ray.
-The defaults stay nerfstudio's. ``proposal_samples_1=128 proposal_samples_2=64 n_samples=32``
-(224 evaluations per ray instead of 400) is the better choice on a CPU for forward-facing
-captures: on fern at 15 minutes on one core it made 1.5x the steps and scored 20.86 dB against
-20.14 for the defaults, and 20.85 against Instant-NGP's 19.68 run side by side (BENCHMARKS.md,
-"nerfacto with fewer samples"). On lego (bounded, one core, 15 minutes, side by side with
-Instant-NGP) fewer samples pay more: 128 / 64 / 32 was 1.79 dB behind Instant-NGP, ``64 / 32 /
-24`` (120 evaluations per ray, a step as cheap as Instant-NGP's) 0.96 dB behind (29.88 against
-30.84; BENCHMARKS.md, "nerfacto with 64 / 32 / 24 samples"), and on fern it is still
-ahead of Instant-NGP, by 0.05 dB (20.92 against 20.87). Those runs had appearance embeddings;
-without them (the auto setting for these scenes since), 64 / 32 / 24 is level with Instant-NGP
-on lego at 15 minutes (31.18 against 31.27 dB) and 0.78 dB ahead on fern (22.01 against 21.23;
-BENCHMARKS.md, "nerfacto without appearance embeddings"). The CPU setting that holds up for
-activation sampling too is ``128 / 96 / 24``: 0.35 dB behind Instant-NGP on lego (31.70 against
-32.05, 15 minutes, 2 threads), 0.51 dB ahead on fern (21.88 against 21.37, one core each), and
-the upsampled activation pass 1.32x faster at -0.36 dB (BENCHMARKS.md, "Activation sampling on
-nerfacto with its default samples").
+CPU cost: the hash-grid kernels dominate (the field's 16 levels on ``n_samples`` points, the
+proposals' 5 levels on the proposal samples). The defaults stay nerfstudio's (256 / 96 / 48, 400
+evaluations per ray); on a CPU fewer samples pay. Measured at 15 minutes on lego (200x200) and fern
+(252x189) against Instant-NGP (BENCHMARKS.md, "nerfacto with 128 / 96 / 24 samples" and
+"nerfacto without appearance embeddings"): the defaults are 1.1 dB behind on lego; ``--set
+proposal_samples_1=128 --set proposal_samples_2=96 --set n_samples=24`` is 0.35 dB behind on lego,
+0.51 dB ahead on fern and keeps activation sampling (above); ``64 / 32 / 24`` is level on lego
+and 0.78 dB ahead on fern but loses activation sampling.
 """
 
 from __future__ import annotations
