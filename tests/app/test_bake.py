@@ -49,3 +49,29 @@ def test_bake_eval_and_render_a_tiny_vanilla_run(tiny_scene, tmp_path, capsys):
     assert main(bake_args + ["--out", str(pruned_file), "--prune-weight", "1e-6"]) == 0
     pruned = load_tree(pruned_file)
     assert 0 < pruned.n_blocks <= tree.n_blocks and pruned.coarse_res == 16
+
+
+def test_bake_and_eval_an_unbounded_capture(tmp_path, capsys):
+    """A transforms.json capture with aabb_scale 16: Instant-NGP contracts it, the bake writes a
+    contracted (version 3) tree at the contracted defaults, and eval / render march it."""
+    from turbonerf.data.synthetic import write_tiny_transforms_scene
+
+    data = write_tiny_transforms_scene(tmp_path / "capture", n_frames=6, size=16, aabb_scale=16)
+    run = tmp_path / "run"
+    tiny = ["n_levels=4", "log2_table_size=12", "max_resolution=64", "hidden=16", "grid_resolution=16"]
+    assert main(["train", "--method", "instant-ngp", "--data", str(data), "--out", str(run), "--max-steps", "3", "--batch-rays", "64",
+                 "--no-progress", *[a for kv in tiny for a in ("--set", kv)]]) == 0
+    assert main(["bake", "--run", str(run), "--fine-res", "2", "--no-progress"]) == 0
+    tree_file = run / "baked" / "nerftree.safetensors"
+    header = read_tree_header(tree_file)
+    assert header["version"] == 3 and header["coarse_res"] == 128 and header["info"]["contracted"]
+    tree = load_tree(tree_file)
+    assert tree.contracted and tree.n_blocks > 0
+    assert main(["eval", "--run", str(run), "--baked", "--no-progress"]) == 0
+    res = json.loads((run / "eval_baked" / "results.json").read_text())
+    assert res["renderer"] == "nerftree-numba" and res["psnr"] > 0 and res["samples_per_ray"] > 0
+    out = tmp_path / "frames"
+    assert main(["render", "--run", str(run), "--baked", "--path", "test", "--frames", "1", "--out", str(out), "--no-progress"]) == 0
+    assert len(list((out / "rgb").glob("*.png"))) == 1
+    assert main(["bake", "--run", str(run), "--prune-weight", "0.01", "--out", str(tmp_path / "p.safetensors"), "--no-progress"]) == 2
+    assert "--prune-weight" in capsys.readouterr().err

@@ -9,7 +9,6 @@ from safetensors.torch import load_file, save_file
 from turbonerf.fields.hash_field import HashField, trunc_exp
 from turbonerf.methods.instant_ngp import InstantNGP, InstantNGPConfig
 from turbonerf.methods.registry import apply_overrides, get_method
-from turbonerf.errors import TurboNerfError
 from turbonerf.rays import RayBundle
 
 AABB = torch.tensor([[-1.5, -1.5, -1.5], [1.5, 1.5, 1.5]])
@@ -183,8 +182,10 @@ def test_unbounded_boxes_are_contracted_and_bounded_ones_are_not():
     w = unbounded.warp(far)
     assert (w.abs() < 2.0).all() and torch.allclose(w[1], far[1] / 1.5)
     torch.testing.assert_close(unbounded._unwarp(w), far, rtol=1e-3, atol=1e-4)
-    with pytest.raises(TurboNerfError):
-        unbounded.baking_field()
+    # what a bake sees: the field and the grid in contracted space, and the box that maps to [-1, 1]^3
+    assert bounded.baking_inner_box() is None
+    torch.testing.assert_close(unbounded.baking_inner_box(), torch.tensor([[-1.5] * 3, [1.5] * 3]))
+    assert unbounded.baking_field() is unbounded.field and unbounded.field.aabb.abs().max() == 2.0
 
 
 def test_mlps_see_a_bounded_set_of_row_counts_however_long_it_trains(one_thread):

@@ -6,7 +6,13 @@ are shared out (:func:`bake_share`): the coarse occupancy test by x-slices (deal
 so every process gets some of the scene's middle) and combined with a MAX all-reduce; the fine
 pass by consecutive runs of the tile-ordered cells, split at the fine pass's batch boundaries, so
 every batch is the one a single process evaluates; rank 0 receives the other parts, joins them in
-order (the same tree as one process bakes), prunes and writes the file."""
+order (the same tree as one process bakes), prunes and writes the file.
+
+A method whose baking field lives in contracted space (``Method.baking_inner_box()``: an
+unbounded Instant-NGP) is baked over [-2, 2]^3 without cameras (its occupancy grid, which the
+candidates come from, was carved by the training frusta when training started), at
+:data:`CONTRACTED_COARSE_RES` and a lower density threshold (:data:`CONTRACTED_THRESHOLD_DIVISOR`)
+unless told otherwise; the tree records the inner box (:mod:`turbonerf.bake.nerftree`)."""
 
 from __future__ import annotations
 
@@ -20,7 +26,7 @@ import torch
 
 from turbonerf.bake.fields import baking_fields, fibonacci_directions, viewing_directions
 from turbonerf.app.runs import RunLock, default_tree_path, load_trained
-from turbonerf.bake.nerftree import BakedBlocks, BakeShare, NerfTree, bake, save_tree
+from turbonerf.bake.nerftree import CONTRACTED_BOX, BakedBlocks, BakeShare, NerfTree, bake, density_threshold_for, save_tree
 from turbonerf.bake.prune import block_max_weights, blocks_to_keep, prune_blocks
 from turbonerf.bake.render import default_step
 from turbonerf.data.formats import load_scene
@@ -28,6 +34,18 @@ from turbonerf.engine import runtime
 from turbonerf.engine.distributed import WORK_TIMEOUT_S, Replicas, device_for_rank, joined
 from turbonerf.errors import TurboNerfError
 
+BOUNDED_COARSE_RES = 192
+"""default D_c of a bounded scene's tree"""
+CONTRACTED_COARSE_RES = 128
+"""default D_c of a contracted tree: over [-2, 2]^3, so the inner box gets 64 cells (256 fine voxels)
+per axis. On the fern capture (5-minute Instant-NGP) it scored 0.36 dB below D_c = 192 at a third
+of the storage (0.52 against 1.66 GB) and bake memory (2.3 against 4.4 GB); BENCHMARKS.md"""
+CONTRACTED_THRESHOLD_DIVISOR = 2.0
+"""a contracted tree's default density threshold is the bounded one (opacity 0.01 per fine voxel,
+here of the inner box) divided by this. A few-minute model of a real capture is a thin medium
+spread over depth: on the fern capture the bounded rule at D_c = 192 dropped 48% of the model's
+compositing weight (15.2 dB against the model's 21.9); thresholds 2-10x lower lost none
+(BENCHMARKS.md, "a baked real capture")"""
 DIRECTIONS = ("views", "sphere")
 """choices of BakeOptions.directions"""
 SLICE_GROUP = 4
@@ -40,7 +58,8 @@ class BakeOptions:
 
     out: Path | None = None
     """tree file (default RUN/baked/nerftree.safetensors)"""
-    coarse_res: int = 192
+    coarse_res: int | None = None
+    """D_c (default: 192; :data:`CONTRACTED_COARSE_RES` for a field of contracted space)"""
     fine_res: int = 4
     sh_degree: int = 3
     overwrite: bool = False
@@ -104,11 +123,21 @@ def _bake_locked(run_dir: Path, out: Path, o: BakeOptions, dev: torch.device, re
         dirs, cap = fibonacci_directions(o.n_dirs), math.pi
     fields = baking_fields(model, o.sh_degree, o.n_dirs, directions=dirs)
     cameras = scene.split("train").cameras if (visibility and not spec.scene.ndc) else None
+    inner_box = model.baking_inner_box()
+    aabb, threshold, coarse_res = spec.scene.aabb, o.threshold, o.coarse_res or BOUNDED_COARSE_RES
+    if inner_box is not None:  # a field of contracted space: bake [-2, 2]^3 (module docstring)
+        if prune_weight > 0:
+            raise TurboNerfError("--prune-weight is not supported for unbounded (contracted) scenes yet")
+        aabb, cameras, coarse_res = CONTRACTED_BOX, None, o.coarse_res or CONTRACTED_COARSE_RES
+        inner_box = inner_box.cpu().numpy()
+        if threshold is None:  # from the fine voxel's size inside the inner box, in world units
+            voxel = float(np.min(inner_box[1] - inner_box[0])) / 2 * 4.0 / (coarse_res * o.fine_res)
+            threshold = density_threshold_for(0.01, voxel) / CONTRACTED_THRESHOLD_DIVISOR
     t0 = time.perf_counter()
     with torch.no_grad(), runtime.autocast(dev, bf16):
         tree = bake(
-            fields, spec.scene.aabb, o.coarse_res, o.fine_res, cameras=cameras, threshold=o.threshold, batch=o.batch,
-            device=dev, dtype=o.dtype, progress=progress, share=bake_share(replicas),
+            fields, aabb, coarse_res, o.fine_res, cameras=cameras, threshold=threshold, batch=o.batch,
+            device=dev, dtype=o.dtype, progress=progress, share=bake_share(replicas), inner_box=inner_box,
         )
     if tree is None:
         return out, None, {}
@@ -127,6 +156,7 @@ def _bake_locked(run_dir: Path, out: Path, o: BakeOptions, dev: torch.device, re
         "colour_directions": o.directions,
         "colour_cap_degrees": math.degrees(cap),
         "visibility_culling": cameras is not None,
+        "contracted": inner_box is not None,
         "bf16": bf16,
         "ndc": spec.scene.ndc,
         "prune_weight": prune_weight,

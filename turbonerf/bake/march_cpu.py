@@ -99,6 +99,13 @@ class CpuTree:
     coarse_res: int
     fine_res: int
     sh_degree: int
+    cell_dist: np.ndarray | None = None
+    """contracted trees: uint8 [Dc, Dc, Dc] Chebyshev distance (in coarse cells) of each cell to
+    the nearest occupied one, capped at :data:`CELL_DIST_CAP` (the marcher's finer skip)"""
+
+
+CELL_DIST_CAP = 16
+"""largest coarse-cell distance a contracted tree's ``cell_dist`` records (farther: the macro blocks' distances)"""
 
 
 def tile_index(index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -158,6 +165,7 @@ def prepare_cpu(tree: NerfTree) -> CpuTree:
         coarse_res=tree.coarse_res,
         fine_res=tree.fine_res,
         sh_degree=tree.sh_degree,
+        cell_dist=chebyshev_distance(tree.index >= 0, CELL_DIST_CAP) if tree.contracted else None,
     )
 
 
@@ -663,6 +671,223 @@ def march_cpu(
             lookup == "trilinear", ct.macro_tile, ct.tiles, ct.macro_dist, ct.density, ct.sh_row, ct.sh,
             ct.lo, ct.scale, ct.box, ct.coarse_res, ct.fine_res, ct.sh_degree,
             f32(origins), f32(dirs), f32(viewdirs), near, far, np.asarray(background, np.float64).reshape(3), float(step), float(t_min),
+            RAYS_PER_TASK, out["rgb"], out["depth"], out["opacity"], out["samples"],
+        )  # fmt: skip
+    finally:
+        numba.set_parallel_chunksize(old_chunk)
+        numba.set_num_threads(old_threads)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# contracted trees (unbounded scenes): the rule of march_numpy.march_numpy_contracted
+
+CONTRACTION_LIPSCHITZ = 4.0 / 3.0
+"""bound on how far (L-inf) a contracted point moves per unit of L-inf movement before the
+contraction: the rows of its Jacobian sum to at most (4n - 3) / n^2 <= 4/3 (n = 3/2), so a ray
+in a macro block whose distance to every occupied block is D may skip (D - 1) * 8 coarse cells
+divided by this (a test checks the bound numerically)"""
+
+
+@njit(cache=True, inline="always")
+def _march_ray_contracted(
+    trilinear, r, macro_tile, tiles, mdist, cdist, density, sh_row, sh, lo, scale, dc, df, shift, degree, origins, dirs, viewdirs,
+    near, far, step, cone, centre, half, max_steps, t_min, basis, shacc, wbuf, rbuf,
+):  # fmt: skip
+    """March world ray r through a contracted tree; returns (r, g, b, depth, opacity, samples)."""
+    n = dc * df
+    k = degree * degree
+    nc = 3 * k
+    dm = mdist.shape[0]
+    px = (origins[r, 0] - centre[0]) / half[0]
+    py = (origins[r, 1] - centre[1]) / half[1]
+    pz = (origins[r, 2] - centre[2]) / half[2]
+    ex = dirs[r, 0] / half[0]
+    ey = dirs[r, 1] / half[1]
+    ez = dirs[r, 2] / half[2]
+    e_inf = max(abs(ex), abs(ey), abs(ez), 1e-30)
+    dnorm = math.sqrt(np.float64(dirs[r, 0]) ** 2 + np.float64(dirs[r, 1]) ** 2 + np.float64(dirs[r, 2]) ** 2)
+    dt = step / max(dnorm, 1e-12)
+    nr, fr = np.float64(near[r]), np.float64(far[r])
+    n_lin = _INF  # lattice edges: nr + k dt up to edge n_lin, then each (1 + cone) times the last
+    if cone > 0.0:
+        n_lin = float(math.ceil(max(dt / cone - nr, 0.0) / dt))
+    # contracted-space cells per unit, over the safe-skip slope of the ray in contracted space
+    skip_rate = CONTRACTION_LIPSCHITZ * e_inf * scale[0]
+    vx, vy, vz = viewdirs[r, 0], viewdirs[r, 1], viewdirs[r, 2]
+    vn = max(math.sqrt(vx * vx + vy * vy + vz * vz), 1e-12)
+    _sh_basis(vx / vn, vy / vn, vz / vn, degree, basis)
+    trans, cr, cg, cb, dep, opa = 1.0, 0.0, 0.0, 0.0, 0.0, 0.0
+    ns = 0
+    nb = 0
+    kk = 0
+    e0 = nr
+    grow = 1.0 + cone
+    while kk < max_steps:
+        if kk < n_lin:
+            e1 = nr + (kk + 1) * dt
+        else:  # geometric: the closed form's exp once per skip, a product per step
+            e1 = e0 * grow
+        tm = 0.5 * (e0 + e1)
+        if tm >= fr:
+            break
+        qx, qy, qz = px + tm * ex, py + tm * ey, pz + tm * ez
+        nq = max(abs(qx), abs(qy), abs(qz))
+        if nq > 1.0:
+            f = (2.0 - 1.0 / nq) / nq
+            qx, qy, qz = qx * f, qy * f, qz * f
+        gx, gy, gz = (qx - lo[0]) * scale[0], (qy - lo[1]) * scale[1], (qz - lo[2]) * scale[2]
+        mx = min(max(int(gx) >> _TS, 0), dm - 1)
+        my = min(max(int(gy) >> _TS, 0), dm - 1)
+        mz = min(max(int(gz) >> _TS, 0), dm - 1)
+        dist = np.int64(mdist[mx, my, mz])
+        cells = (dist - 1) * TILE  # nothing occupied within this many cells of contracted space
+        if dist < 2:
+            cells = np.int64(cdist[min(max(int(gx), 0), dc - 1), min(max(int(gy), 0), dc - 1), min(max(int(gz), 0), dc - 1)]) - 1
+        if cells >= 1:  # step over the samples whose middles lie before t_to: all in empty cells
+            t_to = tm + cells / skip_rate
+            kk += 1
+            e0 = e1
+            while kk < max_steps:
+                e1 = nr + (kk + 1) * dt if kk < n_lin else e0 * grow
+                if e0 + e1 >= 2.0 * t_to:
+                    break
+                kk += 1
+                e0 = e1
+            continue
+        seg = e1 - e0
+        kk += 1
+        e0 = e1
+        if trilinear:
+            occ, sigma = _lookup_trilinear(macro_tile, tiles, density, sh_row, sh, gx, gy, gz, df, shift, n, nc, shacc)
+            if not occ:
+                continue
+        else:
+            v = _voxel_at(macro_tile, tiles, gx, gy, gz, df, shift, n)
+            if v < 0:
+                continue
+            sigma = _decode(density[v])
+        ns += 1
+        if sigma <= 0.0:
+            continue
+        alpha = 1.0 - math.exp(-sigma * seg)
+        w = trans * alpha
+        if trilinear:
+            xr, xg, xb = 0.0, 0.0, 0.0
+            for j in range(k):
+                xr += shacc[j] * basis[j]
+                xg += shacc[k + j] * basis[j]
+                xb += shacc[2 * k + j] * basis[j]
+            cr += w / (1.0 + math.exp(-xr))
+            cg += w / (1.0 + math.exp(-xg))
+            cb += w / (1.0 + math.exp(-xb))
+        else:
+            row = sh_row[v]
+            _prefetch(sh, row * nc)
+            _prefetch(sh, row * nc + nc - 1)
+            wbuf[nb] = w
+            rbuf[nb] = row
+            nb += 1
+            if nb == COLOUR_BATCH:
+                cr, cg, cb = _flush_colour(sh, wbuf, rbuf, nb, basis, k, cr, cg, cb)
+                nb = 0
+        dep += w * tm
+        opa += w
+        trans *= 1.0 - alpha
+        if trans < t_min:
+            break
+    if nb > 0:
+        cr, cg, cb = _flush_colour(sh, wbuf, rbuf, nb, basis, k, cr, cg, cb)
+    return cr, cg, cb, dep, opa, ns
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _march_kernel_contracted(
+    trilinear, macro_tile, tiles, mdist, cdist, density, sh_row, sh, lo, scale, dc, df, degree, origins, dirs, viewdirs, near, far,
+    bg, step, cone, centre, half, max_steps, t_min, block, out_rgb, out_depth, out_opac, out_samples,
+):  # fmt: skip
+    n_rays = origins.shape[0]
+    shift = -1
+    if df & (df - 1) == 0:
+        shift = 0
+        while (1 << shift) < df:
+            shift += 1
+    nc = 3 * degree * degree
+    n_tasks = (n_rays + block - 1) // block
+    for task in prange(n_tasks):
+        basis = np.empty(25)
+        shacc = np.empty(nc + 16)
+        wbuf = np.empty(COLOUR_BATCH)
+        rbuf = np.empty(COLOUR_BATCH, np.int64)
+        for r in range(task * block, min(n_rays, (task + 1) * block)):
+            cr, cg, cb, dep, opa, ns = _march_ray_contracted(
+                trilinear, r, macro_tile, tiles, mdist, cdist, density, sh_row, sh, lo, scale, dc, df, shift, degree, origins, dirs,
+                viewdirs, near, far, step, cone, centre, half, max_steps, t_min, basis, shacc, wbuf, rbuf,
+            )  # fmt: skip
+            out_rgb[r, 0] = cr + (1.0 - opa) * bg[0]
+            out_rgb[r, 1] = cg + (1.0 - opa) * bg[1]
+            out_rgb[r, 2] = cb + (1.0 - opa) * bg[2]
+            out_depth[r] = dep
+            out_opac[r] = opa
+            out_samples[r] = ns
+
+
+def march_cpu_contracted(
+    tree: NerfTree | CpuTree,
+    inner_box: np.ndarray,
+    origins: np.ndarray,
+    dirs: np.ndarray,
+    viewdirs: np.ndarray,
+    near: np.ndarray,
+    far: np.ndarray,
+    background: np.ndarray,
+    step: float,
+    cone_angle: float,
+    lookup: str = "nearest",
+    t_min: float = T_MIN,
+    max_steps: int = 1024,
+    threads: int | None = None,
+) -> dict[str, np.ndarray]:
+    """March R world rays through a contracted tree with the numba kernel (same contract and
+    rule as :func:`turbonerf.bake.march_numpy.march_numpy_contracted`). Empty space is skipped
+    with Chebyshev distances to the nearest occupied cell (the macro blocks' far from the
+    scene, the coarse cells' near it), shrunk by :data:`CONTRACTION_LIPSCHITZ`.
+
+    Args:
+        tree: a contracted NerfTree, or its :class:`CpuTree` (then ``inner_box`` is the tree's).
+        inner_box: [2, 3] the tree's ``inner_box``.
+    Returns:
+        rgb [R, 3], depth [R], opacity [R] float32, samples [R] int32.
+    """
+    ct = tree if isinstance(tree, CpuTree) else prepare_cpu(tree)
+    if lookup not in ("nearest", "trilinear"):
+        raise ValueError(f"lookup must be 'nearest' or 'trilinear', got {lookup!r}")
+    if ct.cell_dist is None:
+        raise ValueError("march_cpu_contracted needs a contracted tree (prepared with its cell distances)")
+    r = origins.shape[0]
+    f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
+    near = f32(np.broadcast_to(np.asarray(near, np.float32), (r,)))
+    far = f32(np.broadcast_to(np.asarray(far, np.float32), (r,)))
+    out = {
+        "rgb": np.empty((r, 3), np.float32),
+        "depth": np.empty(r, np.float32),
+        "opacity": np.empty(r, np.float32),
+        "samples": np.empty(r, np.int32),
+    }
+    if r == 0:
+        return out
+    box = np.asarray(inner_box, np.float64).reshape(2, 3)
+    old_threads = numba.get_num_threads()
+    old_chunk = numba.get_parallel_chunksize()
+    try:
+        if threads:
+            numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        numba.set_parallel_chunksize(4)
+        _march_kernel_contracted(
+            lookup == "trilinear", ct.macro_tile, ct.tiles, ct.macro_dist, ct.cell_dist, ct.density, ct.sh_row, ct.sh,
+            ct.lo, ct.scale, ct.coarse_res, ct.fine_res, ct.sh_degree,
+            f32(origins), f32(dirs), f32(viewdirs), near, far, np.asarray(background, np.float64).reshape(3), float(step),
+            float(cone_angle), box.mean(0), (box[1] - box[0]) / 2.0, int(max_steps), float(t_min),
             RAYS_PER_TASK, out["rgb"], out["depth"], out["opacity"], out["samples"],
         )  # fmt: skip
     finally:

@@ -148,3 +148,94 @@ def march_numpy(
         samples[act] += 1
     rgb = rgb + (1.0 - opac)[:, None] * np.asarray(background, np.float64)[None]
     return {"rgb": rgb.astype(np.float32), "depth": depth.astype(np.float32), "opacity": opac.astype(np.float32), "samples": samples}
+
+
+# --------------------------------------------------------------------------------------------
+# contracted trees (unbounded scenes)
+
+MAX_STEPS = 1024
+"""most lattice steps a ray of a contracted tree takes (Instant-NGP's ``max_samples``)"""
+
+
+def cone_edges(near: np.ndarray, dt: np.ndarray, k: np.ndarray, cone_angle: float) -> np.ndarray:
+    """Lattice edges of a contracted march: t after k steps from ``near`` with step length
+    max(dt, cone_angle * t) (Instant-NGP's cone stepping, as
+    :func:`turbonerf.samplers.occupancy.cone_positions`): linear up to dt / cone_angle, then
+    geometric, t_k = t_s * exp((k - n_s) * log1p(cone_angle)). near, dt: [R]; k: [K] -> [R, K] float64."""
+    near, dt = np.asarray(near, np.float64), np.asarray(dt, np.float64)
+    k = np.asarray(k, np.float64)[None]
+    linear = near[:, None] + k * dt[:, None]
+    if cone_angle <= 0:
+        return linear
+    n_lin = np.ceil(np.maximum(dt / cone_angle - near, 0.0) / dt)[:, None]
+    start = near[:, None] + n_lin * dt[:, None]
+    geometric = start * np.exp(np.maximum(k - n_lin, 0.0) * np.log1p(cone_angle))
+    return np.where(k <= n_lin, linear, geometric)
+
+
+def contract_np(p: np.ndarray) -> np.ndarray:
+    """The L-inf contraction of :func:`turbonerf.fields.contraction.contract_inf` on [S, 3] float64."""
+    n = np.abs(p).max(axis=-1, keepdims=True)
+    safe = np.maximum(n, 1.0)
+    return np.where(n <= 1.0, p, (2.0 - 1.0 / safe) * p / safe)
+
+
+def march_numpy_contracted(
+    tree: NerfTree,
+    origins: np.ndarray,
+    dirs: np.ndarray,
+    viewdirs: np.ndarray,
+    near: np.ndarray,
+    far: np.ndarray,
+    background: np.ndarray,
+    step: float,
+    cone_angle: float,
+    lookup: str = "nearest",
+    t_min: float = T_MIN,
+    max_steps: int = MAX_STEPS,
+) -> dict[str, np.ndarray]:
+    """March R world rays through a contracted tree (``tree.inner_box`` set).
+
+    The rule, shared with the numba kernel: lattice edges e_k = :func:`cone_edges` (near,
+    step / |d|, k) for k = 0 .. ``max_steps``; sample k sits at the middle m_k of [e_k, e_k+1]
+    while m_k < far and stands for that interval (alpha = 1 - exp(-sigma (e_k+1 - e_k))); its
+    world point o + m_k d is mapped to [-1, 1]^3 by the inner box, contracted, and looked up in
+    the [-2, 2]^3 tree exactly as :func:`march_numpy` looks up a point. Compositing, early
+    termination and outputs as there.
+    """
+    lut = {"nearest": lookup_nearest, "trilinear": lookup_trilinear}[lookup]
+    r = origins.shape[0]
+    inner = np.asarray(tree.inner_box, np.float64)
+    centre, half = inner.mean(0), (inner[1] - inner[0]) / 2.0
+    po = (origins.astype(np.float64) - centre) / half
+    pd = dirs.astype(np.float64) / half
+    lo = tree.aabb[0].astype(np.float64)
+    scale = tree.coarse_res / (tree.aabb[1].astype(np.float64) - lo)
+    near = np.broadcast_to(np.asarray(near, np.float64), (r,))
+    far = np.broadcast_to(np.asarray(far, np.float64), (r,))
+    dt = step / np.maximum(np.linalg.norm(dirs.astype(np.float64), axis=-1), 1e-12)
+    basis = unit_viewdirs_basis(viewdirs, tree.sh_degree)
+    k = tree.n_coeffs
+    trans = np.ones(r)
+    rgb, depth, opac = np.zeros((r, 3)), np.zeros(r), np.zeros(r)
+    samples = np.zeros(r, dtype=np.int32)
+    edges = cone_edges(near, dt, np.arange(max_steps + 1), cone_angle) if r else np.zeros((0, max_steps + 1))
+    for i in range(max_steps):
+        tm = 0.5 * (edges[:, i] + edges[:, i + 1])
+        seg = edges[:, i + 1] - edges[:, i]
+        act = np.flatnonzero((trans >= t_min) & (tm < far))
+        if act.size == 0:
+            break
+        g = (contract_np(po[act] + tm[act, None] * pd[act]) - lo) * scale
+        occ, sigma, sh = lut(tree, g)
+        act, sigma, sh = act[occ], sigma[occ], sh[occ]
+        alpha = 1.0 - np.exp(-sigma * seg[act])
+        w = trans[act] * alpha
+        col = 1.0 / (1.0 + np.exp(-(sh.reshape(-1, 3, k) * basis[act, None, :]).sum(-1)))
+        rgb[act] += w[:, None] * col
+        depth[act] += w * tm[act]
+        opac[act] += w
+        trans[act] *= 1.0 - alpha
+        samples[act] += 1
+    rgb = rgb + (1.0 - opac)[:, None] * np.asarray(background, np.float64)[None]
+    return {"rgb": rgb.astype(np.float32), "depth": depth.astype(np.float32), "opacity": opac.astype(np.float32), "samples": samples}

@@ -25,11 +25,18 @@ Baking (:func:`bake`) never builds a dense fine grid: the coarse pass works on s
 coarse grid, the fine pass on batches of occupied cells, so memory is the coarse index grid
 (4 bytes per cell: 226 MB at D_c = 384) plus the pool itself.
 
+Unbounded scenes (a contracted Instant-NGP) are baked in contracted space: the tree's box is
+[-2, 2]^3, the image of all of space under the L-inf contraction of
+:mod:`turbonerf.fields.contraction`, and ``inner_box`` is the world box that maps to [-1, 1]^3.
+Such a tree is marched along the world ray with the model's own steps (cone stepping), each
+sample contracted before its lookup (:mod:`turbonerf.bake.march_numpy` states the rule).
+
 The file format (:func:`save_tree`, :func:`load_tree`) is safetensors: plain arrays plus a JSON
 header, no pickle. On disk the coarse grid is stored sparsely, as the flat index of the cell of
-each block, so the file holds little more than the pool. Version 2 (written now) stores the
-sparse SH rows; version 1 stored SH for every voxel and is still read (its rows of empty voxels
-are dropped on loading).
+each block, so the file holds little more than the pool. Version 2 stores the sparse SH rows;
+version 3 (written for contracted trees only, so that an older turbonerf refuses them instead of
+marching them as bounded) adds the ``inner_box`` array; version 1 stored SH for every voxel and is
+still read (its rows of empty voxels are dropped on loading).
 """
 
 from __future__ import annotations
@@ -48,9 +55,12 @@ from tqdm.auto import tqdm
 
 from turbonerf.errors import TurboNerfError
 
-TREE_FORMAT_VERSION = 2
-"""version of the NerfTree file format written by :func:`save_tree` (1: dense SH pool; 2: SH rows
-only for voxels with density)"""
+TREE_FORMAT_VERSION = 3
+"""newest NerfTree file format this turbonerf reads (1: dense SH pool; 2: SH rows only for voxels
+with density; 3: 2 plus the ``inner_box`` of a contracted tree). :func:`save_tree` writes 2 for
+bounded trees and 3 for contracted ones."""
+CONTRACTED_BOX = np.array([[-2.0] * 3, [2.0] * 3], dtype=np.float32)
+"""the box of every contracted tree: where the L-inf contraction sends all of space"""
 HEADER_KEY = "turbonerf_nerftree"
 POOL_DTYPES = ("float16", "float32")
 FLOAT16_MAX = 65000.0
@@ -83,6 +93,9 @@ class NerfTree:
         version: file-format version the tree was read from.
         sh_row: int32 [M, Df, Df, Df], derived: the row of ``sh`` of each voxel, -1 where its
             density is zero (computed from ``density`` when not given).
+        inner_box: float32 [2, 3] or None. None: a bounded tree in sample space. Otherwise the
+            tree lives in contracted space (``aabb`` is [-2, 2]^3) and this world box maps to
+            [-1, 1]^3 before the contraction.
     """
 
     index: np.ndarray
@@ -90,12 +103,18 @@ class NerfTree:
     sh: np.ndarray
     aabb: np.ndarray
     sh_degree: int
-    version: int = TREE_FORMAT_VERSION
+    version: int = 2
     sh_row: np.ndarray | None = None
+    inner_box: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.sh_row is None:
             self.sh_row = sh_rows(self.density)
+
+    @property
+    def contracted(self) -> bool:
+        """Whether the tree lives in contracted space (see ``inner_box``)."""
+        return self.inner_box is not None
 
     @classmethod
     def from_dense(cls, index: np.ndarray, density: np.ndarray, sh: np.ndarray, aabb: np.ndarray, sh_degree: int) -> "NerfTree":
@@ -127,9 +146,13 @@ class NerfTree:
         return int(self.sh_degree) ** 2
 
     def voxel_size(self) -> float:
-        """Edge of a fine voxel along the box's shortest axis, in sample-space units."""
+        """Edge of a fine voxel along the box's shortest axis, in sample-space units (for a
+        contracted tree: in world units inside ``inner_box``, where voxels are smallest)."""
         ext = np.asarray(self.aabb[1], np.float64) - np.asarray(self.aabb[0], np.float64)
-        return float(ext.min()) / (self.coarse_res * self.fine_res)
+        size = float(ext.min()) / (self.coarse_res * self.fine_res)
+        if self.contracted:  # contracted [-1, 1] is the inner box's full width
+            size *= float(np.min(np.asarray(self.inner_box[1], np.float64) - np.asarray(self.inner_box[0], np.float64))) / 2.0
+        return size
 
     def occupied_fraction(self) -> float:
         """Fraction of coarse cells that point into the pool."""
@@ -157,6 +180,12 @@ class NerfTree:
             raise TurboNerfError("fine densities must be finite and >= 0", path)
         if self.aabb.shape != (2, 3) or not np.all(np.asarray(self.aabb[1]) > np.asarray(self.aabb[0])):
             raise TurboNerfError(f"aabb must be [2, 3] with max > min, got {self.aabb.tolist()}", path)
+        if self.contracted:
+            box = np.asarray(self.inner_box)
+            if box.shape != (2, 3) or not np.all(np.isfinite(box)) or not np.all(box[1] > box[0]):
+                raise TurboNerfError(f"inner_box must be [2, 3] finite with max > min, got {box.tolist()}", path)
+            if not np.allclose(self.aabb, CONTRACTED_BOX):
+                raise TurboNerfError(f"a contracted tree's box must be [-2, 2]^3, got {np.asarray(self.aabb).tolist()}", path)
         occupied = idx[idx >= 0]
         if idx.min(initial=0) < -1 or occupied.size != dens.shape[0]:
             raise TurboNerfError(f"coarse index has {occupied.size} occupied cells but the pool {dens.shape[0]} blocks", path)
@@ -207,7 +236,7 @@ def save_tree(path: str | Path, tree: NerfTree, info: dict | None = None) -> Non
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     header = {
-        "version": TREE_FORMAT_VERSION,
+        "version": 3 if tree.contracted else 2,
         "coarse_res": tree.coarse_res,
         "fine_res": tree.fine_res,
         "n_blocks": tree.n_blocks,
@@ -223,6 +252,8 @@ def save_tree(path: str | Path, tree: NerfTree, info: dict | None = None) -> Non
         "sh": np.ascontiguousarray(tree.sh),
         "aabb": np.ascontiguousarray(tree.aabb, dtype=np.float32),
     }
+    if tree.contracted:
+        arrays["inner_box"] = np.ascontiguousarray(tree.inner_box, dtype=np.float32)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         save_file(arrays, str(tmp), metadata={HEADER_KEY: json.dumps(header)})
@@ -289,7 +320,12 @@ def load_tree(path: str | Path) -> NerfTree:
         tree = NerfTree.from_dense(index_from_cells(cells, dc), dens, sh, arrays["aabb"].astype(np.float32), deg)
         tree.version = 1
     else:
-        tree = NerfTree(index_from_cells(cells, dc), dens, sh, arrays["aabb"].astype(np.float32), deg, version)
+        inner = None
+        if version >= 3:
+            if "inner_box" not in arrays:
+                raise TurboNerfError("version-3 NerfTree file lacks its inner_box array", path)
+            inner = arrays["inner_box"].astype(np.float32)
+        tree = NerfTree(index_from_cells(cells, dc), dens, sh, arrays["aabb"].astype(np.float32), deg, version, inner_box=inner)
     tree.validate(path)
     return tree
 
@@ -636,9 +672,11 @@ def fine_pass(
     return BakedBlocks(kept[:w], density, sh)
 
 
-def tree_from_blocks(parts: list[BakedBlocks], aabb: np.ndarray, coarse_res: int, fine_res: int, sh_degree: int) -> NerfTree:
+def tree_from_blocks(
+    parts: list[BakedBlocks], aabb: np.ndarray, coarse_res: int, fine_res: int, sh_degree: int, inner_box: np.ndarray | None = None
+) -> NerfTree:
     """The tree of the fine pass's results over consecutive runs of cells, in order (one part:
-    no copy)."""
+    no copy); ``inner_box``: see :class:`NerfTree`."""
     if len(parts) == 1:
         cells, density, sh = parts[0].cells, parts[0].density, parts[0].sh
     else:
@@ -651,6 +689,7 @@ def tree_from_blocks(parts: list[BakedBlocks], aabb: np.ndarray, coarse_res: int
         sh=sh,
         aabb=np.asarray(aabb, np.float32).reshape(2, 3),
         sh_degree=sh_degree,
+        inner_box=None if inner_box is None else np.asarray(inner_box, np.float32).reshape(2, 3),
     )
 
 
@@ -692,6 +731,7 @@ def bake(
     max_pool_gib: float = 16.0,
     progress: bool = True,
     share: BakeShare | None = None,
+    inner_box=None,
 ) -> NerfTree | None:
     """Bake a field into a NerfTree.
 
@@ -719,6 +759,9 @@ def bake(
             ``threshold`` (opacity 0.01 per fine voxel: on a lego Instant-NGP at D_c = 192 it stored
             15% fewer voxels than threshold / 10 at +0.02 dB; BENCHMARKS.md).
         max_pool_gib: refuse (before the fine pass) when the pool would exceed this size.
+        inner_box: [2, 3] world box, for a field that lives in contracted space: ``aabb`` must
+            then be [-2, 2]^3, the field takes contracted points, and the tree records the box
+            (:class:`NerfTree`); ``cameras`` must be None (their frusta are in world space).
         share: how the occupancy test and the fine pass are shared between processes (default:
             this one does all; ``turbonerf bake --nproc N`` builds one from its replicas in
             :mod:`turbonerf.app.bake`). Every process takes the same steps in the same order.
@@ -728,6 +771,8 @@ def bake(
     share = share or BakeShare()
     check_bake_settings(coarse_res, fine_res, dtype)
     aabb = as_box(aabb)
+    if inner_box is not None and (cameras is not None or not np.allclose(aabb, CONTRACTED_BOX)):
+        raise TurboNerfError("a contracted bake covers [-2, 2]^3 and takes no cameras")
     threshold = default_threshold(aabb, coarse_res, fine_res) if threshold is None else threshold
     density_floor = threshold if density_floor is None else density_floor
     cand = bake_candidates(fields, aabb, coarse_res, cameras, batch, device, progress)
@@ -739,4 +784,4 @@ def bake(
     start, end = share.span(cells.shape[0], fine_batch_cells(batch, fine_res))
     blocks = fine_pass(fields, cells[start:end], aabb, coarse_res, fine_res, threshold, density_floor, batch, device, dtype, progress)
     parts = share.join(blocks)
-    return None if parts is None else tree_from_blocks(parts, aabb, coarse_res, fine_res, fields.sh_degree)
+    return None if parts is None else tree_from_blocks(parts, aabb, coarse_res, fine_res, fields.sh_degree, inner_box)

@@ -83,4 +83,5 @@ def prune_blocks(tree: NerfTree, keep: np.ndarray) -> NerfTree:
         sh=np.ascontiguousarray(tree.sh[rows[rows >= 0]]),
         aabb=tree.aabb,
         sh_degree=tree.sh_degree,
+        inner_box=tree.inner_box,
     )

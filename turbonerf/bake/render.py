@@ -8,6 +8,10 @@ torch      :mod:`turbonerf.bake.march_torch`, vectorised, for CUDA (works on CPU
 numpy      :mod:`turbonerf.bake.march_numpy`, the slow reference
 auto       torch when the rays are on CUDA, numba otherwise
 =========  =====================================================================
+
+A contracted tree (unbounded scenes, ``tree.inner_box`` set) is marched along the world rays
+with cone stepping by the numba or numpy backend (:func:`turbonerf.bake.march_numpy.march_numpy_contracted`
+states the rule); the torch marcher does not march contracted trees yet.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from turbonerf.rays import RayBundle
 
 BACKENDS = ("auto", "numba", "torch", "numpy")
 LOOKUPS = ("nearest", "trilinear")
+CONE_ANGLE = 1.0 / 256
+"""contracted trees: steps grow as max(step, CONE_ANGLE * t), Instant-NGP's cone stepping"""
 
 
 def resolve_backend(backend: str, device: torch.device | str) -> str:
@@ -34,8 +40,9 @@ def resolve_backend(backend: str, device: torch.device | str) -> str:
 
 
 def default_step(tree: NerfTree, ndc: bool = False) -> float:
-    """Marching step in units of t: one fine voxel for unit-length directions. NDC rays have
-    direction norms of about 2 (z component 2 near / depth), so half of that there."""
+    """Marching step in units of t: one fine voxel for unit-length directions (for a contracted
+    tree, one voxel of its inner box, in world units). NDC rays have direction norms of about 2
+    (z component 2 near / depth), so half of that there."""
     return tree.voxel_size() / (2.0 if ndc else 1.0)
 
 
@@ -78,6 +85,7 @@ class TreeRenderer:
         ndc: the scene is forward-facing (only changes the default step).
         t_min: early-termination transmittance.
         threads: numba threads (default: numba's setting).
+        cone_angle: contracted trees only: steps grow as max(step, cone_angle * t).
 
     Attributes:
         samples, rays: samples taken in occupied cells and rays rendered so far (statistics).
@@ -93,14 +101,18 @@ class TreeRenderer:
         ndc: bool = False,
         t_min: float = T_MIN,
         threads: int | None = None,
+        cone_angle: float = CONE_ANGLE,
     ):
         if lookup not in LOOKUPS:
             raise TurboNerfError(f"unknown lookup '{lookup}' (choose from {', '.join(LOOKUPS)})")
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
-        self.backend = resolve_backend(backend, self.device)
+        self.backend = resolve_backend("numba" if tree.contracted and backend == "auto" else backend, self.device)
+        if tree.contracted and self.backend == "torch":
+            raise TurboNerfError("the torch NerfTree marcher does not march contracted (unbounded-scene) trees: use --backend numba")
         self.tree = tree
+        self.cone_angle = float(cone_angle)
         self.lookup = lookup
         self.step = float(step) if step else default_step(tree, ndc)
         self.t_min = float(t_min)
@@ -112,7 +124,7 @@ class TreeRenderer:
 
             self._prepared = prepare_cpu(tree)
             one = np.zeros((1, 3), np.float32)  # load (or compile) the kernel now, not in the first timed frame
-            march_cpu(self._prepared, one, one + 1, one + 1, 0.0, 0.0, np.zeros(3), self.step, lookup, self.t_min, threads)
+            self._march_numba(one, one + 1, one + 1, 0.0, 0.0, np.zeros(3))
         elif self.backend == "torch":
             from turbonerf.bake.march_torch import prepare_torch
 
@@ -148,9 +160,11 @@ class TreeRenderer:
         else:
             arrays = [x.detach().cpu().numpy() for x in args]
             if self.backend == "numba":
-                from turbonerf.bake.march_cpu import march_cpu
+                res = self._march_numba(*arrays, bg.cpu().numpy())
+            elif self.tree.contracted:
+                from turbonerf.bake.march_numpy import march_numpy_contracted
 
-                res = march_cpu(self._prepared, *arrays, bg.cpu().numpy(), self.step, self.lookup, self.t_min, self.threads)
+                res = march_numpy_contracted(self.tree, *arrays, bg.cpu().numpy(), self.step, self.cone_angle, self.lookup, self.t_min)
             else:
                 from turbonerf.bake.march_numpy import march_numpy
 
@@ -159,6 +173,16 @@ class TreeRenderer:
         self.samples += int(out["samples"].sum())
         self.rays += r
         return close_terminated(out, bg, self.t_min)
+
+    def _march_numba(self, origins, dirs, viewdirs, near, far, background) -> dict[str, np.ndarray]:
+        from turbonerf.bake.march_cpu import march_cpu, march_cpu_contracted
+
+        if self.tree.contracted:
+            return march_cpu_contracted(
+                self._prepared, self.tree.inner_box, origins, dirs, viewdirs, near, far, background, self.step, self.cone_angle,
+                self.lookup, self.t_min, threads=self.threads,
+            )  # fmt: skip
+        return march_cpu(self._prepared, origins, dirs, viewdirs, near, far, background, self.step, self.lookup, self.t_min, self.threads)
 
     def _prepare_torch_on(self, device: torch.device):
         from turbonerf.bake.march_torch import prepare_torch

@@ -266,7 +266,7 @@ def view(
 @app.command()
 def bake(
     run: Path = typer.Option(..., help="run folder made by `turbonerf train`"),
-    coarse_res: int = typer.Option(192, help="D_c: coarse cells per axis over the scene box (192: a lego Instant-NGP tree of 0.8 GB baked in 1.5 min, 0.3 dB below the model; 384: 6 GB, 35 min, 0.26 dB; BENCHMARKS.md)"),
+    coarse_res: Optional[int] = typer.Option(None, help="D_c: coarse cells per axis over the scene box (default 192: a lego Instant-NGP tree of 0.7 GB baked in 45 s, 0.4 dB below the model; 384: 8x larger; BENCHMARKS.md). Unbounded (contracted) scenes: over the contracted [-2, 2]^3, default 128"),
     fine_res: int = typer.Option(4, help="D_f: fine voxels per axis inside each occupied coarse cell"),
     sh_degree: int = typer.Option(3, help="SH bands of the colour (3 -> 9 coefficients per channel, the papers' 'degree 2')"),
     n_dirs: int = typer.Option(
@@ -278,7 +278,7 @@ def bake(
     out: Optional[Path] = typer.Option(None, help="tree file to write (default RUN/baked/nerftree.safetensors)"),
     overwrite: bool = typer.Option(False, help="replace an existing tree file"),
     device: str = typer.Option("auto", help="'auto', 'cpu' or 'cuda[:N]'"),
-    threshold: Optional[float] = typer.Option(None, help="density above which space is occupied (default: opacity 0.01 per fine voxel)"),
+    threshold: Optional[float] = typer.Option(None, help="density above which space is occupied (default: opacity 0.01 per fine voxel; half that density for unbounded scenes, per fine voxel of the inner box)"),
     visibility: bool = typer.Option(True, help="drop cells no training camera sees"),
     prune_weight: float = typer.Option(
         0.0, help="after baking, march the training rays through the tree and drop blocks where no sample gets this compositing weight (0: off; on a lego Instant-NGP tree 0.02 dropped 25% of the blocks for -0.09 dB, see BENCHMARKS.md)"
@@ -303,7 +303,7 @@ def bake(
     if tree is None:  # a rank other than 0 of a shared bake: rank 0 reports
         return
     print(
-        f"baked {info['method']} into {info['n_blocks']} blocks ({100 * info['occupied_fraction']:.2f}% of {coarse_res}^3 cells, "
+        f"baked {info['method']} into {info['n_blocks']} blocks ({100 * info['occupied_fraction']:.2f}% of {tree.coarse_res}^3 cells, "
         f"{info['storage_mb']:.1f} MiB) in {info['bake_seconds']:.0f} s -> {path}"
     )
 

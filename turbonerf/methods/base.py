@@ -23,8 +23,9 @@ A method is an ``nn.Module`` subclass of :class:`Method`:
 - ``image_space``: a student that maps a camera to a whole image (:mod:`turbonerf.methods.image_student`)
   has ``render_views(cameras, train) -> [N, H, W, 3]`` and ``image_loss(cameras, images)`` instead
   of a per-ray ``forward``.
-- ``baking_field()`` / ``occupancy_fn()``: what ``turbonerf bake`` caches (a field taking points)
-  and the method's own test of empty space, when it has one.
+- ``baking_field()`` / ``occupancy_fn()`` / ``baking_inner_box()``: what ``turbonerf bake``
+  caches (a field taking points), the method's own test of empty space in that field's space,
+  when it has one, and, for a field of contracted space, the world box that maps to [-1, 1]^3.
 
 Coarse-to-fine NeRFs additionally fulfil :class:`CoarseToFine`, which activation-based sampling
 (:mod:`turbonerf.samplers.activation`) needs.
@@ -141,7 +142,14 @@ class Method(nn.Module, ABC):
         raise TurboNerfError(f"{type(self).__name__} has no field to bake")
 
     def occupancy_fn(self) -> Callable[[Tensor], Tensor] | None:
-        """points [N, 3] -> bool [N]: the method's own test of possibly occupied space, if any."""
+        """points [N, 3] (where ``baking_field()`` takes them) -> bool [N]: the method's own test
+        of possibly occupied space, if any."""
+        return None
+
+    def baking_inner_box(self) -> Tensor | None:
+        """None when ``baking_field()`` takes sample-space points; for a field of contracted space
+        (unbounded scenes: it takes points of [-2, 2]^3), the world box [2, 3] that maps to
+        [-1, 1]^3 before the contraction (:mod:`turbonerf.fields.contraction`)."""
         return None
 
 

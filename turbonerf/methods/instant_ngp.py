@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from turbonerf.errors import TurboNerfError
 from turbonerf.fields.contraction import contract_inf, normalize_to_box, uncontract_inf
 from turbonerf.fields.hash_field import HashField
 from turbonerf.methods.base import Method, adam, linear_flops
@@ -303,12 +302,15 @@ class InstantNGP(Method):
         return float(linear_flops(self.field)) * self.samples_per_ray()
 
     def baking_field(self) -> nn.Module:
-        if self.contracted:
-            raise TurboNerfError("an unbounded (contracted) Instant-NGP has no bounded field to bake into a NerfTree")
+        """The hash field; when contracted it takes contracted points (see :meth:`baking_inner_box`)."""
         return self.field
 
     def occupancy_fn(self):
-        return lambda points: self.grid.is_occupied(self.warp(points))
+        """The occupancy grid, in the hash field's space (contracted when the scene is)."""
+        return self.grid.is_occupied
+
+    def baking_inner_box(self) -> Tensor | None:
+        return self.inner_box.detach().clone() if self.contracted else None
 
     def make_optimizer(self):
         c = self.config
