@@ -97,6 +97,33 @@ def lookup_trilinear(tree: NerfTree, g: np.ndarray) -> tuple[np.ndarray, np.ndar
     return occ, sigma * occ, sh * occ[:, None]
 
 
+class _Composite:
+    """Front-to-back compositing state of R rays (float64), shared by both reference marchers."""
+
+    def __init__(self, r: int, basis: np.ndarray):
+        self.basis, self.k = basis, basis.shape[1]
+        self.trans = np.ones(r)
+        self.rgb, self.depth, self.opac = np.zeros((r, 3)), np.zeros(r), np.zeros(r)
+        self.samples = np.zeros(r, dtype=np.int32)
+
+    def add(self, act: np.ndarray, sigma: np.ndarray, sh: np.ndarray, t: np.ndarray, length) -> None:
+        """One sample on each ray ``act`` [S] (in an occupied cell): density [S], SH [S, 3K], at t
+        [S], standing for an interval of ``length`` (scalar or [S])."""
+        alpha = 1.0 - np.exp(-sigma * length)
+        w = self.trans[act] * alpha
+        col = 1.0 / (1.0 + np.exp(-(sh.reshape(-1, 3, self.k) * self.basis[act, None, :]).sum(-1)))
+        self.rgb[act] += w[:, None] * col
+        self.depth[act] += w * t
+        self.opac[act] += w
+        self.trans[act] *= 1.0 - alpha
+        self.samples[act] += 1
+
+    def outputs(self, background: np.ndarray) -> dict[str, np.ndarray]:
+        rgb = self.rgb + (1.0 - self.opac)[:, None] * np.asarray(background, np.float64)[None]
+        f32 = lambda a: a.astype(np.float32)  # noqa: E731
+        return {"rgb": f32(rgb), "depth": f32(self.depth), "opacity": f32(self.opac), "samples": self.samples}
+
+
 def march_numpy(
     tree: NerfTree,
     origins: np.ndarray,
@@ -122,32 +149,18 @@ def march_numpy(
     g0, gd = grid_rays(tree, origins, dirs)
     near = np.broadcast_to(np.asarray(near, np.float64), (r,))
     far = np.broadcast_to(np.asarray(far, np.float64), (r,))
-    basis = unit_viewdirs_basis(viewdirs, tree.sh_degree)
-    k = tree.n_coeffs
-    trans = np.ones(r)
-    rgb, depth, opac = np.zeros((r, 3)), np.zeros(r), np.zeros(r)
-    samples = np.zeros(r, dtype=np.int32)
+    acc = _Composite(r, unit_viewdirs_basis(viewdirs, tree.sh_degree))
     n_steps = int(np.ceil(np.max((far - near) / step, initial=0.0))) + 1
     for i in range(n_steps):
         t = near + (i + 0.5) * step
-        act = np.flatnonzero((trans >= t_min) & (t < far))
+        act = np.flatnonzero((acc.trans >= t_min) & (t < far))
         if act.size == 0:
-            if np.all(t >= far) or np.all(trans < t_min):
+            if np.all(t >= far) or np.all(acc.trans < t_min):
                 break
             continue
-        g = g0[act] + t[act, None] * gd[act]
-        occ, sigma, sh = lut(tree, g)
-        act, sigma, sh, ta = act[occ], sigma[occ], sh[occ], t[act][occ]
-        alpha = 1.0 - np.exp(-sigma * step)
-        w = trans[act] * alpha
-        col = 1.0 / (1.0 + np.exp(-(sh.reshape(-1, 3, k) * basis[act, None, :]).sum(-1)))
-        rgb[act] += w[:, None] * col
-        depth[act] += w * ta
-        opac[act] += w
-        trans[act] *= 1.0 - alpha
-        samples[act] += 1
-    rgb = rgb + (1.0 - opac)[:, None] * np.asarray(background, np.float64)[None]
-    return {"rgb": rgb.astype(np.float32), "depth": depth.astype(np.float32), "opacity": opac.astype(np.float32), "samples": samples}
+        occ, sigma, sh = lut(tree, g0[act] + t[act, None] * gd[act])
+        acc.add(act[occ], sigma[occ], sh[occ], t[act][occ], step)
+    return acc.outputs(background)
 
 
 # --------------------------------------------------------------------------------------------
@@ -214,28 +227,14 @@ def march_numpy_contracted(
     near = np.broadcast_to(np.asarray(near, np.float64), (r,))
     far = np.broadcast_to(np.asarray(far, np.float64), (r,))
     dt = step / np.maximum(np.linalg.norm(dirs.astype(np.float64), axis=-1), 1e-12)
-    basis = unit_viewdirs_basis(viewdirs, tree.sh_degree)
-    k = tree.n_coeffs
-    trans = np.ones(r)
-    rgb, depth, opac = np.zeros((r, 3)), np.zeros(r), np.zeros(r)
-    samples = np.zeros(r, dtype=np.int32)
+    acc = _Composite(r, unit_viewdirs_basis(viewdirs, tree.sh_degree))
     edges = cone_edges(near, dt, np.arange(max_steps + 1), cone_angle) if r else np.zeros((0, max_steps + 1))
     for i in range(max_steps):
         tm = 0.5 * (edges[:, i] + edges[:, i + 1])
-        seg = edges[:, i + 1] - edges[:, i]
-        act = np.flatnonzero((trans >= t_min) & (tm < far))
+        act = np.flatnonzero((acc.trans >= t_min) & (tm < far))
         if act.size == 0:
             break
-        g = (contract_np(po[act] + tm[act, None] * pd[act]) - lo) * scale
-        occ, sigma, sh = lut(tree, g)
-        act, sigma, sh = act[occ], sigma[occ], sh[occ]
-        alpha = 1.0 - np.exp(-sigma * seg[act])
-        w = trans[act] * alpha
-        col = 1.0 / (1.0 + np.exp(-(sh.reshape(-1, 3, k) * basis[act, None, :]).sum(-1)))
-        rgb[act] += w[:, None] * col
-        depth[act] += w * tm[act]
-        opac[act] += w
-        trans[act] *= 1.0 - alpha
-        samples[act] += 1
-    rgb = rgb + (1.0 - opac)[:, None] * np.asarray(background, np.float64)[None]
-    return {"rgb": rgb.astype(np.float32), "depth": depth.astype(np.float32), "opacity": opac.astype(np.float32), "samples": samples}
+        occ, sigma, sh = lut(tree, (contract_np(po[act] + tm[act, None] * pd[act]) - lo) * scale)
+        act = act[occ]
+        acc.add(act, sigma[occ], sh[occ], tm[act], edges[act, i + 1] - edges[act, i])
+    return acc.outputs(background)
