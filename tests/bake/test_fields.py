@@ -79,6 +79,25 @@ def test_instant_ngp_fields_share_the_encoding_across_directions():
     assert fields.candidate_fn is not None and fields.voxel_fn(x)[1].shape == (64, 3, 9)
 
 
+def test_nerfacto_fields_split_the_colour_mlp_with_the_mean_appearance():
+    """nerfacto's colour MLP split as the HashField's, with the mean appearance embedding that
+    renders every view that is not a training image."""
+    from turbonerf.methods.nerfacto import Nerfacto, NerfactoConfig
+
+    cfg = NerfactoConfig(scene_contraction="box", n_images=3, n_levels=2, log2_table_size=8, max_resolution=32,
+                         hidden=16, color_hidden=16, appearance_dim=4, hash_backend="torch")
+    model = Nerfacto(cfg, AABB).eval()
+    x, dirs = _points(), fibonacci_directions(4).float()
+    with torch.no_grad():
+        fields = baking_fields(model, sh_degree=3, n_dirs=16)
+        sigma, sh = fields.voxel_fn(x)
+        torch.testing.assert_close(sigma, model.field.density(x))
+        _, h = model.field.geometry(x)
+        logits = hash_field_color_logits(model.field, h, dirs, model.field.appearance_codes(None, 1)[0])
+        for j in range(4):
+            _, rgb = model.field(x, dirs[j].expand(len(x), 3))
+            torch.testing.assert_close(torch.sigmoid(logits[:, j]), rgb, atol=1e-5, rtol=0)
+    assert sh.shape == (64, 3, 9) and "nerfacto" in fields.description
 
 
 def test_voxel_fn_colours_only_the_selected_voxels():

@@ -246,6 +246,18 @@ def test_visibility_culling_drops_cells_no_camera_sees():
     assert kept.n_blocks == full.n_blocks > 0
 
 
+def test_visibility_of_contracted_cells_is_tested_in_the_world():
+    """A camera inside the inner box looking down -y sees the contracted cells in front of it, out
+    to the far shell, and not those close behind it (far-shell cells span so much of the world that
+    their bounding spheres reach everywhere: the test stays conservative there)."""
+    box = np.array([[-1.0] * 3, [1.0] * 3])
+    cams = _looking((0.0, 0.0, 0.0), (0.0, -5.0, 0.0), _camera(32))
+    seen = visible_cells(np.array([[-2.0] * 3, [2.0] * 3]), 16, cams, inner_box=box)
+    assert seen[7:9, 0, 7:9].all() and seen[7:9, 4, 7:9].all()  # ahead: the far shell and the inner box
+    assert not seen[5:11, 10:12, 5:11].any()  # behind the camera, inside the inner box
+    assert 0.05 < seen.mean() < 0.6
+
+
 def test_render_tree_matches_between_backends_on_the_baked_sphere():
     tree = bake(_red_sphere_fields(), torch.tensor([[-1.0] * 3, [1.0] * 3]), coarse_res=8, fine_res=2, progress=False)
     rays = image_ray_bundle(_camera(16), 0, 1.0, 5.0)

@@ -43,3 +43,4 @@ def test_uncontract_inverts_the_contraction():
 
     x = torch.randn(2000, 3) * torch.logspace(-1, 3, 2000)[:, None]
     torch.testing.assert_close(uncontract_inf(contract_inf(x)), x, rtol=1e-3, atol=1e-5)
+

@@ -199,3 +199,12 @@ def test_first_proposal_activations_place_samples_on_a_density_it_was_fitted_to(
     fit, unfit = (overlap(weights_from_estimate(edges, e)) for e in est)
     uniform = overlap(torch.full((64, 64), 1.0 / 64))
     assert fit > uniform + 0.1 and fit > unfit + 0.1, (fit, unfit, uniform)
+
+
+
+def test_a_contracted_nerfacto_refuses_to_bake_and_a_bounded_one_hands_over_its_field():
+    bounded = Nerfacto(tiny_config(n_images=0, scene_contraction="box"), AABB)
+    assert bounded.baking_inner_box() is None and bounded.baking_field() is bounded.field
+    contracted = Nerfacto(tiny_config(n_images=2, scene_contraction="contract"), AABB)
+    with pytest.raises(TurboNerfError, match="Instant-NGP"):
+        contracted.baking_field()

@@ -9,10 +9,11 @@ every batch is the one a single process evaluates; rank 0 receives the other par
 order (the same tree as one process bakes), prunes and writes the file.
 
 A method whose baking field lives in contracted space (``Method.baking_inner_box()``: an
-unbounded Instant-NGP) is baked over [-2, 2]^3 without cameras (its occupancy grid, which the
-candidates come from, was carved by the training frusta when training started), at
-:data:`CONTRACTED_COARSE_RES` and a lower density threshold (:data:`CONTRACTED_THRESHOLD_DIVISOR`)
-unless told otherwise; the tree records the inner box (:mod:`turbonerf.bake.nerftree`)."""
+unbounded Instant-NGP) is baked over [-2, 2]^3 (the visibility test maps its cells
+back to the world; Instant-NGP's candidates also come from its occupancy grid, which the
+training frusta carved when training started), at :data:`CONTRACTED_COARSE_RES` and a lower density threshold
+(:data:`CONTRACTED_THRESHOLD_DIVISOR`) unless told otherwise; the tree records the inner box
+(:mod:`turbonerf.bake.nerftree`)."""
 
 from __future__ import annotations
 
@@ -128,7 +129,7 @@ def _bake_locked(run_dir: Path, out: Path, o: BakeOptions, dev: torch.device, re
     if inner_box is not None:  # a field of contracted space: bake [-2, 2]^3 (module docstring)
         if prune_weight > 0:
             raise TurboNerfError("--prune-weight is not supported for unbounded (contracted) scenes yet")
-        aabb, cameras, coarse_res = CONTRACTED_BOX, None, o.coarse_res or CONTRACTED_COARSE_RES
+        aabb, coarse_res = CONTRACTED_BOX, o.coarse_res or CONTRACTED_COARSE_RES
         inner_box = inner_box.cpu().numpy()
         if threshold is None:  # from the fine voxel's size inside the inner box, in world units
             voxel = float(np.min(inner_box[1] - inner_box[0])) / 2 * 4.0 / (coarse_res * o.fine_res)

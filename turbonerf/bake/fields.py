@@ -12,6 +12,7 @@ baking_field()              colour in the tree                                  
                             point, the view branch once per direction)
 ``HashField``               SH projection of the colour logits (the encoding runs once    instant-ngp
                             per point)
+``NerfactoField``           the same, with the mean appearance embedding                  nerfacto
 any other field             SH projection of logit(rgb) from ``density`` + ``forward``     any other field
                             (generic, slowest)
 ==========================  ===========================================================  ===================
@@ -47,6 +48,7 @@ from turbonerf.cameras import Cameras, camera_rays
 from turbonerf.encodings.sh import sh_basis
 from turbonerf.errors import TurboNerfError
 from turbonerf.fields.hash_field import HashField
+from turbonerf.fields.nerfacto_field import NerfactoField
 from turbonerf.fields.nerf_mlp import NeRFMLP
 from turbonerf.fields.sh_field import SHField, activate_density
 from turbonerf.methods.base import Method
@@ -142,18 +144,23 @@ def nerf_mlp_color_logits(mlp: nn.Module, h: Tensor, dirs: Tensor) -> Tensor:
     return mlp.color_head(hid)
 
 
-def hash_field_color_logits(field: nn.Module, h: Tensor, dirs: Tensor) -> Tensor:
-    """Colour logits of a HashField: h [N, geo_features] from ``geometry``, dirs [D, 3] -> [N, D, 3].
+def hash_field_color_logits(field: nn.Module, h: Tensor, dirs: Tensor, code: Tensor | None = None) -> Tensor:
+    """Colour logits of a HashField (or a NerfactoField): h [N, geo_features] from ``geometry``,
+    dirs [D, 3], and for nerfacto the appearance ``code`` [appearance_dim] that follows the
+    direction encoding in the colour MLP's input -> [N, D, 3].
 
     The colour MLP's first layer is split as in :func:`nerf_mlp_color_logits`: its feature part
-    runs once per point, its direction part once per direction, and only the later layers run
-    per (point, direction) pair (a third fewer multiply-adds than the concatenated input).
+    (and the code's) runs once per point, its direction part once per direction, and only the
+    later layers run per (point, direction) pair (a third fewer multiply-adds than the
+    concatenated input).
     """
     first, rest = field.color_mlp[0], field.color_mlp[1:]
-    g = h.shape[1]
+    g, ks = h.shape[1], field.sh_degree**2
     enc = sh_basis(dirs.float(), field.sh_degree).to(h.dtype)  # [D, Ks]
     a = F.linear(h, first.weight[:, :g], first.bias)  # [N, C]
-    b = F.linear(enc, first.weight[:, g:]).to(a.dtype)  # [D, C]
+    if code is not None:
+        a = a + F.linear(code.to(h.dtype), first.weight[:, g + ks :])
+    b = F.linear(enc, first.weight[:, g : g + ks]).to(a.dtype)  # [D, C]
     n, d = h.shape[0], enc.shape[0]
     return rest((a[:, None, :] + b[None, :, :]).reshape(n * d, -1)).reshape(n, d, 3)
 
@@ -210,6 +217,21 @@ def _hash_field_fields(field: nn.Module, sh_degree: int, dirs: Tensor) -> Baking
     return BakingFields(field.density, voxel_fn, sh_degree, description=f"hash field, SH projection from {n_dirs} directions")
 
 
+def _nerfacto_fields(field: NerfactoField, sh_degree: int, dirs: Tensor) -> BakingFields:
+    """nerfacto's field: as the HashField, with the mean appearance embedding (any other view's)."""
+    n_dirs = dirs.shape[0]
+    proj = sh_projection_matrix(dirs, sh_degree)
+
+    def voxel_fn(x: Tensor, select: SelectFn | None = None) -> tuple[Tensor, Tensor]:
+        sigma, h = field.geometry(x)
+        code = field.appearance_codes(None, 1)
+        code = None if code is None else code[0]
+        logits = hash_field_color_logits(field, _selected(h, sigma, select), dirs.to(x.device, torch.float32), code)
+        return sigma.float(), project_logits(logits, proj)
+
+    return BakingFields(field.density, voxel_fn, sh_degree, description=f"nerfacto field (mean appearance), SH projection from {n_dirs} directions")
+
+
 def _generic_fields(field: nn.Module, sh_degree: int, dirs: Tensor) -> BakingFields:
     """Any field with density(x) and forward(x, d) -> (sigma, rgb): n_dirs full evaluations per voxel."""
     n_dirs = dirs.shape[0]
@@ -232,6 +254,8 @@ def field_baking_fields(field: nn.Module, sh_degree: int = 3, n_dirs: int = 16, 
     docstring; any other field needs ``density(x)`` and ``forward(x, d) -> (sigma, rgb)``).
     ``directions`` [D, 3] (default: ``n_dirs`` over the sphere) are where colours are fitted."""
     dirs = fibonacci_directions(n_dirs) if directions is None else directions.double()
+    if isinstance(field, NerfactoField):
+        return _nerfacto_fields(field, sh_degree, dirs)
     if isinstance(field, SHField):
         return _sh_field_fields(field, sh_degree)
     if isinstance(field, NeRFMLP):

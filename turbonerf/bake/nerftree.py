@@ -54,6 +54,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from turbonerf.errors import TurboNerfError
+from turbonerf.fields.contraction import uncontract_inf
 
 TREE_FORMAT_VERSION = 3
 """newest NerfTree file format this turbonerf reads (1: dense SH pool; 2: SH rows only for voxels
@@ -368,7 +369,7 @@ def _cell_geometry(aabb: np.ndarray, coarse_res: int) -> tuple[np.ndarray, np.nd
     return lo, (np.asarray(aabb[1], np.float64) - lo) / coarse_res
 
 
-def visible_cells(aabb: np.ndarray, res: int, cameras, progress: bool = False) -> np.ndarray:
+def visible_cells(aabb: np.ndarray, res: int, cameras, progress: bool = False, inner_box: np.ndarray | None = None) -> np.ndarray:
     """bool [res, res, res]: cells of a res^3 grid over ``aabb`` seen by at least one camera.
 
     A cell counts as seen when its bounding sphere overlaps a camera's image frustum (a
@@ -377,11 +378,18 @@ def visible_cells(aabb: np.ndarray, res: int, cameras, progress: bool = False) -
 
     Args:
         cameras: :class:`turbonerf.cameras.Cameras` (OpenGL convention, world space).
+        inner_box: the grid is in contracted space (see :class:`NerfTree`): each cell is tested
+            as the sphere through the world images of its lowest and highest corners.
     """
     lo, size = _cell_geometry(aabb, res)
-    radius = 0.5 * float(np.linalg.norm(size))
     ax = [torch.as_tensor(lo[i] + (np.arange(res) + 0.5) * size[i]) for i in range(3)]
     centres = torch.stack(torch.meshgrid(*ax, indexing="ij"), -1).reshape(-1, 3)
+    radius = torch.full((centres.shape[0],), 0.5 * float(np.linalg.norm(size)), dtype=torch.float64)
+    if inner_box is not None:
+        box = torch.as_tensor(np.asarray(inner_box, np.float64))
+        half = torch.as_tensor(size) / 2
+        a, b = (box[0] + (uncontract_inf(c) + 1.0) * 0.5 * (box[1] - box[0]) for c in (centres - half, centres + half))
+        centres, radius = 0.5 * (a + b), 0.5 * (b - a).norm(dim=-1)
     seen = torch.zeros(centres.shape[0], dtype=torch.bool)
     c2w = cameras.c2w.double().cpu()
     w, h = float(cameras.width), float(cameras.height)
@@ -396,9 +404,10 @@ def visible_cells(aabb: np.ndarray, res: int, cameras, progress: bool = False) -
         fx, fy, cx, cy = (float(v[i]) for v in (cameras.fx, cameras.fy, cameras.cx, cameras.cy))
         u = fx * p[:, 0] / z + cx
         v = -fy * p[:, 1] / z + cy
-        ru, rv = fx * radius / z, fy * radius / z
+        rad = radius[todo]
+        ru, rv = fx * rad / z, fy * rad / z
         inside = (u >= -ru) & (u <= w + ru) & (v >= -rv) & (v <= h + rv) & (depth > 0)
-        seen[todo[inside | (depth.abs() <= radius)]] = True
+        seen[todo[inside | (depth.abs() <= rad)]] = True
     return seen.reshape(res, res, res).numpy()
 
 
@@ -586,14 +595,16 @@ def fine_batch_cells(batch: int, fine_res: int) -> int:
 
 
 def bake_candidates(
-    fields: BakingFields, aabb: np.ndarray, coarse_res: int, cameras=None, batch: int = 1 << 16, device="cpu", progress: bool = True
+    fields: BakingFields, aabb: np.ndarray, coarse_res: int, cameras=None, batch: int = 1 << 16, device="cpu", progress: bool = True,
+    inner_box: np.ndarray | None = None,
 ) -> np.ndarray:
     """bool [Dc]^3: the cells worth testing: seen by some camera of ``cameras`` (tested on a 4x
-    coarser grid, conservatively; all cells when None) and not empty by the method's own grid."""
+    coarser grid, conservatively; all cells when None) and not empty by the method's own grid.
+    ``inner_box``: the grid is in contracted space (:func:`visible_cells`)."""
     cand = np.ones((coarse_res,) * 3, dtype=bool)
     if cameras is not None:
         f = 4 if coarse_res >= 16 else 1
-        cand &= _upsample_mask(visible_cells(aabb, -(-coarse_res // f), cameras, progress), f, coarse_res)
+        cand &= _upsample_mask(visible_cells(aabb, -(-coarse_res // f), cameras, progress, inner_box), f, coarse_res)
     if fields.candidate_fn is not None:
         cand &= _candidate_mask(fields.candidate_fn, aabb, coarse_res, batch, device)
     return cand
@@ -760,8 +771,8 @@ def bake(
             15% fewer voxels than threshold / 10 at +0.02 dB; BENCHMARKS.md).
         max_pool_gib: refuse (before the fine pass) when the pool would exceed this size.
         inner_box: [2, 3] world box, for a field that lives in contracted space: ``aabb`` must
-            then be [-2, 2]^3, the field takes contracted points, and the tree records the box
-            (:class:`NerfTree`); ``cameras`` must be None (their frusta are in world space).
+            then be [-2, 2]^3, the field takes contracted points, the visibility test maps cells
+            back to the world, and the tree records the box (:class:`NerfTree`).
         share: how the occupancy test and the fine pass are shared between processes (default:
             this one does all; ``turbonerf bake --nproc N`` builds one from its replicas in
             :mod:`turbonerf.app.bake`). Every process takes the same steps in the same order.
@@ -771,11 +782,11 @@ def bake(
     share = share or BakeShare()
     check_bake_settings(coarse_res, fine_res, dtype)
     aabb = as_box(aabb)
-    if inner_box is not None and (cameras is not None or not np.allclose(aabb, CONTRACTED_BOX)):
-        raise TurboNerfError("a contracted bake covers [-2, 2]^3 and takes no cameras")
+    if inner_box is not None and not np.allclose(aabb, CONTRACTED_BOX):
+        raise TurboNerfError("a contracted bake covers [-2, 2]^3")
     threshold = default_threshold(aabb, coarse_res, fine_res) if threshold is None else threshold
     density_floor = threshold if density_floor is None else density_floor
-    cand = bake_candidates(fields, aabb, coarse_res, cameras, batch, device, progress)
+    cand = bake_candidates(fields, aabb, coarse_res, cameras, batch, device, progress, inner_box)
     mine = cand & share.slices(coarse_res)[:, None, None]
     occ = share.combine(coarse_occupancy(fields.density_fn, aabb, coarse_res, threshold, mine, batch, device, progress))
     cells = cells_to_bake(occ, cand, dilate)

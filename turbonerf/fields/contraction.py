@@ -46,3 +46,4 @@ def uncontract_inf(y: Tensor) -> Tensor:
     n = y.abs().amax(dim=-1, keepdim=True).clamp(max=2.0 - 1e-6)
     safe = n.clamp(min=1.0)
     return torch.where(n <= 1.0, y, y / (safe * (2.0 - safe)))
+
