@@ -163,3 +163,14 @@ def test_a_ray_stopped_early_shows_the_surface_not_the_background(backend):
     assert opacity[1] < 0.9  # not stopped: unchanged
     np.testing.assert_allclose(rgb[1], raw["rgb"][1], atol=1e-6)
     np.testing.assert_allclose(opacity[1], raw["opacity"][1], atol=1e-6)
+
+
+def test_task_order_deals_every_task_once_and_gives_each_thread_every_band():
+    from turbonerf.bake.march_cpu import task_order
+
+    order = task_order(n_rays=64 * 1000, block=64, threads=2, run=10)
+    assert sorted(order.tolist()) == list(range(1000))
+    first, second = order[:500], order[500:]  # what each of 2 threads gets from a static split
+    for share in (first, second):
+        assert (share < 500).sum() == 250 and (share >= 500).sum() == 250
+    assert task_order(100, 64, 1).tolist() == [0, 1] and task_order(0, 64, 2).size == 0

@@ -636,7 +636,7 @@ def _march_rays(
 @njit(parallel=True, cache=True, nogil=True)
 def _march_kernel(
     trilinear, macro_tile, tiles, mdist, density, sh_row, sh, lo, scale, box, dc, df, degree, origins, dirs, viewdirs, near, far,
-    bg, step, t_min, block, out_rgb, out_depth, out_opac, out_samples,
+    bg, step, t_min, block, out_rgb, out_depth, out_opac, out_samples, order,
 ):  # fmt: skip
     n_rays = origins.shape[0]
     shift = -1
@@ -644,8 +644,8 @@ def _march_kernel(
         shift = 0
         while (1 << shift) < df:
             shift += 1
-    n_tasks = (n_rays + block - 1) // block
-    for task in prange(n_tasks):
+    for i in prange(order.shape[0]):
+        task = order[i]
         _march_rays(
             task * block, min(n_rays, (task + 1) * block), trilinear, macro_tile, tiles, mdist, density, sh_row, sh, lo, scale,
             box, dc, df, shift, degree, origins, dirs, viewdirs, near, far, bg, step, t_min, out_rgb, out_depth, out_opac, out_samples,
@@ -664,16 +664,39 @@ def _prepare_call(r: int, near, far) -> tuple[np.ndarray, np.ndarray, dict[str, 
     return f32(near), f32(far), out
 
 
-def _run_parallel(kernel, threads: int | None, *args) -> None:
+TASK_RUN = 128
+"""consecutive tasks a thread takes from one strip before the next strip's (:func:`task_order`)"""
+
+
+def task_order(n_rays: int, block: int, threads: int, run: int = TASK_RUN) -> np.ndarray:
+    """int64 [n_tasks]: the order in which the kernels' prange hands out tasks of ``block`` rays.
+
+    The tasks are cut into ``threads`` strips of consecutive tasks (bands of image rows), and
+    runs of ``run`` tasks are dealt from each strip in turn, so that every thread's share of the
+    prange (numba hands each thread one contiguous range here, whatever the chunk size) holds a
+    part of every band. In plain row order one thread got the top of the image and the other its
+    bottom, and an object that is not centred gave them unequal work: lego 400x400 on 2 threads,
+    56-60 ms a frame in row order, 48-52 ms interleaved; runs of 128 tasks keep each thread's
+    memory accesses local (single tasks dealt in turn cost the fern capture 5-10%, runs of 128 at
+    most 4%; BENCHMARKS.md)."""
+    n_tasks = -(-n_rays // block)
+    strips = np.array_split(np.arange(n_tasks, dtype=np.int64), max(int(threads), 1))
+    runs = [[x[i : i + run] for i in range(0, len(x), run)] for x in strips]
+    parts = [r[k] for k in range(max((len(r) for r in runs), default=0)) for r in runs if k < len(r)]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def _run_parallel(kernel, threads: int | None, n_rays: int, *args) -> None:
     """Call a prange kernel with ``threads`` numba threads (default: numba's setting) and small
-    chunks of tasks, restoring numba's settings afterwards."""
+    chunks of tasks, in :func:`task_order` (appended to ``args``), restoring numba's settings
+    afterwards."""
     old_threads = numba.get_num_threads()
     old_chunk = numba.get_parallel_chunksize()
     try:
         if threads:
             numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
         numba.set_parallel_chunksize(4)
-        kernel(*args)
+        kernel(*args, task_order(n_rays, RAYS_PER_TASK, numba.get_num_threads()))
     finally:
         numba.set_parallel_chunksize(old_chunk)
         numba.set_num_threads(old_threads)
@@ -713,7 +736,7 @@ def march_cpu(
         return out
     f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
     _run_parallel(
-        _march_kernel, threads, lookup == "trilinear", ct.macro_tile, ct.tiles, ct.macro_dist, ct.density, ct.sh_row, ct.sh,
+        _march_kernel, threads, r, lookup == "trilinear", ct.macro_tile, ct.tiles, ct.macro_dist, ct.density, ct.sh_row, ct.sh,
         ct.lo, ct.scale, ct.box, ct.coarse_res, ct.fine_res, ct.sh_degree,
         f32(origins), f32(dirs), f32(viewdirs), near, far, np.asarray(background, np.float64).reshape(3), float(step), float(t_min),
         RAYS_PER_TASK, out["rgb"], out["depth"], out["opacity"], out["samples"],
@@ -831,7 +854,7 @@ def _march_ray_contracted(
 @njit(parallel=True, cache=True, nogil=True)
 def _march_kernel_contracted(
     trilinear, macro_tile, tiles, mdist, cdist, density, sh_row, sh, lo, scale, dc, df, degree, origins, dirs, viewdirs, near, far,
-    bg, step, cone, centre, half, max_steps, t_min, block, out_rgb, out_depth, out_opac, out_samples,
+    bg, step, cone, centre, half, max_steps, t_min, block, out_rgb, out_depth, out_opac, out_samples, order,
 ):  # fmt: skip
     n_rays = origins.shape[0]
     shift = -1
@@ -840,8 +863,8 @@ def _march_kernel_contracted(
         while (1 << shift) < df:
             shift += 1
     nc = 3 * degree * degree
-    n_tasks = (n_rays + block - 1) // block
-    for task in prange(n_tasks):
+    for i in prange(order.shape[0]):
+        task = order[i]
         basis = np.empty(25)
         shacc = np.empty(nc + 16)
         wbuf = np.empty(COLOUR_BATCH)
@@ -898,7 +921,7 @@ def march_cpu_contracted(
     f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
     box = np.asarray(inner_box, np.float64).reshape(2, 3)
     _run_parallel(
-        _march_kernel_contracted, threads, lookup == "trilinear", ct.macro_tile, ct.tiles, ct.macro_dist, ct.cell_dist, ct.density,
+        _march_kernel_contracted, threads, r, lookup == "trilinear", ct.macro_tile, ct.tiles, ct.macro_dist, ct.cell_dist, ct.density,
         ct.sh_row, ct.sh, ct.lo, ct.scale, ct.coarse_res, ct.fine_res, ct.sh_degree,
         f32(origins), f32(dirs), f32(viewdirs), near, far, np.asarray(background, np.float64).reshape(3), float(step),
         float(cone_angle), box.mean(0), (box[1] - box[0]) / 2.0, int(max_steps), float(t_min),
