@@ -664,26 +664,24 @@ def _prepare_call(r: int, near, far) -> tuple[np.ndarray, np.ndarray, dict[str, 
     return f32(near), f32(far), out
 
 
-TASK_RUN = 128
-"""consecutive tasks a thread takes from one strip before the next strip's (:func:`task_order`)"""
+TASK_RUN = 16
+"""consecutive tasks (of RAYS_PER_TASK rays) that go to one thread (:func:`task_order`)"""
 
 
 def task_order(n_rays: int, block: int, threads: int, run: int = TASK_RUN) -> np.ndarray:
     """int64 [n_tasks]: the order in which the kernels' prange hands out tasks of ``block`` rays.
 
-    The tasks are cut into ``threads`` strips of consecutive tasks (bands of image rows), and
-    runs of ``run`` tasks are dealt from each strip in turn, so that every thread's share of the
-    prange (numba hands each thread one contiguous range here, whatever the chunk size) holds a
-    part of every band. In plain row order one thread got the top of the image and the other its
-    bottom, and an object that is not centred gave them unequal work: lego 400x400 on 2 threads,
-    56-60 ms a frame in row order, 48-52 ms interleaved; runs of 128 tasks keep each thread's
-    memory accesses local (single tasks dealt in turn cost the fern capture 5-10%, runs of 128 at
-    most 4%; BENCHMARKS.md)."""
+    numba splits a prange into one contiguous range per thread whatever the parallel chunk size
+    (measured: numba 0.68, OpenMP layer), so in plain row order one thread got the top of the
+    image and the other its bottom, and a scene that is not centred gave them unequal work. This
+    order is block-cyclic: runs of ``run`` consecutive tasks are dealt to the threads in turn
+    (run k to thread k mod threads) and each thread's runs are listed together, so each thread's
+    range covers every band of rows. Lego 400x400, 2 threads: 56-58 ms a frame in row order,
+    43-51 ms so, on 3 views; the fern capture unchanged (BENCHMARKS.md)."""
     n_tasks = -(-n_rays // block)
-    strips = np.array_split(np.arange(n_tasks, dtype=np.int64), max(int(threads), 1))
-    runs = [[x[i : i + run] for i in range(0, len(x), run)] for x in strips]
-    parts = [r[k] for k in range(max((len(r) for r in runs), default=0)) for r in runs if k < len(r)]
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    threads = max(int(threads), 1)
+    runs = np.arange(n_tasks, dtype=np.int64) // max(int(run), 1)
+    return np.concatenate([np.flatnonzero(runs % threads == j) for j in range(threads)]).astype(np.int64)
 
 
 def _run_parallel(kernel, threads: int | None, n_rays: int, *args) -> None:
