@@ -82,7 +82,8 @@ class BenchOptions:
     limit: int | None = None
     bake: bool = False
     """also bake each final model into a NerfTree and evaluate the tree"""
-    bake_coarse_res: int = 192
+    bake_coarse_res: int | None = None
+    """D_c of the baked trees (None: ``turbonerf bake``'s default, 192, or 128 for contracted scenes)"""
     overrides: list[str] = field(default_factory=list)
     """METHOD:KEY=VALUE method options"""
     batch_rays: int = 1024

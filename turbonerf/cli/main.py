@@ -416,7 +416,7 @@ def bench(
     every: int = typer.Option(25, help="evaluate every K-th test view"),
     limit: Optional[int] = typer.Option(None, help="at most N test views"),
     bake: bool = typer.Option(False, help="also bake each final model into a NerfTree and evaluate the tree"),
-    bake_coarse_res: int = typer.Option(192, help="D_c of the baked trees"),
+    bake_coarse_res: Optional[int] = typer.Option(None, help="D_c of the baked trees (default: bake's, 192; 128 for unbounded scenes)"),
     set_: List[str] = typer.Option(
         [], "--set",
         help="a method option METHOD:KEY=VALUE (repeatable); METHOD may be a variant METHOD@LABEL listed in --methods; "
