@@ -27,7 +27,9 @@ import torch
 
 from turbonerf.bake.fields import baking_fields, fibonacci_directions, viewing_directions
 from turbonerf.app.runs import RunLock, default_tree_path, load_trained
-from turbonerf.bake.nerftree import CONTRACTED_BOX, BakedBlocks, BakeShare, NerfTree, bake, density_threshold_for, save_tree
+from turbonerf.bake.nerftree import (
+    CONTRACTED_BOX, BakedBlocks, BakeShare, NerfTree, bake, density_threshold_for, inner_voxel_size, save_tree,
+)
 from turbonerf.bake.prune import block_max_weights, blocks_to_keep, prune_blocks
 from turbonerf.bake.render import default_step
 from turbonerf.data.formats import load_scene
@@ -132,7 +134,7 @@ def _bake_locked(run_dir: Path, out: Path, o: BakeOptions, dev: torch.device, re
         aabb, coarse_res = CONTRACTED_BOX, o.coarse_res or CONTRACTED_COARSE_RES
         inner_box = inner_box.cpu().numpy()
         if threshold is None:  # from the fine voxel's size inside the inner box, in world units
-            voxel = float(np.min(inner_box[1] - inner_box[0])) / 2 * 4.0 / (coarse_res * o.fine_res)
+            voxel = inner_voxel_size(inner_box, coarse_res, o.fine_res)
             threshold = density_threshold_for(0.01, voxel) / CONTRACTED_THRESHOLD_DIVISOR
     t0 = time.perf_counter()
     with torch.no_grad(), runtime.autocast(dev, bf16):

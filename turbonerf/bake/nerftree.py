@@ -149,11 +149,10 @@ class NerfTree:
     def voxel_size(self) -> float:
         """Edge of a fine voxel along the box's shortest axis, in sample-space units (for a
         contracted tree: in world units inside ``inner_box``, where voxels are smallest)."""
+        if self.contracted:
+            return inner_voxel_size(self.inner_box, self.coarse_res, self.fine_res)
         ext = np.asarray(self.aabb[1], np.float64) - np.asarray(self.aabb[0], np.float64)
-        size = float(ext.min()) / (self.coarse_res * self.fine_res)
-        if self.contracted:  # contracted [-1, 1] is the inner box's full width
-            size *= float(np.min(np.asarray(self.inner_box[1], np.float64) - np.asarray(self.inner_box[0], np.float64))) / 2.0
-        return size
+        return float(ext.min()) / (self.coarse_res * self.fine_res)
 
     def occupied_fraction(self) -> float:
         """Fraction of coarse cells that point into the pool."""
@@ -192,6 +191,13 @@ class NerfTree:
             raise TurboNerfError(f"coarse index has {occupied.size} occupied cells but the pool {dens.shape[0]} blocks", path)
         if occupied.size and (occupied.max() >= dens.shape[0] or np.unique(occupied).size != occupied.size):
             raise TurboNerfError("coarse index does not map occupied cells one-to-one onto pool blocks", path)
+
+
+def inner_voxel_size(inner_box, coarse_res: int, fine_res: int) -> float:
+    """World edge (shortest axis) of a fine voxel of a contracted tree inside its inner box: the
+    tree spans 4 contracted units, of which [-1, 1] is the inner box's full width."""
+    box = np.asarray(inner_box, np.float64)
+    return float(np.min(box[1] - box[0])) / 2.0 * 4.0 / (coarse_res * fine_res)
 
 
 def sh_rows(density: np.ndarray) -> np.ndarray:
