@@ -144,6 +144,23 @@ def test_pseudo_only_and_no_hard_examples_are_options(teacher, tmp_path):
         dt.distill(_opts(run, tmp_path / "d", teacher_renderer="nerftree"))
 
 
+def test_a_budget_schedule_takes_the_students_rate_down_to_lr_final(teacher, tmp_path):
+    _, run = teacher
+    out = tmp_path / "student"
+    dt.distill(_opts(run, out, max_steps=40, num_pseudo_images=2, schedule="budget", lr_final=0.05, log_every=1))
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in log if "lr" in r]
+    peak = max(lrs)
+    assert lrs[0] == peak  # no warm-up (it leaves image students at the background colour)
+    assert 0.05 * peak <= lrs[-1] <= 0.065 * peak  # the fall ends at lr_final (0.06 at 39 / 40 of the budget)
+    assert lrs[len(lrs) // 2] == peak  # the full rate until 60% of the budget
+    assert json.loads((out / "distill.json").read_text())["schedule"] == "budget"
+    with pytest.raises(TurboNerfError, match="schedule"):
+        dt.distill(_opts(run, tmp_path / "bad", schedule="cosine"))
+    with pytest.raises(TurboNerfError, match="lr-final"):
+        dt.distill(_opts(run, tmp_path / "bad", schedule="budget", lr_final=0.0))
+
+
 IMAGE_STUDENTS = {
     "pose2image": ["stages=2", "channels=16", "code_dim=32", "mlp_layers=2"],
     "hybrid": ["stride=4", "features=8", "n_samples=8", "channels=16", "n_levels=4", "log2_table_size=10", "max_resolution=64", "hidden=16"],

@@ -101,6 +101,20 @@ def test_hybrid_and_mobile_r2l_refuse_a_stride_that_is_not_a_power_of_two():
         cls(cfg_cls(**{**TINY["mobile-r2l"], "sr_channels": "16"}), AABB)
 
 
+def test_mobile_r2l_leaves_a_saturated_white_image():
+    """Every logit saturated (lego's white background drives them there in the first steps): the
+    training image still passes a gradient towards a darker target; evaluation is the plain sigmoid."""
+    model = make("mobile-r2l", 16, 16).train()
+    with torch.no_grad():
+        model.head.bias.fill_(40.0)
+    cam = example_camera(16, 16, model.centre, model.scale)
+    loss, _ = model.image_loss(cam, torch.full((1, 16, 16, 3), 0.2))
+    loss.backward()
+    assert float(model.head.bias.grad.min()) > 1e-4  # downwards: gradient descent lowers the logits
+    with torch.no_grad():
+        assert torch.equal(model.eval().render_views(cam), torch.ones(1, 16, 16, 3))
+
+
 def test_mobile_r2l_paper_preset_has_about_the_papers_size():
     from turbonerf.methods.mobile_r2l import MobileR2L, mobile_r2l_preset
 

@@ -48,7 +48,7 @@ from turbonerf.app.runs import (
     renderer_for_run,
     write_run_spec,
 )
-from turbonerf.app.train import sample_pixels
+from turbonerf.app.train import SCHEDULES, sample_pixels
 from turbonerf.cameras import Cameras
 from turbonerf.app.validate import require_at_least, require_positive
 from turbonerf.data.formats import load_scene
@@ -64,6 +64,7 @@ from turbonerf.distill.pseudo_data import (
 from turbonerf.engine import runtime
 from turbonerf.engine.checkpoint import read_checkpoint_meta
 from turbonerf.engine.distributed import Replicas, device_for_rank, joined, rank_seed
+from turbonerf.engine.schedule import BudgetSchedule
 from turbonerf.engine.loop import (
     LoopOptions,
     LoopState,
@@ -106,6 +107,13 @@ class DistillOptions:
     max_steps: int = 100_000
     max_minutes: float | None = None
     """budget for pseudo-data generation + training"""
+    schedule: str = "method"
+    """student learning-rate schedule: "method" (the student's step schedule) or "budget" (the full
+    rate until 60% of what the budget leaves for training, then an exponential fall to
+    ``lr_final``: :class:`turbonerf.engine.schedule.BudgetSchedule` without its warm-up, which on
+    lego left MobileR2L at the background colour, 9.6 dB after 5 minutes against 20.7 without)"""
+    lr_final: float = 0.1
+    """budget schedule: factor of the learning rate when the budget is spent"""
     num_pseudo_images: int = 100
     """pseudo images (of the training resolution) the teacher renders"""
     real_fraction: float = 0.2
@@ -289,6 +297,7 @@ def distill(opts: DistillOptions, replicas: Replicas | None = None) -> DistillRe
     require_positive("--batch-rays", opts.batch_rays)
     require_positive("--batch-images", opts.batch_images)
     require_at_least("--num-pseudo-images", opts.num_pseudo_images, 0)
+    student_schedule(opts)  # refuse an unknown schedule before anything is written
     device = runtime.resolve_device(opts.device)
     with joined(device, replicas) as replicas:
         device = device_for_rank(device, replicas)
@@ -302,6 +311,20 @@ def distill(opts: DistillOptions, replicas: Replicas | None = None) -> DistillRe
             return _distill_locked(opts, device, out, replicas)
         with RunLock(out, "distill"):
             return _distill_locked(opts, device, out, replicas)
+
+
+def student_schedule(opts: DistillOptions) -> BudgetSchedule | None:
+    """The budget schedule the student trains with, or None for its own step schedule. The
+    budget is the training part of ``max_minutes`` (what pseudo-data generation left), or
+    ``max_steps`` when that comes first."""
+    if opts.schedule not in SCHEDULES:
+        raise TurboNerfError(f"unknown --schedule '{opts.schedule}' (choose from {', '.join(SCHEDULES)})")
+    if opts.schedule == "method":
+        return None
+    try:  # no warm-up: from a small rate the image students settle on the background colour and stay there
+        return BudgetSchedule(warmup=0.0, start=1.0, final=opts.lr_final)
+    except ValueError:
+        raise TurboNerfError(f"--lr-final must be in (0, 1], got {opts.lr_final}") from None
 
 
 def _distill_locked(opts: DistillOptions, device: torch.device, out: Path, replicas: Replicas) -> DistillResult:
@@ -362,6 +385,7 @@ def _distill_locked(opts: DistillOptions, device: torch.device, out: Path, repli
     loop_opts = LoopOptions(
         max_steps=opts.max_steps,
         max_seconds=math.inf if opts.max_minutes is None else 60.0 * opts.max_minutes - gen_seconds,
+        schedule=student_schedule(opts),
         checkpoint_every=opts.checkpoint_every,
         checkpoint_minutes=opts.checkpoint_minutes,
         log_every=opts.log_every,

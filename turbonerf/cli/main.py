@@ -322,6 +322,13 @@ def distill(
     preset: str = typer.Option("cpu", help="student size: cpu or paper (r2l: W128 D16 / W256 D88; mobile-r2l: see its docs)"),
     max_steps: int = typer.Option(100_000, help="stop after this many student steps"),
     max_minutes: Optional[float] = typer.Option(None, help="budget for pseudo-data generation + training"),
+    schedule: str = typer.Option(
+        "method",
+        help="student learning-rate schedule: 'method' (its own step schedule) or 'budget' (the full rate until 60% of "
+        "the training budget, then an exponential fall to --lr-final at its end; the training budget is what "
+        "pseudo-data generation leaves of --max-minutes, or --max-steps)",
+    ),
+    lr_final: float = typer.Option(0.1, help="budget schedule: learning-rate factor at the end of the budget"),
     num_pseudo_images: int = typer.Option(100, help="pseudo images (training resolution) rendered by the teacher"),
     real_fraction: float = typer.Option(0.2, help="fraction of each batch taken from the real training images"),
     hard_ratio: float = typer.Option(0.2, help="fraction of each batch that joins the hard-example pool (0: off)"),
@@ -357,6 +364,8 @@ def distill(
         overrides=list(set_),
         max_steps=max_steps,
         max_minutes=max_minutes,
+        schedule=schedule,
+        lr_final=lr_final,
         num_pseudo_images=num_pseudo_images,
         real_fraction=real_fraction,
         hard_ratio=hard_ratio,
