@@ -104,7 +104,7 @@ class Hybrid(ImageStudent):
     def render_views(self, cameras: Cameras, train: bool = False) -> Tensor:
         """N cameras -> rgb [N, H, W, 3] at the cameras' own size."""
         feats = self.feature_image(cameras, train)
-        rgb = self.upsampler(torch.relu(self.stem(feats.to(self.stem.weight.dtype))))
+        rgb = self.upsampler(torch.relu(self.stem(feats.to(self.stem.weight.dtype))), train)
         return to_hwc(crop(rgb, cameras.height, cameras.width))
 
     def samples_per_ray(self) -> float:

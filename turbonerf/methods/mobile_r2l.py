@@ -33,6 +33,7 @@ from turbonerf.methods.image_student import (
     ResBlock2d,
     StudentFrame,
     crop,
+    floored_sigmoid,
     grid_rays,
     padded_size,
     to_hwc,
@@ -41,11 +42,6 @@ from turbonerf.methods.image_student import (
 from turbonerf.methods.r2l import ray_points
 
 PRESET_NAMES = ("cpu", "paper")
-SIGMOID_GRADIENT_FLOOR = 0.01
-"""added to the output sigmoid's derivative in training (the image is unchanged): lego's white
-background drives every logit up in the first steps, and once all of them saturate the sigmoid
-passes no gradient and the student stays a white image (3 of 7 runs of 5-30 minutes on lego did,
-at 9.6 dB)"""
 
 
 @dataclass
@@ -130,8 +126,5 @@ class MobileR2L(ImageStudent):
         """N cameras -> rgb [N, H, W, 3] at the cameras' own size."""
         x = self.ray_image(cameras, train)
         h = torch.relu(self.stem(x.to(self.stem.weight.dtype)))
-        logits = self.head(self.tail(self.body(h) + h))
-        rgb = torch.sigmoid(logits)
-        if train:
-            rgb = rgb + SIGMOID_GRADIENT_FLOOR * (logits - logits.detach())
+        rgb = floored_sigmoid(self.head(self.tail(self.body(h) + h)), train)
         return to_hwc(crop(rgb, cameras.height, cameras.width))

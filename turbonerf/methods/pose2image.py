@@ -52,5 +52,5 @@ class Pose2Image(ImageStudent):
     def render_views(self, cameras: Cameras, train: bool = False) -> Tensor:
         """N cameras -> rgb [N, H, W, 3] (rendered at the training size, resized to the cameras' if it differs)."""
         c = self.config
-        rgb = crop(self.net.decode(self.net.code(self.camera_vectors(cameras))), c.height, c.width)
+        rgb = crop(self.net.decode(self.net.code(self.camera_vectors(cameras)), train), c.height, c.width)
         return to_hwc(fit_size(rgb, cameras.height, cameras.width))

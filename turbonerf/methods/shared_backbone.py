@@ -81,7 +81,7 @@ class SharedBackbone(Pose2Image):
         each target image, both through the one shared pose code."""
         c = self.config
         code = self.net.code(self.camera_vectors(cameras))
-        pred = to_hwc(crop(self.net.decode(code), c.height, c.width))
+        pred = to_hwc(crop(self.net.decode(code, train=True), c.height, c.width))
         mse_image = torch.mean((pred - images) ** 2)
         n, h, w = images.shape[:3]
         cam_idx = torch.arange(n, device=images.device).repeat_interleave(c.nerf_rays)
