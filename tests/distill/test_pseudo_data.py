@@ -65,7 +65,7 @@ def test_interrupted_and_resumed_generation_reads_back_identically(tmp_path):
     rb, cb = b.read_all()
     assert np.array_equal(ra, rb) and np.array_equal(ca, cb)
     assert ra.dtype == np.float32 and ra.shape == (640, 6) and ca.dtype == np.float16 and ca.shape == (640, 3)
-    assert isinstance(a.rays[0], np.memmap)  # read back memory-mapped, not loaded
+    assert isinstance(a.chunk(0)[0], np.memmap)  # read back memory-mapped, not loaded
     # the stored colour is what the teacher says for the stored ray
     d = torch.from_numpy(ra[:, 3:6])
     o = torch.from_numpy(ra[:, 0:3])
@@ -186,3 +186,24 @@ def test_the_store_read_as_images_gives_each_image_with_its_camera(tmp_path):
         assert np.array_equal(rgb[0].reshape(-1, 3).numpy(), all_rgb[rows].astype(np.float32))
     cam, rgb = images.sample(5, torch.Generator().manual_seed(0))
     assert len(cam) == 5 and rgb.shape == (5, 8, 8, 3)
+
+
+def test_pseudo_rays_maps_a_bounded_number_of_chunks(tmp_path, monkeypatch):
+    """A store of many chunks is read with at most MAX_OPEN_CHUNKS of them mapped at once (each map
+    holds a file descriptor: a 10,000-image store ran out of them), and reads the same data."""
+    spec = pd.PseudoDataSpec(seed=0, pose_mode="box", height=4, width=4, images_per_chunk=1, near=0.1, far=5.0, ndc=False, teacher="t")
+    root = tmp_path / "store"
+    root.mkdir()
+    for i in range(6):
+        rays_path, rgb_path = pd.chunk_paths(root, i)
+        np.save(rays_path, np.full((16, 6), i, np.float32))
+        np.save(rgb_path, np.full((16, 3), i / 10, np.float16))
+    pd._write_manifest(root, spec, {i: {"rays": 16} for i in range(6)})
+    monkeypatch.setattr(pd, "MAX_OPEN_CHUNKS", 2)
+    store = pd.PseudoRays(root)
+    rays, rgb = store.read_all()
+    assert rays.shape == (96, 6) and np.array_equal(rays[::16, 0], np.arange(6, dtype=np.float32))
+    assert len(store._maps) == 2
+    r, c = store.sample(48, torch.Generator().manual_seed(0), chunks_per_batch=6)
+    assert r.shape == (48, 6) and len(store._maps) == 2
+    assert torch.allclose(c[:, 0], r[:, 0] / 10, atol=1e-3)  # each ray's colour from its own chunk

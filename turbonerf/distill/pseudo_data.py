@@ -37,6 +37,7 @@ import json
 import math
 import os
 import time
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -378,9 +379,15 @@ def generate_pseudo_data(
     )
 
 
+MAX_OPEN_CHUNKS = 256
+"""chunks a :class:`PseudoRays` keeps memory-mapped at once (least recently used closed first):
+each map holds a file descriptor, and mapping every chunk of a 10,000-image store at once failed
+with "too many open files" under a limit of 20,000"""
+
+
 class PseudoRays:
-    """The completed chunks of a pseudo-data folder, memory-mapped (nothing is read into RAM
-    until sampled).
+    """The completed chunks of a pseudo-data folder, memory-mapped on demand (nothing is read into
+    RAM until sampled; at most :data:`MAX_OPEN_CHUNKS` chunks are mapped at a time).
 
     Attributes:
         spec: the settings the data was made with.
@@ -395,12 +402,21 @@ class PseudoRays:
         self.root = root
         self.spec = PseudoDataSpec(**manifest["spec"])
         self.indices = [int(c["index"]) for c in manifest["chunks"]]
-        self.rays, self.rgb = [], []
-        for i in self.indices:
-            rays_path, rgb_path = chunk_paths(root, i)
-            self.rays.append(np.load(rays_path, mmap_mode="r"))
-            self.rgb.append(np.load(rgb_path, mmap_mode="r"))
-        self.sizes = np.array([r.shape[0] for r in self.rays], dtype=np.int64)
+        self.sizes = np.array([int(c["rays"]) for c in manifest["chunks"]], dtype=np.int64)
+        self._maps: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+
+    def chunk(self, c: int) -> tuple[np.ndarray, np.ndarray]:
+        """The c-th completed chunk, memory-mapped: (rays float32 [n, 6], rgb float16 [n, 3])."""
+        maps = self._maps.get(c)
+        if maps is None:
+            rays_path, rgb_path = chunk_paths(self.root, self.indices[c])
+            maps = (np.load(rays_path, mmap_mode="r"), np.load(rgb_path, mmap_mode="r"))
+            self._maps[c] = maps
+            if len(self._maps) > MAX_OPEN_CHUNKS:
+                self._maps.popitem(last=False)
+        else:
+            self._maps.move_to_end(c)
+        return maps
 
     def __len__(self) -> int:
         return int(self.sizes.sum())
@@ -423,15 +439,17 @@ class PseudoRays:
         rays, rgb = [], []
         for c, k in zip(chosen, counts):
             rows = torch.randint(int(self.sizes[c]), (k,), generator=generator).sort().values.numpy()
-            rays.append(np.asarray(self.rays[c][rows], dtype=np.float32))
-            rgb.append(np.asarray(self.rgb[c][rows], dtype=np.float32))
+            chunk_rays, chunk_rgb = self.chunk(c)
+            rays.append(np.asarray(chunk_rays[rows], dtype=np.float32))
+            rgb.append(np.asarray(chunk_rgb[rows], dtype=np.float32))
         return torch.from_numpy(np.concatenate(rays)), torch.from_numpy(np.concatenate(rgb))
 
     def read_all(self) -> tuple[np.ndarray, np.ndarray]:
         """Every ray in chunk order: (rays float32 [N, 6], rgb float16 [N, 3]) (reads it all: tests and small sets only)."""
         if not self.indices:
             return np.zeros((0, 6), np.float32), np.zeros((0, 3), np.float16)
-        return np.concatenate([np.asarray(r) for r in self.rays]), np.concatenate([np.asarray(c) for c in self.rgb])
+        parts = [tuple(np.asarray(a) for a in self.chunk(c)) for c in range(self.n_chunks)]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 class PseudoImages:
@@ -467,7 +485,7 @@ class PseudoImages:
         for i in which:
             chunk, j = divmod(int(i), per)
             cams.append(self.camera_of(chunk)[j])
-            rows = self.store.rgb[chunk][j * self.pixels : (j + 1) * self.pixels]
+            rows = self.store.chunk(chunk)[1][j * self.pixels : (j + 1) * self.pixels]
             rgb.append(np.asarray(rows, dtype=np.float32).reshape(self.spec.height, self.spec.width, 3))
         return Cameras.cat(cams), torch.from_numpy(np.stack(rgb))
 
