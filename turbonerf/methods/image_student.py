@@ -46,12 +46,12 @@ class StudentFrame:
 
 
 CAMERA_VECTOR_DIM = 16
+"""rotation (9) + translation (3) + intrinsics (4)"""
 SIGMOID_GRADIENT_FLOOR = 0.01
 """added to the output sigmoid's derivative in training (the image is unchanged): lego's white
 background drives every logit up in the first steps, and once all of them saturate the sigmoid
 passes no gradient and the student stays a white image (3 of 7 MobileR2L runs of 5-30 minutes on
 lego did, at 9.6 dB)"""
-"""rotation (9) + translation (3) + intrinsics (4)"""
 
 
 def camera_vector(cameras: Cameras, centre: Tensor, scale: float) -> Tensor:
