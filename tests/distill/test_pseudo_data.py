@@ -207,3 +207,18 @@ def test_pseudo_rays_maps_a_bounded_number_of_chunks(tmp_path, monkeypatch):
     r, c = store.sample(48, torch.Generator().manual_seed(0), chunks_per_batch=6)
     assert r.shape == (48, 6) and len(store._maps) == 2
     assert torch.allclose(c[:, 0], r[:, 0] / 10, atol=1e-3)  # each ray's colour from its own chunk
+
+
+def test_manifest_is_rewritten_at_most_every_manifest_seconds_and_always_at_the_end(tmp_path, monkeypatch):
+    """A 10,000-chunk store rewrote its growing manifest after every chunk; now the rewrites are
+    timed, and the last one lists every chunk."""
+    writes = []
+    real_write = pd._write_manifest
+    monkeypatch.setattr(pd, "_write_manifest", lambda root, spec, chunks: (writes.append(len(chunks)), real_write(root, spec, chunks)))
+    cams, spec, bg = _ring(), _spec(per_chunk=1), torch.ones(3)
+    pd.generate_pseudo_data(tmp_path / "slow", _fake_teacher, cams, spec, 6, bg, progress=False, manifest_seconds=1e9)
+    assert writes == [0, 6]  # the empty store at the start, then all six chunks at the end
+    writes.clear()
+    pd.generate_pseudo_data(tmp_path / "every", _fake_teacher, cams, spec, 6, bg, progress=False, manifest_seconds=0.0)
+    assert writes == [0, 1, 2, 3, 4, 5, 6]
+    assert len(pd.PseudoRays(tmp_path / "slow")) == len(pd.PseudoRays(tmp_path / "every")) == 6 * 64

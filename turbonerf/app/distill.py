@@ -86,6 +86,8 @@ STUDENTS = STUDENT_METHODS
 PRESETS = {"r2l": r2l_preset, "mobile-r2l": mobile_r2l_preset}
 """students with named sizes (``--preset``); the others have one default configuration"""
 TEACHER_RENDERERS = ("auto", "model", "nerftree")
+MODEL_TEACHER_CHUNK = 8192
+"""rays per call of a model teacher"""
 DISTILL_FILE = "distill.json"
 
 
@@ -135,8 +137,9 @@ class DistillOptions:
     """with a time budget, pseudo-data generation stops once it used this fraction of it"""
     teacher_renderer: str = "auto"
     """model (the teacher's render), nerftree (TEACHER/baked/nerftree.safetensors), auto (the tree when present)"""
-    render_chunk: int = 8192
-    """rays per teacher render call"""
+    render_chunk: int | None = None
+    """rays per teacher render call (None: 8192 for a model teacher; the renderer's own chunk,
+    a whole image or more, for a tree, whose per-call cost was 15% of a 200x200 image at 8192)"""
     seed: int = 0
     device: str = "auto"
     threads: int | None = None
@@ -174,6 +177,13 @@ def teacher_renderer(run_dir: Path, device: torch.device, choice: str) -> RunRen
     if choice == "nerftree" and not tree_path.is_file():
         raise TurboNerfError("no baked NerfTree for this teacher", tree_path)
     return renderer_for_run(run_dir, device, baked=choice == "nerftree" or (choice == "auto" and tree_path.is_file()))
+
+
+def teacher_chunk(opts: DistillOptions, teacher: RunRenderer) -> int:
+    """Rays per teacher call while generating pseudo data (``opts.render_chunk`` when given)."""
+    if opts.render_chunk is not None:
+        return opts.render_chunk
+    return MODEL_TEACHER_CHUNK if teacher.tree is None else teacher.chunk
 
 
 def rays_from_rows(rows: Tensor, near: float, far: float) -> RayBundle:
@@ -252,7 +262,7 @@ def make_pseudo_data(
         with sigterm_as_keyboard_interrupt():
             pseudo = generate_pseudo_data(
                 pseudo_root, teacher.render, cams, pspec, opts.num_pseudo_images, scene.background, device=device,
-                chunk_rays=opts.render_chunk, bf16=runtime.bf16_used(device, opts.bf16), max_seconds=gen_budget, progress=opts.progress,
+                chunk_rays=teacher_chunk(opts, teacher), bf16=runtime.bf16_used(device, opts.bf16), max_seconds=gen_budget, progress=opts.progress,
                 rank=replicas.rank, world_size=replicas.world_size, gather=replicas.gather,
             )
     except KeyboardInterrupt:
