@@ -145,6 +145,8 @@ class DistillOptions:
     threads: int | None = None
     """CPU threads for torch (None: torch's default); with other jobs on the machine, fewer can be faster"""
     bf16: bool = False
+    compile: bool = False
+    """torch.compile the student's networks (:func:`turbonerf.engine.runtime.compile_networks`)"""
     checkpoint_every: int = 1000
     checkpoint_minutes: float = 5.0
     resume: bool = False
@@ -373,6 +375,9 @@ def _distill_locked(opts: DistillOptions, device: torch.device, out: Path, repli
     gen = torch.Generator().manual_seed(rank_seed(spec.seed, replicas.rank))
     model = build_model(spec, device)
     model.train()
+    if opts.compile:
+        compiled = runtime.compile_networks(model, device)
+        messages.append(f"compiled with torch.compile: {', '.join(compiled)} (on the first step)")
     optimizer, lr_factor = model.make_optimizer()
     teacher_path = str(Path(opts.teacher).resolve())
     trainee = Trainee(
