@@ -109,10 +109,10 @@ def compile_networks(model: torch.nn.Module, device: torch.device) -> list[str]:
     names of the compiled children.
 
     Compilation happens on the first call (about 30 s for MobileR2L on 2 cores, inside the
-    training budget); it paid 1.15x per step on the MobileR2L `cpu` preset in bf16 and nothing with a 50x50 ray grid
-    (stride 4; BENCHMARKS.md). On the CPU
-    inductor writes C++, so a compiler must be on the PATH: refused here with one line when none
-    is, rather than failing with a long trace at the first step.
+    training budget). It paid 1.15x per step for the MobileR2L ``cpu`` preset in bf16, and nothing
+    with a 50x50 ray grid (stride 4), where the 1x1-convolution body dominates (BENCHMARKS.md).
+    On the CPU inductor writes C++, so a compiler must be on the PATH: refused here with one line
+    when none is, rather than failing with a long trace at the first step.
     """
     if device.type == "cpu" and not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "clang++", "c++")):
         raise TurboNerfError("--compile needs a C++ compiler on the PATH (g++ or clang++) for torch.compile on the CPU")
