@@ -1,5 +1,6 @@
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -207,3 +208,17 @@ def test_train_refuses_an_image_student_and_points_to_distill(teacher, tmp_path)
     scene, _ = teacher
     with pytest.raises(TurboNerfError, match="distill --teacher RUN --student hybrid"):
         train(TrainOptions(method="hybrid", data=scene, out=tmp_path / "x", max_steps=1, progress=False))
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("clang++") is None, reason="no C++ compiler for torch.compile on the CPU")
+def test_compiled_image_student_saves_a_run_that_loads_and_scores_like_any_other(teacher, tmp_path):
+    """`distill --compile`: the compiled networks train, and the checkpoint keeps the eager keys
+    (eval loads it into a plain, uncompiled student)."""
+    _, run = teacher
+    out = tmp_path / "compiled"
+    res = dt.distill(_opts(run, out, student="mobile-r2l", overrides=IMAGE_STUDENTS["mobile-r2l"], max_steps=3, batch_images=2,
+                           num_pseudo_images=2, compile=True))
+    assert res.step == 3 and any("compiled with torch.compile" in m for m in res.messages)
+    model, _, _ = load_trained(out, torch.device("cpu"))
+    assert not any("_orig_mod" in k for k in model.state_dict())
+    assert math.isfinite(evaluate_run(out, EvalOptions(progress=False))["psnr"])
