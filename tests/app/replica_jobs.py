@@ -24,7 +24,10 @@ from turbonerf.engine.distributed import joined  # noqa: E402
 STEPS, BATCH = 50, 32
 BAKE = dict(coarse_res=16, fine_res=2, threshold=0.0, batch=512, progress=False)
 """runs of 64 cells: both processes bake some of the 16^3 grid"""
-DISTILL = dict(num_pseudo_images=4, max_steps=20, batch_rays=64, overrides=["width=16", "depth=4"], progress=False)
+DISTILL = dict(num_pseudo_images=4, max_steps=100_000, max_minutes=0.05, schedule="budget", batch_rays=64,
+               overrides=["width=16", "depth=4"], progress=False)
+"""ended by time, with a learning rate that follows the time spent: the replicas must agree on
+the budget left after each generated its share of the pseudo data"""
 
 
 def main(scene: Path, work: Path) -> None:

@@ -365,6 +365,9 @@ def _distill_locked(opts: DistillOptions, device: torch.device, out: Path, repli
 
     # --- pseudo data
     pseudo, gen_seconds, notes = make_pseudo_data(opts, out, pseudo_root, spec.seed, teacher, scene, device, replicas)
+    # The ranks finish generating at different moments; they must agree on what is left of the
+    # budget, or a time-based learning rate (and the loop's end) would differ between replicas.
+    gen_seconds = replicas.agree([gen_seconds])[0]
     messages += notes
     replicas.barrier()  # rank 0's manifest lists every chunk before anyone reads it
     del teacher
