@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import math
 
@@ -104,6 +105,46 @@ def test_sphere_cameras_look_at_the_centre_from_the_training_ring():
         forward = -pose[:, 2]
         torch.testing.assert_close(forward, -o / o.norm(), atol=1e-5, rtol=0)
         torch.testing.assert_close(pose[:, :3].T @ pose[:, :3], torch.eye(3), atol=1e-5, rtol=0)
+
+
+def _elevations(poses: list[torch.Tensor]) -> np.ndarray:
+    return np.degrees([math.asin(float(p[2, 3] / p[:, 3].norm())) for p in poses])
+
+
+def test_sphere_elevations_spread_like_cameras_on_the_sphere():
+    # training cameras from 0 to 90 degrees of elevation: a band whose area is half below 30
+    c2w = torch.from_numpy(np.concatenate([ring_poses(6, elevation_deg=e) for e in (0.0, 45.0, 89.9)])).float()
+    g = torch.Generator().manual_seed(0)
+    area = _elevations([pd.sample_sphere_pose(c2w, g, "area") for _ in range(2000)])
+    angle = _elevations([pd.sample_sphere_pose(c2w, g, "angle") for _ in range(2000)])
+    assert area.min() >= -1e-3 and area.max() <= 89.9 + 1e-3
+    assert np.mean(area < 30.0) == pytest.approx(0.5, abs=0.04)  # sin(30) = 0.5 of the band's area
+    assert np.mean(angle < 30.0) == pytest.approx(1 / 3, abs=0.04)  # the older rule: a third of the angle
+    with pytest.raises(TurboNerfError, match="elevation rule"):
+        pd.sample_sphere_pose(c2w, g, "poles")
+
+
+def test_a_store_written_before_the_elevation_rule_reads_its_cameras_back(tmp_path):
+    cams, bg = _cameras(np.concatenate([ring_poses(6, elevation_deg=e) for e in (10.0, 60.0)])), torch.ones(3)
+    old = dataclasses.replace(_spec(per_chunk=1), elevation="angle")
+    pd.generate_pseudo_data(tmp_path / "p", _fake_teacher, cams, old, 3, bg, progress=False)
+    manifest = json.loads((tmp_path / "p" / pd.MANIFEST).read_text())
+    del manifest["spec"]["elevation"]  # as written before the field existed
+    (tmp_path / "p" / pd.MANIFEST).write_text(json.dumps(manifest))
+    store = pd.PseudoRays(tmp_path / "p")
+    assert store.spec.elevation == "angle"
+    for i in range(3):
+        rays = np.load(tmp_path / "p" / f"chunk_{i:06d}_rays.npy")
+        eye = pd.pseudo_cameras(cams, store.spec, i).c2w[0, :, 3].numpy()
+        np.testing.assert_allclose(rays[:, :3], np.broadcast_to(eye, rays[:, :3].shape), atol=1e-5)
+    new = pd.pseudo_cameras(cams, _spec(per_chunk=1), 0).c2w[0, :, 3].numpy()
+    assert not np.allclose(new, np.load(tmp_path / "p" / "chunk_000000_rays.npy")[0, :3], atol=1e-3)  # the rules differ
+    # continued with today's default spec, the store keeps its own rule
+    res = pd.generate_pseudo_data(tmp_path / "p", _fake_teacher, cams, _spec(per_chunk=1), 5, bg, progress=False)
+    assert res.new_images == 2 and pd.PseudoRays(tmp_path / "p").spec.elevation == "angle"
+    rays = np.load(tmp_path / "p" / "chunk_000004_rays.npy")
+    eye = pd.pseudo_cameras(cams, dataclasses.replace(_spec(per_chunk=1), elevation="angle"), 4).c2w[0, :, 3].numpy()
+    np.testing.assert_allclose(rays[:, :3], np.broadcast_to(eye, rays[:, :3].shape), atol=1e-5)
 
 
 def test_box_cameras_stay_in_the_boxes_of_the_training_cameras():

@@ -38,7 +38,7 @@ import math
 import os
 import time
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -56,6 +56,15 @@ from turbonerf.render.renderer import RenderFn, render_rays_chunked
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 POSE_MODES = ("auto", "box", "sphere")
+ELEVATIONS = ("area", "angle")
+"""sphere poses: "area" draws the elevation uniformly over the area of the band of the sphere
+the training cameras span (sin(elevation) uniform), so pseudo cameras are spread the way cameras
+placed uniformly on a sphere are, as in the Blender scenes; "angle" draws the angle itself
+uniformly, which puts half the pseudo cameras of a hemisphere of training views above 45 degrees
+of elevation, where less than a third of the training views are (pseudo data written before
+2026-12-05)"""
+LEGACY_SPEC = {"elevation": "angle"}
+"""spec fields of manifests written before the field existed, as their stores were made"""
 BOX_MARGIN = 0.1
 """the camera-centre box is enlarged by this fraction of its half-extent (R2L: scale 1.1)"""
 
@@ -74,6 +83,9 @@ class PseudoDataSpec:
     ndc: bool
     teacher: str
     """which renderer made the colours (e.g. "vanilla-nerf", "nerftree-numba")"""
+    elevation: str = "area"
+    """how sphere poses draw their elevation (:data:`ELEVATIONS`); a manifest without it was
+    written with "angle" (:data:`LEGACY_SPEC`)"""
 
 
 @dataclass
@@ -178,9 +190,12 @@ def _azimuth_arc(az: Tensor) -> tuple[float, float]:
     return start, 2 * math.pi - float(gaps[i])
 
 
-def sample_sphere_pose(c2w: Tensor, g: torch.Generator) -> Tensor:
+def sample_sphere_pose(c2w: Tensor, g: torch.Generator, elevation: str = "area") -> Tensor:
     """[3, 4] a pseudo camera looking at the convergence point of the training cameras ``c2w``
-    [N, 3, 4], at a distance, elevation and azimuth within the training cameras' ranges."""
+    [N, 3, 4], at a distance, elevation and azimuth within the training cameras' ranges (the
+    elevation drawn as :data:`ELEVATIONS` says)."""
+    if elevation not in ELEVATIONS:
+        raise TurboNerfError(f"unknown elevation rule '{elevation}' (choose from {', '.join(ELEVATIONS)})")
     target = convergence_point(c2w)
     if target is None:
         raise TurboNerfError("sphere pose sampling needs training cameras that look at a common point (use pose mode 'box')")
@@ -196,17 +211,22 @@ def sample_sphere_pose(c2w: Tensor, g: torch.Generator) -> Tensor:
     start, length = _azimuth_arc(az)
     u = torch.rand(3, generator=g)
     r = float(dist.min() + (dist.max() - dist.min()) * u[0])
-    el = float(elev.min() + (elev.max() - elev.min()) * u[1])
+    lo, hi = float(elev.min()), float(elev.max())
+    if elevation == "area":
+        el = math.asin(math.sin(lo) + (math.sin(hi) - math.sin(lo)) * float(u[1]))
+    else:
+        el = lo + (hi - lo) * float(u[1])
     a = start + length * float(u[2])
     direction = math.cos(el) * (math.cos(a) * e1 + math.sin(a) * e2) + math.sin(el) * up
     origin = target + r * direction
     return c2w_looking_along(origin, target - origin, up)
 
 
-def sample_pseudo_camera(cameras: Cameras, mode: str, g: torch.Generator) -> Cameras:
-    """One pseudo camera (resolved ``mode``: box | sphere) with the intrinsics of a random training camera."""
+def sample_pseudo_camera(cameras: Cameras, mode: str, g: torch.Generator, elevation: str = "area") -> Cameras:
+    """One pseudo camera (resolved ``mode``: box | sphere; ``elevation``: see :data:`ELEVATIONS`)
+    with the intrinsics of a random training camera."""
     c2w = cameras.c2w.float().cpu()
-    pose = sample_box_pose(c2w, g) if mode == "box" else sample_sphere_pose(c2w, g)
+    pose = sample_box_pose(c2w, g) if mode == "box" else sample_sphere_pose(c2w, g, elevation)
     k = int(torch.randint(len(cameras), (1,), generator=g))
     one = lambda x: x.float().cpu()[k : k + 1].clone()  # noqa: E731
     return Cameras(pose[None], one(cameras.fx), one(cameras.fy), one(cameras.cx), one(cameras.cy), cameras.width, cameras.height)
@@ -221,7 +241,7 @@ def pseudo_cameras(cameras: Cameras, spec: PseudoDataSpec, index: int) -> Camera
     """The ``spec.images_per_chunk`` cameras of chunk ``index``, in order. They depend on (seed,
     index) and the training ``cameras`` alone, so a reader recomputes them rather than storing them."""
     g = chunk_generator(spec.seed, index)
-    return Cameras.cat([sample_pseudo_camera(cameras, spec.pose_mode, g) for _ in range(spec.images_per_chunk)])
+    return Cameras.cat([sample_pseudo_camera(cameras, spec.pose_mode, g, spec.elevation) for _ in range(spec.images_per_chunk)])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,12 +281,21 @@ def _write_manifest(root: Path, spec: PseudoDataSpec, chunks: dict[int, dict]) -
     atomic_write_text(Path(root) / MANIFEST, json.dumps(body, indent=1))
 
 
+def store_rules(spec: PseudoDataSpec, manifest: dict | None) -> PseudoDataSpec:
+    """``spec`` with the fields of :data:`LEGACY_SPEC` (rules no option chooses) taken from an
+    existing store's ``manifest``, so that a store is continued with the rules it was made with."""
+    if manifest is None or not isinstance(manifest.get("spec"), dict):
+        return spec
+    stored = {**LEGACY_SPEC, **manifest["spec"]}
+    return replace(spec, **{k: stored[k] for k in LEGACY_SPEC})
+
+
 def _completed(manifest: dict | None, spec: PseudoDataSpec, root: Path) -> dict[int, dict]:
     if manifest is None:
         return {}
     if manifest.get("format_version", 0) > FORMAT_VERSION:
         raise TurboNerfError("pseudo data was written by a newer turbonerf", root)
-    if manifest.get("spec") != asdict(spec):
+    if {**LEGACY_SPEC, **manifest.get("spec", {})} != asdict(spec):
         raise TurboNerfError(
             f"pseudo data here was made with other settings ({manifest.get('spec')}); use another folder or delete it", root
         )
@@ -319,7 +348,8 @@ def generate_pseudo_data(
     manifest_seconds: float = MANIFEST_SECONDS,
 ) -> PseudoDataResult:
     """Render ``num_images`` pseudo images with ``render_fn`` into ``root``, resuming from the
-    chunks already listed in its manifest (which must have been made with the same ``spec``).
+    chunks already listed in its manifest (which must have been made with the same ``spec``,
+    except for the rules no option chooses, which a store keeps: :func:`store_rules`).
 
     Args:
         render_fn: the teacher, rays -> {"rgb": [R, 3], ...} (called in chunks of ``chunk_rays``).
@@ -341,7 +371,9 @@ def generate_pseudo_data(
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
-    done = _completed(read_manifest(root), spec, root)
+    manifest = read_manifest(root)
+    spec = store_rules(spec, manifest)
+    done = _completed(manifest, spec, root)
     n_chunks = math.ceil(num_images / spec.images_per_chunk)
     todo = [i for i in range(n_chunks) if i not in done]
     mine = todo[rank::world_size]
@@ -413,7 +445,7 @@ class PseudoRays:
         if manifest is None:
             raise TurboNerfError("no pseudo data here (manifest.json missing)", root)
         self.root = root
-        self.spec = PseudoDataSpec(**manifest["spec"])
+        self.spec = PseudoDataSpec(**{**LEGACY_SPEC, **manifest["spec"]})
         self.indices = [int(c["index"]) for c in manifest["chunks"]]
         self.sizes = np.array([int(c["rays"]) for c in manifest["chunks"]], dtype=np.int64)
         self._maps: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
