@@ -130,3 +130,19 @@ def test_mobile_r2l_paper_preset_has_about_the_papers_size():
     model = MobileR2L(mobile_r2l_preset("paper"), AABB)
     assert model.in_channels == 312  # 8 points x 3 x (2 * 6 + 1)
     assert 3.8e6 < sum(p.numel() for p in model.parameters()) < 4.8e6
+
+
+def test_mobile_r2l_without_jitter_trains_on_what_it_renders():
+    from turbonerf.methods.mobile_r2l import MobileR2L, MobileR2LConfig
+
+    h = w = 16
+    outs = {}
+    for jitter in (True, False):
+        torch.manual_seed(0)
+        model = MobileR2L(MobileR2LConfig(height=h, width=w, jitter=jitter, **TINY["mobile-r2l"]), AABB)
+        cams = Cameras.cat([example_camera(h, w, model.centre, model.scale)])
+        with torch.no_grad():
+            outs[jitter] = (model.render_views(cams, train=True), model.render_views(cams, train=False))
+    assert not torch.equal(*outs[True])  # training points move inside their segments
+    assert torch.equal(*outs[False])  # the midpoints, as at inference
+    assert torch.equal(outs[True][1], outs[False][1])  # inference is the same either way

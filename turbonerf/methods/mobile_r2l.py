@@ -3,7 +3,8 @@ on a low-resolution ray grid with a super-resolution tail.
 
 1. Every ``stride`` x ``stride`` block of the (padded) output is one ray through its centre
    (:func:`turbonerf.methods.image_student.grid_rays`). As in R2L, [near, far] is cut into
-   ``n_points`` segments with one point in each (midpoints at test time, jittered in training);
+   ``n_points`` segments with one point in each (midpoints at test time, jittered in training
+   unless ``jitter`` is off);
    the points are normalised to the scene box and frequency-encoded with the input
    (``pos_freqs`` octaves): 8 points x 3 x (2 * 6 + 1) = 312 channels per ray in the paper.
 2. The ray image [312, h, w] goes through a 1x1 convolution to ``width`` channels and
@@ -55,6 +56,9 @@ class MobileR2LConfig(StudentFrame):
     """points per ray (paper: 8)"""
     pos_freqs: int = 6
     """positional-encoding octaves per point, input included (paper: 6)"""
+    jitter: bool = True
+    """training moves each point to a random place in its segment (R2L's, and the paper's); False
+    keeps the midpoints of inference, so the network sees at training exactly what it renders"""
     channels: int = 128
     """width of the per-ray 1x1-convolution body (paper: 256)"""
     n_blocks: int = 8
@@ -117,7 +121,7 @@ class MobileR2L(ImageStudent):
         c = self.config
         h, w = padded_size(cameras.height, cameras.width, c.stride)
         rays = grid_rays(cameras, c.stride, c.near, c.far, c.ndc)
-        pts = (ray_points(rays, c.n_points, jitter=train) - self.centre) / self.scale  # [R, K, 3]
+        pts = (ray_points(rays, c.n_points, jitter=train and c.jitter) - self.centre) / self.scale  # [R, K, 3]
         r, k, _ = pts.shape
         x = self.encoding(pts.reshape(r * k, 3)).reshape(len(cameras), h, w, -1)
         return x.permute(0, 3, 1, 2)
