@@ -281,12 +281,17 @@ def _write_manifest(root: Path, spec: PseudoDataSpec, chunks: dict[int, dict]) -
     atomic_write_text(Path(root) / MANIFEST, json.dumps(body, indent=1))
 
 
+def stored_spec(manifest: dict) -> dict:
+    """The spec fields a store was made with (those its manifest predates filled from :data:`LEGACY_SPEC`)."""
+    return {**LEGACY_SPEC, **manifest.get("spec", {})}
+
+
 def store_rules(spec: PseudoDataSpec, manifest: dict | None) -> PseudoDataSpec:
     """``spec`` with the fields of :data:`LEGACY_SPEC` (rules no option chooses) taken from an
     existing store's ``manifest``, so that a store is continued with the rules it was made with."""
     if manifest is None or not isinstance(manifest.get("spec"), dict):
         return spec
-    stored = {**LEGACY_SPEC, **manifest["spec"]}
+    stored = stored_spec(manifest)
     return replace(spec, **{k: stored[k] for k in LEGACY_SPEC})
 
 
@@ -295,7 +300,7 @@ def _completed(manifest: dict | None, spec: PseudoDataSpec, root: Path) -> dict[
         return {}
     if manifest.get("format_version", 0) > FORMAT_VERSION:
         raise TurboNerfError("pseudo data was written by a newer turbonerf", root)
-    if {**LEGACY_SPEC, **manifest.get("spec", {})} != asdict(spec):
+    if stored_spec(manifest) != asdict(spec):
         raise TurboNerfError(
             f"pseudo data here was made with other settings ({manifest.get('spec')}); use another folder or delete it", root
         )
@@ -445,7 +450,7 @@ class PseudoRays:
         if manifest is None:
             raise TurboNerfError("no pseudo data here (manifest.json missing)", root)
         self.root = root
-        self.spec = PseudoDataSpec(**{**LEGACY_SPEC, **manifest["spec"]})
+        self.spec = PseudoDataSpec(**stored_spec(manifest))
         self.indices = [int(c["index"]) for c in manifest["chunks"]]
         self.sizes = np.array([int(c["rays"]) for c in manifest["chunks"]], dtype=np.int64)
         self._maps: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
