@@ -81,6 +81,8 @@ def main() -> None:
     p.add_argument("--viewport", type=int, default=600, help="side of the square page in CSS pixels")
     p.add_argument("--frustums", action="store_true", help="keep the training cameras' frustums drawn (hidden by default: "
                    "headless Chromium draws them in software, on the same CPU as the renderer)")
+    p.add_argument("--browser-nice", type=int, default=0, help="CPU priority of Chromium's processes (19: it gets what the "
+                   "server leaves, as a browser on another machine or with a GPU would; 0: an equal share of the cores)")
     p.add_argument("--screenshot", type=Path, help="save a screenshot of the page at the end (PNG)")
     p.add_argument("--out", type=Path, help="write the results as JSON")
     args = p.parse_args()
@@ -91,7 +93,7 @@ def main() -> None:
                        max_res=args.max_res, target_fps=args.target_fps, still_seconds=args.still_seconds)
     server = start_view(args.run, opts)
     try:
-        with BrowserClient(server.url, viewport=(args.viewport, args.viewport)) as browser:  # square page: square frames
+        with BrowserClient(server.url, viewport=(args.viewport, args.viewport), nice=args.browser_nice) as browser:  # square page: square frames
             if not browser.wait_for_frames(1, timeout=120):
                 raise SystemExit("no frame reached the browser")
             for session in server.clients():
@@ -109,7 +111,7 @@ def main() -> None:
     result = {
         "run": str(args.run), "tree": str(args.tree) if args.tree else None, "step_scale": args.step_scale, "t_min": args.t_min,
         "max_res": args.max_res, "target_fps": args.target_fps, "still_seconds": args.still_seconds,
-        "viewport": args.viewport, "frustums": args.frustums,
+        "viewport": args.viewport, "frustums": args.frustums, "browser_nice": args.browser_nice,
         "moving_fps_median": statistics.median(c["moving_fps"] for c in cycles),
         "full_after_stop_median_s": statistics.median(fulls) if fulls else None,
         "full_frames_missing": len(cycles) - len(fulls),

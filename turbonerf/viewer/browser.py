@@ -9,6 +9,13 @@ Chromium needs SwiftShader (``--enable-unsafe-swiftshader``); ``--no-sandbox`` l
 Frames are counted at the client: every websocket message is decoded as viser's wire format
 (16-byte header, zstd-compressed msgpack, raw buffers) and each ``BackgroundImageMessage`` is
 recorded with its arrival time and JPEG size.
+
+CPU priority: the browser draws WebGL in software on the same cores as the renderer it watches.
+Chromium starts its processes in new sessions, and Linux's scheduler autogroups (on by default)
+share the CPU between sessions, not processes: a busy browser took half of the 2-core machine
+whatever its nice value, and a 60 ms lego frame took 150-270 ms (BENCHMARKS.md). ``nice`` lowers
+the browser's share (its sessions' autogroup nice and every thread's nice), as a browser on
+another machine or with a GPU leaves the cores to the server.
 """
 
 from __future__ import annotations
@@ -47,6 +54,52 @@ def browser_unavailable() -> str | None:
     if find_chromium() is None:
         return "no Chromium found (apt-get install chromium, or set TURBONERF_CHROMIUM)"
     return None
+
+
+def _browser_processes(pid: int) -> list[int]:
+    """The Chromium processes descended from ``pid`` (read from /proc; Linux): Playwright's driver
+    (node) stays as it is, since it carries the frames' arrival events."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                parents[int(entry.name)] = int(stat[stat.rindex(")") + 2 :].split()[1])
+            except (OSError, ValueError):  # gone meanwhile
+                continue
+    found, frontier = [], [pid]
+    while frontier:
+        kids = [p for p, pp in parents.items() if pp in frontier]
+        found += kids
+        frontier = kids
+    return [p for p in found if "chrom" in _exe_name(p)]
+
+
+def _exe_name(pid: int) -> str:
+    try:
+        return Path(os.readlink(f"/proc/{pid}/exe")).name
+    except OSError:
+        return ""
+
+
+def lower_priority(pids: list[int], nice: int) -> int:
+    """Give processes ``pids`` the CPU priority ``nice`` (all their threads, and the scheduler
+    autogroup of any that sits in another session than this process); returns how many threads
+    were changed. Does nothing where /proc has no such files (not Linux)."""
+    own = Path("/proc/self/autogroup")
+    own_group = own.read_text().split()[0] if own.exists() else None
+    changed = 0
+    for pid in pids:
+        group = Path(f"/proc/{pid}/autogroup")
+        try:
+            if own_group is not None and group.read_text().split()[0] != own_group:
+                group.write_text(str(nice))
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                os.setpriority(os.PRIO_PROCESS, int(task.name), nice)
+                changed += 1
+        except (OSError, ValueError):  # gone meanwhile, or not allowed: leave it
+            continue
+    return changed
 
 
 def background_frames(payload: bytes) -> list[np.ndarray]:
@@ -104,6 +157,8 @@ class BrowserClient:
 
     url: str
     viewport: tuple[int, int] = (640, 480)
+    nice: int = 0
+    """CPU priority of the browser's processes (0: as the server's; 19: only what the server leaves)"""
     frames: list[Frame] = field(default_factory=list)
     last_image: np.ndarray | None = None
 
@@ -119,6 +174,8 @@ class BrowserClient:
             self.page = self._browser.new_page(viewport={"width": self.viewport[0], "height": self.viewport[1]})
             self.page.on("websocket", self._watch)
             self.page.goto(self.url, timeout=120_000, wait_until="domcontentloaded")  # a loaded CPU serves slowly
+            if self.nice:  # after the page opened: its renderer process exists by now
+                lower_priority(_browser_processes(os.getpid()), self.nice)
         except BaseException:
             self._pw.stop()
             raise
