@@ -3,10 +3,19 @@ import pytest
 import torch
 
 from tree_helpers import random_rays, random_tree
-from turbonerf.bake.march_cpu import COLOUR_BATCH, half_bits_to_f64, march_cpu, prepare_cpu, sh_basis_numba, tile_index
+from turbonerf.bake.march_cpu import (
+    COLOUR_BATCH,
+    half_bits_to_f64,
+    march_cpu,
+    prepare_cpu,
+    sh_basis_numba,
+    tile_index,
+    transmittance_table,
+    voxel_masks,
+)
 from turbonerf.bake.march_numpy import march_numpy
 from turbonerf.bake.march_torch import march_torch
-from turbonerf.bake.nerftree import NerfTree, index_from_cells
+from turbonerf.bake.nerftree import NerfTree, index_from_cells, sh_rows
 from turbonerf.bake.render import TreeRenderer, close_terminated, render_tree
 from turbonerf.encodings.sh import sh_basis
 from turbonerf.rays import RayBundle
@@ -48,6 +57,47 @@ def test_numba_matches_reference_on_soft_long_rays(fine_res):
     np.testing.assert_array_equal(out["samples"], ref["samples"])
     for key in ("rgb", "depth", "opacity"):
         np.testing.assert_allclose(out[key], ref[key], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("dtype, fine_res", [(np.float32, 2), (np.float16, 5)])
+def test_numba_matches_reference_for_float32_pools_and_blocks_without_masks(dtype, fine_res):
+    """float32 pools take the exponential instead of the float16 table; D_f = 5 blocks (125 voxels)
+    have no 64-bit occupancy mask and read sh_row and the density instead."""
+    tree = random_tree(coarse_res=10, fine_res=fine_res, dtype=dtype, seed=5)
+    assert (prepare_cpu(tree).vox_mask.size > 0) == (fine_res**3 <= 64)
+    o, d = random_rays(n=300, seed=6)
+    ref = _reference(tree, o, d, "nearest")
+    out = march_cpu(tree, o, d, d, 1.0, 5.0, np.array([1.0, 0.5, 0.0]), STEP, "nearest")
+    np.testing.assert_array_equal(out["samples"], ref["samples"])
+    for key in ("rgb", "depth", "opacity"):
+        np.testing.assert_allclose(out[key], ref[key], atol=1e-5, rtol=0)
+
+
+def test_voxel_masks_give_every_voxels_sh_row():
+    tree = random_tree(coarse_res=8, fine_res=4, occupancy=0.4, seed=7)
+    tree.density[tree.density < np.median(tree.density)] = 0  # blocks with empty voxels among full ones
+    mask, base = voxel_masks(tree.density)
+    rows = sh_rows(tree.density).reshape(len(mask), -1)
+    for m in range(len(mask)):
+        for voxel in range(64):
+            has = bool((int(mask[m]) >> voxel) & 1)
+            assert has == (tree.density.reshape(len(mask), -1)[m, voxel] > 0)
+            if has:
+                assert base[m] + bin(int(mask[m]) & ((1 << voxel) - 1)).count("1") == rows[m, voxel]
+    empty = voxel_masks(np.zeros((0, 4, 4, 4), np.float16))
+    assert empty[0].shape == (0,) and empty[1].shape == (0,)
+    with pytest.raises(ValueError, match="64-bit"):
+        voxel_masks(np.ones((2, 5, 5, 5), np.float16))
+
+
+def test_transmittance_table_is_the_exponential_of_every_float16_density():
+    step = 0.0173
+    table = transmittance_table(step)
+    sigma = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float64)
+    positive = np.isfinite(sigma) & (sigma > 0)
+    # float32 arithmetic as the kernel's _exp32: relative error ~1e-6 only where the transmittance is below 1e-10
+    np.testing.assert_allclose(table[positive], np.exp(-sigma[positive] * step), rtol=1e-6, atol=1e-12)
+    assert (table[~positive & ~np.isinf(sigma)] == 1.0).all()  # zero, negative and NaN densities: no density
 
 
 @pytest.fixture

@@ -24,7 +24,15 @@ voxels and pixels have similar footprints. So:
   at D_c = 384, the tiles of a surface-like scene are a few tens of MB);
 - densities and SH stay in separate arrays, so the many near-empty samples of a surface cell
   touch only the 128 bytes of densities of their block; :func:`bake` stores blocks tile by tile;
-  SH rows exist only for voxels with density and are found through ``sh_row``;
+  SH rows exist only for voxels with density;
+- each pool block of at most 64 voxels (D_f <= 4) has a 64-bit occupancy mask and the SH row of
+  its first voxel with density (:func:`voxel_masks`): a sample in an empty voxel is rejected by
+  its bit without reading a density, and a voxel's SH row is that base plus a popcount, instead of
+  a read of the 256-byte ``sh_row`` entries of its block (with the next point, 1.10-1.13x a lego
+  frame, the image unchanged; BENCHMARKS.md);
+- a float16 density's transmittance exp(-sigma * step) is read from a 256 KB table of all 65536
+  bit patterns, made once per step (:func:`transmittance_table`), instead of decoded and
+  exponentiated;
 - nearest lookup (the default) colours in two passes: the density march composites weights and
   records (weight, SH row) of each sample with density in a small buffer, prefetching that SH
   record; the buffer is coloured when it is full (``COLOUR_BATCH``) and when the ray ends. The
@@ -36,7 +44,9 @@ voxels and pixels have similar footprints. So:
   samples ahead (whose row number the first prefetch brought in).
 
 Nearest and trilinear lookups are separate inlined functions behind one runtime branch (a single
-lookup function with a runtime flag was 5x slower). float16 pools are decoded by the CPU's
+lookup function with a runtime flag was 5x slower). The ray kernel is compiled with LLVM's
+reassociation and contraction allowed (``fastmath`` without the no-NaN / no-inf flags: 1.06x,
+images within 6e-8). float16 pools are decoded by the CPU's
 half-to-float conversion, emitted as LLVM IR (numba has no float16 type; a 65536-entry lookup
 table, the earlier way, costs an L2 read per value). Kernels are compiled on first use and
 cached on disk (``cache=True``; no literal or function-typed arguments, which defeat the cache or
@@ -46,7 +56,7 @@ cost milliseconds per call).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numba
 import numpy as np
@@ -103,6 +113,24 @@ class CpuTree:
     cell_dist: np.ndarray | None = None
     """contracted trees: uint8 [Dc, Dc, Dc] Chebyshev distance (in coarse cells) of each cell to
     the nearest occupied one, capped at :data:`CELL_DIST_CAP` (the marcher's finer skip)"""
+    vox_mask: np.ndarray | None = None
+    """uint64 [M] occupancy bits of each pool block (:func:`voxel_masks`; empty when D_f > 4)"""
+    row_base: np.ndarray | None = None
+    """int64 [M] SH row of each block's first voxel with density (:func:`voxel_masks`)"""
+    tables: dict[float, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
+    """:func:`transmittance_table` of each step marched so far (float16 pools; 256 KB each)"""
+
+    def transmittance(self, step: float) -> np.ndarray:
+        """float32 [65536] :func:`transmittance_table` of ``step`` for a float16 pool (made on
+        first use, kept for later frames); a 1-entry placeholder for a float32 pool."""
+        if self.density.dtype != np.uint16:
+            return np.ones(1, np.float32)
+        key = float(step)
+        if key not in self.tables:
+            if len(self.tables) >= 8:  # a viewer that tries many steps: keep the newest few
+                self.tables.pop(next(iter(self.tables)))
+            self.tables[key] = transmittance_table(key)
+        return self.tables[key]
 
 
 CELL_DIST_CAP = 16
@@ -138,6 +166,28 @@ def chebyshev_distance(occ: np.ndarray, cap: int = 255) -> np.ndarray:
     return dist
 
 
+MASK_VOXELS = 64
+"""pool blocks of at most this many voxels (D_f <= 4) get an occupancy mask (:func:`voxel_masks`)"""
+
+
+def voxel_masks(density: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Occupancy of each pool block as bits: density [M, Df, Df, Df] (Df^3 <= 64) ->
+    (mask uint64 [M], bit l set where voxel l of the block has density; base int64 [M], the
+    SH row of the block's first voxel with density).
+
+    The SH rows are numbered in voxel order (:func:`turbonerf.bake.nerftree.sh_rows`), so the row
+    of voxel l of block m is base[m] + popcount(mask[m] & (2^l - 1)): 12 bytes a block instead of
+    the 256 of its ``sh_row`` entries, one cache line for many blocks."""
+    m = density.shape[0]
+    has = np.asarray(density).reshape(m, int(np.prod(density.shape[1:]))) > 0
+    if has.shape[1] > MASK_VOXELS:
+        raise ValueError(f"blocks of {has.shape[1]} voxels do not fit a 64-bit mask")
+    bits = np.uint64(1) << np.arange(has.shape[1], dtype=np.uint64)
+    mask = np.bitwise_or.reduce(np.where(has, bits, np.uint64(0)), axis=1) if m else np.zeros(0, np.uint64)
+    base = np.concatenate([[0], np.cumsum(has.sum(1))[:-1]]).astype(np.int64) if m else np.zeros(0, np.int64)
+    return np.ascontiguousarray(mask, dtype=np.uint64), base
+
+
 def prepare_cpu(tree: NerfTree) -> CpuTree:
     """Lay ``tree`` out for :func:`march_cpu`: tiled index and macro distances (the pool is not
     copied; prepare once, reuse across frames)."""
@@ -148,6 +198,10 @@ def prepare_cpu(tree: NerfTree) -> CpuTree:
     lo = tree.aabb[0].astype(np.float64)
     scale = tree.coarse_res / (tree.aabb[1].astype(np.float64) - lo)
     macro_tile, tiles = tile_index(tree.index)
+    if tree.fine_res**3 <= MASK_VOXELS:
+        masks = voxel_masks(tree.density)
+    else:  # the kernel reads sh_row and the density instead
+        masks = (np.zeros(0, np.uint64), np.zeros(0, np.int64))
     blocks = np.argwhere(macro_tile >= 0)
     if len(blocks):
         box = np.stack([blocks.min(0) * TILE, np.minimum((blocks.max(0) + 1) * TILE, tree.coarse_res)]).astype(np.float64)
@@ -159,6 +213,8 @@ def prepare_cpu(tree: NerfTree) -> CpuTree:
         macro_dist=chebyshev_distance(macro_tile >= 0),
         density=np.ascontiguousarray(dens),
         sh_row=np.ascontiguousarray(tree.sh_row.reshape(-1)),
+        vox_mask=masks[0],
+        row_base=masks[1],
         sh=np.ascontiguousarray(sh),
         lo=lo,
         scale=scale,
@@ -190,6 +246,16 @@ def _half_bits_to_f64(typingctx, bits):
         return builder.fpext(h, ir.DoubleType())
 
     return types.float64(bits), codegen
+
+
+@intrinsic
+def _popcount(typingctx, x):
+    """Set bits of a uint64 (one instruction where the CPU has POPCNT)."""
+
+    def codegen(context, builder, signature, args):
+        return builder.ctpop(args[0])
+
+    return types.uint64(x), codegen
 
 
 @njit(cache=True)
@@ -294,6 +360,35 @@ def _exp32(x):
     """exp(x) computed in float32 (libm's expf, cheaper than exp; its relative error of about
     1e-7 is far below the float16 pools' 5e-4 and the parity tests' 1e-5): 5% of a lego frame."""
     return np.float64(math.exp(np.float32(x)))
+
+
+def _transmittance(d, table, step):  # pragma: no cover - replaced by the overload inside numba
+    return math.exp(-float(d) * step)
+
+
+@overload(_transmittance, inline="always")
+def _transmittance_impl(d, table, step):
+    """exp(-sigma * step) of a pool density: a read of the per-step table for float16 bits
+    (:func:`transmittance_table`), the float32 exponential for float32 pools."""
+    if isinstance(d, types.Integer):
+        return lambda d, table, step: np.float64(table[d])
+    return lambda d, table, step: _exp32(-np.float64(d) * step) if d > 0.0 else 1.0
+
+
+@njit(cache=True)
+def _fill_transmittance(step, out):
+    for b in range(65536):
+        sigma = _half_bits_to_f64(np.uint16(b))
+        out[b] = _exp32(-sigma * step) if sigma > 0.0 else 1.0  # NaN and negative bits: 1 (no density), as the reference's sigma <= 0
+
+
+def transmittance_table(step: float) -> np.ndarray:
+    """float32 [65536]: exp(-sigma * step), in float32 as :func:`_exp32`, for every float16 bit
+    pattern sigma (1 where sigma <= 0). A nearest lookup of a float16 pool reads a sample's
+    transmittance here instead of decoding its density and taking an exponential."""
+    out = np.empty(65536, np.float32)
+    _fill_transmittance(float(step), out)
+    return out
 
 
 @njit(cache=True, inline="always")
@@ -450,7 +545,7 @@ def _lookup_trilinear(macro_tile, tiles, density, sh_row, sh, gx, gy, gz, df, sh
 
 @njit(cache=True, inline="always")
 def _march_ray(
-    trilinear, r, macro_tile, tiles, mdist, density, sh_row, sh, lo, scale, box, dc, df, shift, degree, origins, dirs, viewdirs,
+    trilinear, r, macro_tile, tiles, mdist, density, tf_table, vox_mask, row_base, sh_row, sh, lo, scale, box, dc, df, shift, degree, origins, dirs, viewdirs,
     near, far, step, t_min, basis, shacc, wbuf, rbuf,
 ):  # fmt: skip
     """March ray r; returns (r, g, b without background, depth, opacity, samples)."""
@@ -488,6 +583,7 @@ def _march_ray(
     done = False
     nb = 0  # samples waiting for their colour in wbuf / rbuf
     df3 = df * df * df
+    use_mask = vox_mask.shape[0] > 0
     k_done = -1
     t = ta
     mx, sx, tmx, tdx = _dda_init(ox, dx, t, TILE, 0, dm - 1)
@@ -525,6 +621,8 @@ def _march_ray(
                             break
                         k_done = kk
                         gx, gy, gz = ox + tk * dx, oy + tk * dy, oz + tk * dz
+                        sigma = 0.0
+                        v = -1
                         if trilinear:
                             _prefetch_ahead(  # memory latency dominates: fetch ahead
                                 macro_tile, tiles, density, sh_row, sh, ox, oy, oz, dx, dy, dz, tk + PREFETCH_AHEAD * step,
@@ -540,16 +638,30 @@ def _march_ray(
                             fy = int(math.floor(gy * df))
                             fz = int(math.floor(gz * df))
                             if shift >= 0 and (fx >> shift) == cx and (fy >> shift) == cy and (fz >> shift) == cz:
-                                v = blk * df3 + ((fx & (df - 1)) * df + (fy & (df - 1))) * df + (fz & (df - 1))
+                                vb = blk
+                                vl = ((fx & (df - 1)) * df + (fy & (df - 1))) * df + (fz & (df - 1))
+                                v = blk * df3 + vl
                             else:
                                 v = _voxel_at(macro_tile, tiles, gx, gy, gz, df, shift, n)
                                 if v < 0:
                                     continue
-                            sigma = _decode(density[v])
+                                vb = v // df3
+                                vl = v - vb * df3
                         ns += 1
-                        if sigma <= 0.0:
-                            continue
-                        alpha = 1.0 - _exp32(-sigma * step)
+                        if trilinear:
+                            if sigma <= 0.0:
+                                continue
+                            tf = _exp32(-sigma * step)
+                        elif use_mask:  # the block's bit says whether the voxel has density: no read of an empty one
+                            vbits = vox_mask[vb]
+                            if (vbits >> np.uint64(vl)) & np.uint64(1) == 0:
+                                continue
+                            tf = _transmittance(density[v], tf_table, step)
+                        else:
+                            tf = _transmittance(density[v], tf_table, step)
+                            if tf >= 1.0:  # no density (or too little to change a float32 exponential)
+                                continue
+                        alpha = 1.0 - tf
                         w = trans * alpha
                         # colour written out, not through _add_interpolated_colour / _queue_colour as in the
                         # contracted kernel: here the calls cost 15% of a lego frame (58 -> 68 ms at 400x400)
@@ -563,7 +675,10 @@ def _march_ray(
                             cg += w / (1.0 + _exp32(-xg))
                             cb += w / (1.0 + _exp32(-xb))
                         else:  # colour with the batch; fetch the SH record meanwhile
-                            row = sh_row[v]
+                            if use_mask:  # the rank of the voxel among the block's voxels with density
+                                row = row_base[vb] + np.int64(_popcount(vbits & ((np.uint64(1) << np.uint64(vl)) - np.uint64(1))))
+                            else:
+                                row = np.int64(sh_row[v])
                             _prefetch(sh, row * nc)
                             _prefetch(sh, row * nc + nc - 1)
                             wbuf[nb] = w
@@ -574,7 +689,7 @@ def _march_ray(
                                 nb = 0
                         dep += w * tk
                         opa += w
-                        trans *= 1.0 - alpha
+                        trans *= tf
                         if trans < t_min:
                             done = True
                             break
@@ -625,9 +740,9 @@ def _march_ray(
     return cr, cg, cb, dep, opa, ns
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract", "nsz", "arcp"})
 def _march_rays(
-    r0, r1, trilinear, macro_tile, tiles, mdist, density, sh_row, sh, lo, scale, box, dc, df, shift, degree, origins, dirs,
+    r0, r1, trilinear, macro_tile, tiles, mdist, density, tf_table, vox_mask, row_base, sh_row, sh, lo, scale, box, dc, df, shift, degree, origins, dirs,
     viewdirs, near, far, bg, step, t_min, out_rgb, out_depth, out_opac, out_samples,
 ):  # fmt: skip
     """March rays r0..r1-1 into the outputs (one call per task: a call per ray would incref and
@@ -639,7 +754,7 @@ def _march_rays(
     rbuf = np.empty(COLOUR_BATCH, np.int64)
     for r in range(r0, r1):
         cr, cg, cb, dep, opa, ns = _march_ray(
-            trilinear, r, macro_tile, tiles, mdist, density, sh_row, sh, lo, scale, box, dc, df, shift, degree, origins, dirs,
+            trilinear, r, macro_tile, tiles, mdist, density, tf_table, vox_mask, row_base, sh_row, sh, lo, scale, box, dc, df, shift, degree, origins, dirs,
             viewdirs, near, far, step, t_min, basis, shacc, wbuf, rbuf,
         )  # fmt: skip
         out_rgb[r, 0] = cr + (1.0 - opa) * bg[0]
@@ -652,7 +767,7 @@ def _march_rays(
 
 @njit(parallel=True, cache=True, nogil=True)
 def _march_kernel(
-    trilinear, macro_tile, tiles, mdist, density, sh_row, sh, lo, scale, box, dc, df, degree, origins, dirs, viewdirs, near, far,
+    trilinear, macro_tile, tiles, mdist, density, tf_table, vox_mask, row_base, sh_row, sh, lo, scale, box, dc, df, degree, origins, dirs, viewdirs, near, far,
     bg, step, t_min, block, out_rgb, out_depth, out_opac, out_samples, order,
 ):  # fmt: skip
     n_rays = origins.shape[0]
@@ -664,7 +779,7 @@ def _march_kernel(
     for i in prange(order.shape[0]):
         task = order[i]
         _march_rays(
-            task * block, min(n_rays, (task + 1) * block), trilinear, macro_tile, tiles, mdist, density, sh_row, sh, lo, scale,
+            task * block, min(n_rays, (task + 1) * block), trilinear, macro_tile, tiles, mdist, density, tf_table, vox_mask, row_base, sh_row, sh, lo, scale,
             box, dc, df, shift, degree, origins, dirs, viewdirs, near, far, bg, step, t_min, out_rgb, out_depth, out_opac, out_samples,
         )  # fmt: skip
 
@@ -752,7 +867,7 @@ def march_cpu(
         return out
     f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
     _run_parallel(
-        _march_kernel, threads, r, lookup == "trilinear", ct.macro_tile, ct.tiles, ct.macro_dist, ct.density, ct.sh_row, ct.sh,
+        _march_kernel, threads, r, lookup == "trilinear", ct.macro_tile, ct.tiles, ct.macro_dist, ct.density, ct.transmittance(step), ct.vox_mask, ct.row_base, ct.sh_row, ct.sh,
         ct.lo, ct.scale, ct.box, ct.coarse_res, ct.fine_res, ct.sh_degree,
         f32(origins), f32(dirs), f32(viewdirs), near, far, np.asarray(background, np.float64).reshape(3), float(step), float(t_min),
         RAYS_PER_TASK, out["rgb"], out["depth"], out["opacity"], out["samples"],
