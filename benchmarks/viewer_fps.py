@@ -22,6 +22,7 @@ from pathlib import Path
 from turbonerf.app.runs import TreeOptions
 from turbonerf.app.view import ViewOptions, start_view
 from turbonerf.viewer.browser import BrowserClient, browser_unavailable
+from turbonerf.viewer.frames import DEFAULT_TARGET_FPS
 
 
 def drag(browser: BrowserClient, seconds: float, start: tuple[int, int], px_per_step: float = 4.0, step_ms: int = 16) -> float:
@@ -72,7 +73,7 @@ def main() -> None:
     p.add_argument("--step-scale", type=float, default=1.0)
     p.add_argument("--t-min", type=float, default=None, help="NerfTree early-termination transmittance (default: the renderer's)")
     p.add_argument("--max-res", type=int, default=400)
-    p.add_argument("--target-fps", type=float, default=15.0)
+    p.add_argument("--target-fps", type=float, default=DEFAULT_TARGET_FPS)
     p.add_argument("--still-seconds", type=float, default=0.2)
     p.add_argument("--cycles", type=int, default=3)
     p.add_argument("--move-seconds", type=float, default=4.0)

@@ -96,3 +96,17 @@ def test_inspect_real_lego_json(capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["splits"] == {"train": 100, "test": 200}
     assert info["width"] == 800 and abs(info["fx"] - 1111.11) < 0.1
+
+
+def test_view_options_default_as_the_viewer_does():
+    """The CLI writes its defaults out (importing the viewer would slow every --help); they must
+    agree with the application's."""
+    import inspect
+
+    from turbonerf.app.view import DEFAULT_PORT, ViewOptions
+    from turbonerf.cli.main import view
+
+    params = inspect.signature(view).parameters
+    assert params["target_fps"].default.default == ViewOptions().target_fps
+    assert params["port"].default.default == DEFAULT_PORT == ViewOptions().port
+    assert params["max_res"].default.default == ViewOptions().max_res

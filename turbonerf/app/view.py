@@ -24,7 +24,7 @@ from turbonerf.engine import runtime
 from turbonerf.engine.loop import sigterm_as_keyboard_interrupt
 from turbonerf.errors import TurboNerfError
 from turbonerf.methods.base import Method
-from turbonerf.viewer.frames import Resolution, SceneBounds
+from turbonerf.viewer.frames import DEFAULT_TARGET_FPS, Resolution, SceneBounds
 from turbonerf.viewer.live import LiveViewer
 from turbonerf.viewer.server import RenderSource, ViewerContent, ViewerOptions, ViewerServer, is_loopback
 
@@ -47,7 +47,7 @@ class ViewOptions:
     """the NerfTree to render with (implies ``baked``)"""
     max_res: int = 512
     """longer side of the full-resolution frame"""
-    target_fps: float = 15.0
+    target_fps: float = DEFAULT_TARGET_FPS
     """frame rate kept while the camera moves (the resolution adapts)"""
     still_seconds: float = 0.2
     device: str = "auto"

@@ -250,7 +250,7 @@ def view(
     step_scale: float = typer.Option(1.0, help="NerfTree marching step in fine voxels (2: twice as fast, see BENCHMARKS.md)"),
     t_min: Optional[float] = typer.Option(None, help=T_MIN_HELP),
     max_res: int = typer.Option(512, help="longer side of the full-resolution frame (rendered once the camera is still)"),
-    target_fps: float = typer.Option(15.0, help="frame rate to keep while the camera moves (the resolution adapts)"),
+    target_fps: float = typer.Option(20.0, help="frame rate to keep while the camera moves (the resolution adapts)"),
     device: str = typer.Option("auto", help="'auto', 'cpu' or 'cuda[:N]'"),
     bf16: bool = typer.Option(False, "--bf16/--fp32", help="render a model with bf16 where the hardware has native bf16 (lower quality: -2.7 dB on a lego Instant-NGP; off by default)"),
 ):

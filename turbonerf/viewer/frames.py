@@ -29,6 +29,9 @@ from turbonerf.render.renderer import RenderFn
 from turbonerf.viewer.camera import ViewPose, frame_size, full_size, view_cameras
 
 OUTPUTS = ("rgb", "depth", "opacity")
+DEFAULT_TARGET_FPS = 20.0
+"""frame rate kept while the camera moves: on a baked lego tree 15 gave both fewer frames and a
+later full frame than 20 (BENCHMARKS.md, the viewer and the browser's CPU share)"""
 MIN_PAUSE = 0.03
 """seconds without a camera update after which the camera may count as stopped"""
 
@@ -153,7 +156,7 @@ class Resolution:
     moving, the smallest side allowed."""
 
     max_res: int = 512
-    target_fps: float = 15.0
+    target_fps: float = DEFAULT_TARGET_FPS
     min_side: int = 16
 
     def moving(self, rate: float, aspect: float, overhead: float = 0.0) -> tuple[int, int]:
