@@ -27,7 +27,7 @@ import turbonerf.bake.march_cpu as march_cpu  # noqa: E402
 from turbonerf.app.runs import TreeOptions  # noqa: E402
 from turbonerf.app.view import ViewOptions, start_view  # noqa: E402
 from turbonerf.viewer import server as viewer_server  # noqa: E402
-from turbonerf.viewer.browser import BrowserClient, _browser_processes, browser_unavailable  # noqa: E402
+from turbonerf.viewer.browser import BrowserClient, browser_processes, browser_unavailable  # noqa: E402
 
 
 def thread_ticks(pids: list[int]) -> dict[tuple[int, int], int]:
@@ -88,7 +88,7 @@ def main() -> None:
             for session in server.clients():
                 session.show_frustums.value = False
             browser.pump(2.0)
-            pids = [os.getpid(), *_browser_processes(os.getpid())]
+            pids = [os.getpid(), *browser_processes(os.getpid())]
             stop = threading.Event()
 
             def sample():

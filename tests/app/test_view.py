@@ -1,6 +1,7 @@
 """``turbonerf view`` and ``train --viewer``; the browser test opens the viewer in headless Chromium."""
 
 import ipaddress
+import os
 import socket
 import sys
 import time
@@ -18,7 +19,7 @@ from turbonerf.app.view import ViewOptions, render_sources, run_cameras, scene_b
 from turbonerf.cli.main import main
 from turbonerf.data.synthetic import write_tiny_blender_scene
 from turbonerf.errors import TurboNerfError
-from turbonerf.viewer.browser import BrowserClient, browser_unavailable
+from turbonerf.viewer.browser import BrowserClient, browser_processes, browser_unavailable, lower_priority
 from turbonerf.viewer.camera import pose_from_cameras
 from turbonerf.viewer.frames import FrameJob
 
@@ -170,5 +171,9 @@ def test_the_viewer_in_a_real_browser(tiny_run):
             while time.perf_counter() < end and not (len(server.clients()) == 2 and all(c.frames_sent for c in server.clients())):
                 browser.pump(0.1)
             assert len(server.clients()) == 2 and all(c.frames_sent for c in server.clients())
+
+            # the harness finds the browser's processes and can lower their priority (viewer_fps --browser-nice)
+            chromium = browser_processes(os.getpid())
+            assert chromium and lower_priority(chromium, 5) >= len(chromium)
     finally:
         server.stop()

@@ -56,7 +56,7 @@ def browser_unavailable() -> str | None:
     return None
 
 
-def _browser_processes(pid: int) -> list[int]:
+def browser_processes(pid: int) -> list[int]:
     """The Chromium processes descended from ``pid`` (read from /proc; Linux): Playwright's driver
     (node) stays as it is, since it carries the frames' arrival events."""
     parents: dict[int, int] = {}
@@ -175,7 +175,7 @@ class BrowserClient:
             self.page.on("websocket", self._watch)
             self.page.goto(self.url, timeout=120_000, wait_until="domcontentloaded")  # a loaded CPU serves slowly
             if self.nice:  # after the page opened: its renderer process exists by now
-                lower_priority(_browser_processes(os.getpid()), self.nice)
+                lower_priority(browser_processes(os.getpid()), self.nice)
         except BaseException:
             self._pw.stop()
             raise
