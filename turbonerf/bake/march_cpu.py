@@ -622,7 +622,6 @@ def _march_ray(
                         k_done = kk
                         gx, gy, gz = ox + tk * dx, oy + tk * dy, oz + tk * dz
                         sigma = 0.0
-                        v = -1
                         if trilinear:
                             _prefetch_ahead(  # memory latency dominates: fetch ahead
                                 macro_tile, tiles, density, sh_row, sh, ox, oy, oz, dx, dy, dz, tk + PREFETCH_AHEAD * step,
