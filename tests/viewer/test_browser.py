@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from turbonerf.viewer.browser import lower_priority
+from turbonerf.viewer.browser import _autogroup, lower_priority
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc (Linux)")
 
@@ -38,3 +38,12 @@ def test_lower_priority_skips_processes_that_are_gone():
     child = subprocess.Popen(["true"])
     child.wait()
     assert lower_priority([child.pid], 5) == 0
+
+
+def test_autogroup_is_none_where_the_kernel_gives_no_name(tmp_path):
+    empty, named = tmp_path / "empty", tmp_path / "named"
+    empty.write_text("")
+    named.write_text("/autogroup-208 nice 0\n")
+    assert _autogroup(empty) is None
+    assert _autogroup(tmp_path / "missing") is None
+    assert _autogroup(named) == "/autogroup-208"

@@ -86,13 +86,13 @@ def lower_priority(pids: list[int], nice: int) -> int:
     """Give processes ``pids`` the CPU priority ``nice`` (all their threads, and the scheduler
     autogroup of any that sits in another session than this process); returns how many threads
     were changed. Does nothing where /proc has no such files (not Linux)."""
-    own = Path("/proc/self/autogroup")
-    own_group = own.read_text().split()[0] if own.exists() else None
+    own_group = _autogroup(Path("/proc/self/autogroup"))
     changed = 0
     for pid in pids:
         group = Path(f"/proc/{pid}/autogroup")
         try:
-            if own_group is not None and group.read_text().split()[0] != own_group:
+            theirs = _autogroup(group)
+            if own_group is not None and theirs is not None and theirs != own_group:
                 group.write_text(str(nice))
             for task in Path(f"/proc/{pid}/task").iterdir():
                 os.setpriority(os.PRIO_PROCESS, int(task.name), nice)
@@ -100,6 +100,17 @@ def lower_priority(pids: list[int], nice: int) -> int:
         except (OSError, ValueError):  # gone meanwhile, or not allowed: leave it
             continue
     return changed
+
+
+def _autogroup(path: Path) -> str | None:
+    """The scheduler autogroup named in ``path`` (a /proc/<pid>/autogroup file, e.g.
+    "/autogroup-208 nice 0"), or None where the file is missing, unreadable or empty (kernels and
+    sandboxes without autogroups)."""
+    try:
+        fields = path.read_text().split()
+    except OSError:
+        return None
+    return fields[0] if fields else None
 
 
 def background_frames(payload: bytes) -> list[np.ndarray]:
