@@ -6,7 +6,8 @@ The page is square (so the full frame is ``--max-res`` x ``--max-res``). Each cy
 mouse over the canvas for ``--move-seconds`` (viser's orbit controls turn the camera; the browser
 sends camera updates as it would for a person), then releases it: the frames that arrived during
 the drag (after its first ``--warmup`` seconds) give the moving FPS and their resolutions; the
-first full-resolution frame after the last mouse move gives the time to the full frame.
+full-resolution frame of the final camera (the last frame to arrive after the last mouse move,
+none following it for ``--quiet`` seconds) gives the time to the full frame.
 
     python benchmarks/viewer_fps.py --run runs/lego_ngp --tree runs/lego_ngp/baked/tree_192.safetensors --step-scale 2
 """
@@ -46,22 +47,28 @@ def drag(browser: BrowserClient, seconds: float, start: tuple[int, int], px_per_
     return last
 
 
-def cycle(browser: BrowserClient, full: int, move_seconds: float, warmup: float, settle: float) -> dict:
-    """One drag, then the wait for the full frame."""
+def cycle(browser: BrowserClient, full: int, move_seconds: float, warmup: float, settle: float, quiet: float) -> dict:
+    """One drag, then the wait for the full frame of the final camera: the last frame to arrive
+    (none for ``quiet`` seconds after it), if it is full-width. A full frame of an earlier camera
+    (one the server had rendered before the last camera update reached it) does not count."""
     t_start = time.perf_counter()
     t_stop = drag(browser, move_seconds, (browser.viewport[0] // 3, browser.viewport[1] // 2))
     moving = [f for f in browser.frames if t_start + warmup <= f.t <= t_stop]
     end = time.perf_counter() + settle
-    t_full = None
-    while time.perf_counter() < end and t_full is None:
+    while time.perf_counter() < end:
         browser.pump(0.01)
-        t_full = next((f.t for f in browser.frames if f.t > t_stop and f.width == full), None)
+        last = browser.frames[-1]
+        if last.t > t_stop and last.width == full and time.perf_counter() - last.t >= quiet:
+            break
+    after = [f for f in browser.frames if f.t > t_stop]
+    t_full = after[-1].t if after and after[-1].width == full else None
     window = t_stop - (t_start + warmup)
     return {
         "moving_fps": len(moving) / window if window > 0 else float("nan"),
         "moving_frames": len(moving),
         "moving_median_size": statistics.median(f.width for f in moving) if moving else None,
         "full_after_stop_s": None if t_full is None else t_full - t_stop,
+        "frames_after_stop": [[round(f.t - t_stop, 4), f.width] for f in after],
     }
 
 
@@ -79,6 +86,7 @@ def main() -> None:
     p.add_argument("--move-seconds", type=float, default=4.0)
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--settle", type=float, default=5.0, help="longest wait for the full frame")
+    p.add_argument("--quiet", type=float, default=0.5, help="seconds without a new frame after which the last one counts as final")
     p.add_argument("--viewport", type=int, default=600, help="side of the square page in CSS pixels")
     p.add_argument("--frustums", action="store_true", help="keep the training cameras' frustums drawn (hidden by default: "
                    "headless Chromium draws them in software, on the same CPU as the renderer)")
@@ -100,7 +108,7 @@ def main() -> None:
             for session in server.clients():
                 session.show_frustums.value = args.frustums
             browser.pump(2.0)
-            cycles = [cycle(browser, args.max_res, args.move_seconds, args.warmup, args.settle) for _ in range(args.cycles)]
+            cycles = [cycle(browser, args.max_res, args.move_seconds, args.warmup, args.settle, args.quiet) for _ in range(args.cycles)]
             browser.pump(1.0)
             if args.screenshot:
                 browser.close_notifications()

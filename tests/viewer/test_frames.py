@@ -5,21 +5,23 @@ import pytest
 import torch
 
 from turbonerf.viewer.camera import ViewPose
-from turbonerf.viewer.frames import FrameJob, PixelRate, Resolution, SceneBounds, ViewState, colorize
+from turbonerf.viewer.frames import FrameJob, PixelRate, Resolution, SceneBounds, ViewState, colorize, lattice
 
 POSE = ViewPose((1.0, 0.0, 0.0, 0.0), (0.0, 0.0, -3.0), fov=0.8, aspect=1.0)
 BOUNDS = SceneBounds(near=0.5, far=6.0, ndc=False, background=torch.ones(3))
 
 
 class CountingRenderer:
-    """A render function that colours each ray by its direction and counts its calls."""
+    """A render function that colours each ray by its direction and counts its calls and rays."""
 
     def __init__(self):
         self.calls = 0
+        self.rays = 0
 
     def __call__(self, rays, background):
         self.calls += 1
         n = len(rays)
+        self.rays += n
         return {"rgb": (rays.directions * 0.5 + 0.5).clamp(0, 1), "depth": torch.full((n,), 2.0), "opacity": torch.ones(n)}
 
 
@@ -42,6 +44,40 @@ def test_a_deadline_spreads_a_frame_over_calls():
     while not job.advance(deadline=0.0):  # a past deadline: one chunk per call
         calls += 1
     assert calls == 3 and fn.calls == 4
+
+
+def test_lattice_takes_the_nearest_full_pixels_in_order():
+    assert torch.equal(lattice(400, 400), torch.arange(400))
+    assert torch.equal(lattice(400, 200), 2 * torch.arange(200) + 1)
+    for full, n in ((400, 311), (288, 17), (7, 3)):
+        idx = lattice(full, n)
+        assert len(idx) == n and bool((idx[1:] > idx[:-1]).all())  # distinct, in order
+        centres = (torch.arange(n, dtype=torch.float64) + 0.5) / n
+        assert float(((idx.double() + 0.5) / full - centres).abs().max()) <= 0.5 / full + 1e-12  # within half a full pixel
+
+
+def test_a_full_frame_reuses_the_pixels_of_its_moving_frame():
+    fn = CountingRenderer()
+    whole = FrameJob(fn, POSE, (20, 24), BOUNDS, chunk=256, device=torch.device("cpu"))
+    assert whole.advance()
+    moving = FrameJob(CountingRenderer(), POSE, (13, 9), BOUNDS, chunk=256, device=torch.device("cpu"), grid=(20, 24))
+    assert moving.advance()
+    rows, cols = lattice(20, 13), lattice(24, 9)
+    expected = whole.outputs()["rgb"].reshape(20, 24, 3)[rows][:, cols]
+    assert torch.equal(moving.outputs()["rgb"].reshape(13, 9, 3), expected)  # the moving frame is full-frame pixels
+    fn_full = CountingRenderer()
+    full = FrameJob(fn_full, POSE, (20, 24), BOUNDS, chunk=256, device=torch.device("cpu"), full=True, reuse=moving)
+    assert full.advance()
+    assert fn_full.rays == 20 * 24 - 13 * 9  # only the pixels the moving frame lacks
+    for k, v in whole.outputs().items():
+        assert torch.equal(full.outputs()[k], v)
+    assert np.array_equal(full.image("rgb"), whole.image("rgb"))
+    other = ViewPose(POSE.wxyz, (0.0, 0.1, -3.0), POSE.fov, POSE.aspect)
+    fn_other = CountingRenderer()
+    FrameJob(fn_other, other, (20, 24), BOUNDS, chunk=256, device=torch.device("cpu"), reuse=moving).advance()
+    assert fn_other.rays == 20 * 24  # another camera: nothing to reuse
+    with pytest.raises(ValueError):
+        FrameJob(fn, POSE, (21, 24), BOUNDS, chunk=256, device=torch.device("cpu"), grid=(20, 24))
 
 
 def test_colorize_outputs():
@@ -81,17 +117,14 @@ def test_view_state_plans_moving_frames_then_the_full_frame():
     assert s.plan(0.0, 0.2)[0] is None  # no camera yet
     for i in range(20):  # the browser sends updates every 40 ms while the camera moves
         s.set_pose(POSE, now=10.0 + 0.04 * i)
-    assert s.update_gap == pytest.approx(0.04, rel=0.05)
     now = s.changed_at
     assert s.plan(now + 0.01, 0.2)[0] == "moving"
     v = s.version
     s.set_pose(POSE, now=now + 0.04)  # the camera moved while that frame rendered
     s.sent(v, False, now + 0.05)
-    assert s.plan(now + 0.05, 0.2)[0] == "moving"
+    assert s.plan(now + 0.05, 0.2)[0] == "moving"  # the newest camera first gets its moving frame
     s.sent(s.version, False, now + 0.07)
-    kind, wait = s.plan(now + 0.07, 0.2)  # no update yet: stopped only after 1.5 gaps (60 ms)
-    assert kind is None and wait == pytest.approx(0.03, abs=0.005)
-    assert s.plan(now + 0.11, 0.2)[0] == "full"
+    assert s.plan(now + 0.07, 0.2) == ("full", 0.0)  # then its full frame at once, not after a pause
     s.sent(s.version, True, now + 0.2)
     assert s.plan(now + 1.0, 0.2) == (None, math.inf)
     s.set_pose(POSE, now=now + 2.0)
@@ -100,10 +133,3 @@ def test_view_state_plans_moving_frames_then_the_full_frame():
     s.invalidate()  # e.g. another output: the still camera gets a full frame at once
     assert s.plan(now + 3.0, 0.2)[0] == "full"
     assert s.fps(now + 2.5) == 1.0  # frames sent in the last second
-
-
-def test_the_pause_that_means_stopped_follows_the_update_pace():
-    s = ViewState(update_gap=0.01)
-    assert s.pause(0.2) == pytest.approx(0.03)  # at least MIN_PAUSE
-    s.update_gap = 0.3
-    assert s.pause(0.2) == pytest.approx(0.2)  # at most still_seconds

@@ -6,9 +6,14 @@ The rule (nerfstudio's, plus the fixed cost of a frame): while the camera moves,
 ``pixels = pixels_per_second x (1 / target_fps - overhead)`` pixels, with the speed measured on
 every rendered chunk and the overhead (making the frame's rays, colouring, JPEG encoding,
 sending) on every frame sent;
-once the camera stops the frame is rendered at full resolution, and that render is abandoned
-between chunks when the camera moves again. "Stopped" follows the browser's own pace: no camera
-update for 1.5 times the usual gap between updates (:meth:`ViewState.plan`).
+the full-resolution frame is started as soon as the latest camera has its moving frame and no
+newer camera came (:meth:`ViewState.plan`): the server does not wait to learn that the camera
+stopped, it renders the full frame in the time it would otherwise wait for the next camera update,
+and abandons it between chunks when the camera moves again.
+
+A moving frame is made of pixels of the full frame (:func:`lattice`: the full frame's pixels nearest
+to a smaller frame's pixel centres), so the full frame that follows it at the same camera renders
+only the pixels the moving frame did not (``FrameJob(reuse=...)``).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from torch import Tensor
 
 from turbonerf.engine import runtime
 from turbonerf.io.media import depth_to_png, to_uint8
-from turbonerf.rays import RayBundle, image_ray_bundle
+from turbonerf.rays import RayBundle, make_rays
 from turbonerf.render.renderer import RenderFn
 from turbonerf.viewer.camera import ViewPose, frame_size, full_size, view_cameras
 
@@ -32,8 +37,6 @@ OUTPUTS = ("rgb", "depth", "opacity")
 DEFAULT_TARGET_FPS = 20.0
 """frame rate kept while the camera moves: on a baked lego tree 15 gave both fewer frames and a
 later full frame than 20 (BENCHMARKS.md, the viewer and the browser's CPU share)"""
-MIN_PAUSE = 0.03
-"""seconds without a camera update after which the camera may count as stopped"""
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,13 @@ def colorize(outputs: dict[str, Tensor], output: str, height: int, width: int) -
     return np.repeat(grey[..., None], 3, axis=-1)
 
 
+def lattice(full: int, n: int) -> Tensor:
+    """[n] (long) indices of the pixels, among ``full`` in a row or column, nearest to the
+    centres of ``n <= full`` evenly spaced ones: the rows or columns of an n-pixel frame taken
+    from a full-pixel frame of the same camera (off by at most half a full pixel)."""
+    return ((torch.arange(n, dtype=torch.float64) + 0.5) * (full / n)).floor().long().clamp(0, full - 1)
+
+
 class FrameJob:
     """One frame being rendered: the rays of a view camera, rendered ``chunk`` rays at a time.
 
@@ -68,19 +78,43 @@ class FrameJob:
     the frame is no longer wanted (checked between chunks), so a render can be abandoned when the
     camera moves, or spread over training steps. Rendering runs without gradients, under bf16
     autocast when ``bf16``.
+
+    The frame's pixels are pixels of a ``grid`` frame of the same camera (default: ``size``
+    itself), on :func:`lattice` rows and columns when ``size`` is smaller. ``reuse``: a
+    finished frame of the same camera and grid whose pixels this one takes instead of rendering
+    them again (a full frame after its moving frame).
     """
 
     def __init__(self, render_fn: RenderFn, pose: ViewPose, size: tuple[int, int], bounds: SceneBounds,
-                 chunk: int, device: torch.device, bf16: bool = False, full: bool = False):
+                 chunk: int, device: torch.device, bf16: bool = False, full: bool = False,
+                 grid: tuple[int, int] | None = None, reuse: "FrameJob | None" = None):
         self.render_fn = render_fn
         self.height, self.width = size
+        self.grid = grid or size
+        if self.height > self.grid[0] or self.width > self.grid[1]:
+            raise ValueError(f"a {size} frame cannot take its pixels from a {self.grid} one")
         self.full = full
         self.device = device
         self.bf16 = bf16
         self.background = bounds.background.to(device)
         t0 = time.perf_counter()
-        cams = view_cameras(pose, self.height, self.width, bounds.ndc_focal if bounds.ndc else None)
-        self.rays: RayBundle = image_ray_bundle(cams, 0, bounds.near, bounds.far, bounds.ndc).to(device)
+        grid_h, grid_w = self.grid
+        rows, cols = lattice(grid_h, self.height), lattice(grid_w, self.width)
+        self.pixel_ids = (rows[:, None] * grid_w + cols[None, :]).reshape(-1)
+        """[h * w] the grid pixel of each of this frame's pixels, row-major"""
+        self.reuse = reuse if reuse is not None and reuse.finished and reuse.grid == self.grid and reuse.pose == pose else None
+        self.pose = pose
+        if self.reuse is not None:  # render only what the reused frame lacks, in this frame's order
+            have = torch.zeros(grid_h * grid_w, dtype=torch.bool)
+            have[self.reuse.pixel_ids] = True
+            render_ids = self.pixel_ids[~have[self.pixel_ids]]
+        else:
+            render_ids = self.pixel_ids
+        self.render_ids = render_ids
+        """[R] the grid pixels this job renders"""
+        cams = view_cameras(pose, grid_h, grid_w, bounds.ndc_focal if bounds.ndc else None)
+        idx = torch.zeros(len(render_ids), dtype=torch.long)
+        self.rays: RayBundle = make_rays(cams, idx, render_ids % grid_w, render_ids // grid_w, bounds.near, bounds.far, bounds.ndc).to(device)
         self.setup_seconds = time.perf_counter() - t0
         """time spent making the rays"""
         self.chunk = max(int(chunk), 256)
@@ -117,10 +151,28 @@ class FrameJob:
                 return False
         return True
 
+    def outputs(self) -> dict[str, Tensor]:
+        """The finished frame's outputs per pixel, row-major: rgb [h * w, 3], depth and opacity
+        [h * w]."""
+        rendered = {k: torch.cat(v, dim=0) for k, v in self.parts.items()}
+        if self.reuse is None:
+            return rendered
+        position = torch.full((self.grid[0] * self.grid[1],), -1, dtype=torch.long)  # grid pixel -> pixel of this frame
+        position[self.pixel_ids] = torch.arange(len(self.pixel_ids))
+        taken = position[self.reuse.pixel_ids]
+        keep = taken >= 0
+        merged = {}
+        for k, old in self.reuse.outputs().items():
+            out = torch.empty((len(self.pixel_ids),) + old.shape[1:], dtype=old.dtype)
+            if k in rendered:
+                out[position[self.render_ids]] = rendered[k]
+            out[taken[keep]] = old[keep]
+            merged[k] = out
+        return merged
+
     def image(self, output: str) -> np.ndarray:
         """The finished frame as uint8 [H, W, 3]."""
-        outputs = {k: torch.cat(v, dim=0) for k, v in self.parts.items()}
-        return colorize(outputs, output, self.height, self.width)
+        return colorize(self.outputs(), output, self.height, self.width)
 
 
 @dataclass
@@ -184,20 +236,11 @@ class ViewState:
     shown_full: bool = False
     frame_times: list[float] = field(default_factory=list)
     """perf_counter times of the frames sent in the last second (the panel's FPS)"""
-    update_gap: float = 0.05
-    """seconds between camera updates while the camera moves (moving average)"""
 
     def set_pose(self, pose: ViewPose, now: float) -> None:
-        if 0.0 < now - self.changed_at < 1.0:  # the browser's pace of camera updates while it moves
-            self.update_gap = 0.7 * self.update_gap + 0.3 * (now - self.changed_at)
         self.pose = pose
         self.version += 1
         self.changed_at = now
-
-    def pause(self, still_seconds: float) -> float:
-        """How long without a camera update counts as stopped: 1.5 update gaps, within
-        [MIN_PAUSE, still_seconds]."""
-        return min(max(1.5 * self.update_gap, MIN_PAUSE), still_seconds)
 
     def invalidate(self) -> None:
         """The image changes though the camera did not (output, renderer, a newer model): render
@@ -208,16 +251,17 @@ class ViewState:
         """("moving" | "full" | None, seconds to wait before asking again when None).
 
         A camera change is rendered as a moving frame, unless it is already ``still_seconds``
-        old. The camera has stopped when no update came for :meth:`pause` (1.5 times the
-        browser's own pace of updates, at most ``still_seconds``): the full frame follows, and is
-        abandoned between chunks if the camera moves again."""
+        old. Once the latest camera has its moving frame, its full frame follows at once, without
+        waiting to see whether the camera stopped: the browser sends camera updates every 20-60 ms
+        while it moves, and waiting for a gap that long was most of the full frame's delay
+        (BENCHMARKS.md). If the camera moves again the full frame is abandoned between chunks
+        (:meth:`FrameJob.advance`), so a moving frame waits at most one chunk for it."""
         if self.pose is None:
             return None, math.inf
         if self.shown_version != self.version:
             return ("full" if now - self.changed_at >= still_seconds else "moving"), 0.0
         if not self.shown_full:
-            wait = self.changed_at + self.pause(still_seconds) - now
-            return ("full", 0.0) if wait <= 0 else (None, wait)
+            return "full", 0.0
         return None, math.inf
 
     def sent(self, version: int, full: bool, now: float) -> None:

@@ -123,6 +123,9 @@ class ClientSession:
         self.rates: dict[str, PixelRate] = {}
         self.job: FrameJob | None = None
         self.job_version = -1
+        self.last_moving: FrameJob | None = None
+        """the last moving frame sent, whose pixels the full frame of the same camera reuses"""
+        self.last_moving_version = -1
         self.closed = False
         self.last_panel = 0.0
         self.last_ms = float("nan")
@@ -236,17 +239,21 @@ class ClientSession:
         opts, pose = self.viewer.options, self.state.pose
         resolution = dataclasses.replace(opts.resolution, max_res=int(self.max_res.value))
         rate = self._rate().rate * opts.rate_scale
+        full = resolution.still(pose.aspect)
+        if math.isfinite(opts.max_frame_seconds) and full[0] * full[1] > rate * opts.max_frame_seconds:
+            full = resolution.moving(rate * opts.max_frame_seconds * resolution.target_fps, pose.aspect)
         if not self._rate().measured:  # a first small frame measures the render speed
             size = frame_size(FIRST_FRAME_PIXELS, pose.aspect, resolution.max_res)
         elif kind == "moving":
             size = resolution.moving(rate, pose.aspect, self._rate().overhead)
         else:
-            size = resolution.still(pose.aspect)
-            if math.isfinite(opts.max_frame_seconds) and size[0] * size[1] > rate * opts.max_frame_seconds:
-                size = resolution.moving(rate * opts.max_frame_seconds * resolution.target_fps, pose.aspect)
+            size = full
+        grid = full if size[0] <= full[0] and size[1] <= full[1] else size  # a moving frame: pixels of the full one
+        reuse = self.last_moving if kind == "full" and self.last_moving_version == self.state.version else None
         chunk = int(self._rate().rate * opts.chunk_seconds)
         render_fn = self.viewer.render_fn(self.source.value)
-        return FrameJob(render_fn, pose, size, self.viewer.content.bounds, chunk, opts.device, opts.bf16, full=kind == "full")
+        return FrameJob(render_fn, pose, size, self.viewer.content.bounds, chunk, opts.device, opts.bf16,
+                        full=kind == "full", grid=grid, reuse=reuse)
 
     def next_job(self, now: float) -> tuple[FrameJob | None, float]:
         """The frame to work on now (continuing an unfinished one when it is still wanted), or
@@ -293,6 +300,7 @@ class ClientSession:
         self.frames_sent += 1
         with self.cond:
             self.state.sent(self.job_version, job.full, now)
+            self.last_moving, self.last_moving_version = (None, -1) if job.full else (job, self.job_version)
             self.job = None
         self._update_panel(now, force=job.full)
 
