@@ -81,8 +81,8 @@ class FrameJob:
 
     The frame's pixels are pixels of a ``grid`` frame of the same camera (default: ``size``
     itself), on :func:`lattice` rows and columns when ``size`` is smaller. ``reuse``: a
-    finished frame of the same camera and grid whose pixels this one takes instead of rendering
-    them again (a full frame after its moving frame).
+    finished frame of the same camera and grid whose pixels a frame of the grid's size takes
+    instead of rendering them again (a full frame after its moving frame).
     """
 
     def __init__(self, render_fn: RenderFn, pose: ViewPose, size: tuple[int, int], bounds: SceneBounds,
@@ -102,7 +102,8 @@ class FrameJob:
         rows, cols = lattice(grid_h, self.height), lattice(grid_w, self.width)
         self.pixel_ids = (rows[:, None] * grid_w + cols[None, :]).reshape(-1)
         """[h * w] the grid pixel of each of this frame's pixels, row-major"""
-        self.reuse = reuse if reuse is not None and reuse.finished and reuse.grid == self.grid and reuse.pose == pose else None
+        self.reuse = reuse if (reuse is not None and reuse.finished and reuse.grid == self.grid == tuple(size)
+                               and reuse.pose == pose) else None
         self.pose = pose
         if self.reuse is not None:  # render only what the reused frame lacks, in this frame's order
             have = torch.zeros(grid_h * grid_w, dtype=torch.bool)
@@ -157,16 +158,12 @@ class FrameJob:
         rendered = {k: torch.cat(v, dim=0) for k, v in self.parts.items()}
         if self.reuse is None:
             return rendered
-        position = torch.full((self.grid[0] * self.grid[1],), -1, dtype=torch.long)  # grid pixel -> pixel of this frame
-        position[self.pixel_ids] = torch.arange(len(self.pixel_ids))
-        taken = position[self.reuse.pixel_ids]
-        keep = taken >= 0
-        merged = {}
+        merged = {}  # the frame is its grid here: its pixel i is grid pixel i
         for k, old in self.reuse.outputs().items():
             out = torch.empty((len(self.pixel_ids),) + old.shape[1:], dtype=old.dtype)
             if k in rendered:
-                out[position[self.render_ids]] = rendered[k]
-            out[taken[keep]] = old[keep]
+                out[self.render_ids] = rendered[k]
+            out[self.reuse.pixel_ids] = old
             merged[k] = out
         return merged
 
