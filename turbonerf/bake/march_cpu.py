@@ -413,6 +413,8 @@ def _flush_colour(sh, wbuf, rbuf, nb, basis, k, cr, cg, cb):
         w = wbuf[i]
         if k == 9:  # the default degree, as a constant the compiler unrolls the dot products for
             xr, xg, xb = _sh_dot(sh, base, basis, 9)
+        elif k == 4:  # sh_degree 2, likewise
+            xr, xg, xb = _sh_dot(sh, base, basis, 4)
         else:
             xr, xg, xb = _sh_dot(sh, base, basis, k)
         cr += w / (1.0 + _exp32(-xr))
