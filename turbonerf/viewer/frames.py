@@ -89,6 +89,7 @@ class FrameJob:
                  chunk: int, device: torch.device, bf16: bool = False, full: bool = False,
                  grid: tuple[int, int] | None = None, reuse: "FrameJob | None" = None):
         self.render_fn = render_fn
+        self.pose = pose
         self.height, self.width = size
         self.grid = grid or size
         if self.height > self.grid[0] or self.width > self.grid[1]:
@@ -104,7 +105,6 @@ class FrameJob:
         """[h * w] the grid pixel of each of this frame's pixels, row-major"""
         self.reuse = reuse if (reuse is not None and reuse.finished and reuse.grid == self.grid == tuple(size)
                                and reuse.pose == pose) else None
-        self.pose = pose
         if self.reuse is not None:  # render only what the reused frame lacks, in this frame's order
             have = torch.zeros(grid_h * grid_w, dtype=torch.bool)
             have[self.reuse.pixel_ids] = True
@@ -123,10 +123,6 @@ class FrameJob:
         self.done_rays = 0
         self.seconds = 0.0
         """time spent rendering this frame so far (over all advance calls)"""
-
-    @property
-    def pixels(self) -> int:
-        return self.height * self.width
 
     @property
     def finished(self) -> bool:
