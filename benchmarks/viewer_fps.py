@@ -7,7 +7,9 @@ mouse over the canvas for ``--move-seconds`` (viser's orbit controls turn the ca
 sends camera updates as it would for a person), then releases it: the frames that arrived during
 the drag (after its first ``--warmup`` seconds) give the moving FPS and their resolutions; the
 full-resolution frame of the final camera (the last frame to arrive after the last mouse move,
-none following it for ``--quiet`` seconds) gives the time to the full frame.
+none following it for ``--quiet`` seconds) gives the time to the full frame, counted from the
+last mouse move and from the last camera update the page sent (viser's controls ease the camera on
+for a while after the mouse stops: the camera stops there).
 
     python benchmarks/viewer_fps.py --run runs/lego_ngp --tree runs/lego_ngp/baked/tree_192.safetensors --step-scale 2
 """
@@ -62,12 +64,16 @@ def cycle(browser: BrowserClient, full: int, move_seconds: float, warmup: float,
             break
     after = [f for f in browser.frames if f.t > t_stop]
     t_full = after[-1].t if after and after[-1].width == full else None
+    sent = [t for t in browser.camera_updates if t_full is not None and t <= t_full]
+    t_camera = sent[-1] if sent else None  # the camera stopped here: viser's controls ease it on after the mouse stops
     window = t_stop - (t_start + warmup)
     return {
         "moving_fps": len(moving) / window if window > 0 else float("nan"),
         "moving_frames": len(moving),
         "moving_median_size": statistics.median(f.width for f in moving) if moving else None,
         "full_after_stop_s": None if t_full is None else t_full - t_stop,
+        "full_after_camera_stop_s": None if t_camera is None else t_full - t_camera,
+        "camera_updates_after_stop": [round(t - t_stop, 4) for t in browser.camera_updates if t > t_stop],
         "frames_after_stop": [[round(f.t - t_stop, 4), f.width] for f in after],
     }
 
@@ -117,12 +123,14 @@ def main() -> None:
     finally:
         server.stop()
     fulls = [c["full_after_stop_s"] for c in cycles if c["full_after_stop_s"] is not None]
+    from_camera = [c["full_after_camera_stop_s"] for c in cycles if c["full_after_camera_stop_s"] is not None]
     result = {
         "run": str(args.run), "tree": str(args.tree) if args.tree else None, "step_scale": args.step_scale, "t_min": args.t_min,
         "max_res": args.max_res, "target_fps": args.target_fps, "still_seconds": args.still_seconds,
         "viewport": args.viewport, "frustums": args.frustums, "browser_nice": args.browser_nice,
         "moving_fps_median": statistics.median(c["moving_fps"] for c in cycles),
         "full_after_stop_median_s": statistics.median(fulls) if fulls else None,
+        "full_after_camera_stop_median_s": statistics.median(from_camera) if from_camera else None,
         "full_frames_missing": len(cycles) - len(fulls),
         "cycles": cycles,
     }

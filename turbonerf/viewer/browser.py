@@ -8,7 +8,9 @@ Chromium needs SwiftShader (``--enable-unsafe-swiftshader``); ``--no-sandbox`` l
 
 Frames are counted at the client: every websocket message is decoded as viser's wire format
 (16-byte header, zstd-compressed msgpack, raw buffers) and each ``BackgroundImageMessage`` is
-recorded with its arrival time and JPEG size.
+recorded with its arrival time and JPEG size. The camera updates the page sends (msgpack
+``ViewerCameraMessage``) are recorded with their times: the camera has stopped at the last one
+(viser's controls ease the camera for a while after the mouse stops).
 
 CPU priority: the browser draws WebGL in software on the same cores as the renderer it watches.
 Chromium starts its processes in new sessions, and Linux's scheduler autogroups (on by default)
@@ -137,6 +139,17 @@ def background_frames(payload: bytes) -> list[np.ndarray]:
     return images
 
 
+def is_camera_update(payload: bytes) -> bool:
+    """Whether a message the page sent (viser's client sends plain msgpack) is a camera update."""
+    import msgspec
+
+    try:
+        message = msgspec.msgpack.decode(payload)
+    except msgspec.DecodeError:
+        return False
+    return isinstance(message, dict) and message.get("type") == "ViewerCameraMessage"
+
+
 def _binary_buffers(payload: bytes, offset: int, lengths) -> list[bytes]:
     out = []
     for n in lengths:
@@ -172,6 +185,8 @@ class BrowserClient:
     """CPU priority of the browser's processes (0: as the server's; 19: only what the server leaves)"""
     frames: list[Frame] = field(default_factory=list)
     last_image: np.ndarray | None = None
+    camera_updates: list[float] = field(default_factory=list)
+    """when (``time.perf_counter()``) the page sent each camera update to the server"""
 
     def __enter__(self) -> "BrowserClient":
         from playwright.sync_api import sync_playwright
@@ -194,6 +209,11 @@ class BrowserClient:
 
     def _watch(self, ws) -> None:
         ws.on("framereceived", self._on_message)
+        ws.on("framesent", self._on_sent)
+
+    def _on_sent(self, payload) -> None:
+        if not isinstance(payload, str) and is_camera_update(payload):
+            self.camera_updates.append(time.perf_counter())
 
     def _on_message(self, payload) -> None:
         if isinstance(payload, str):
