@@ -26,10 +26,12 @@ voxels and pixels have similar footprints. So:
   touch only the 128 bytes of densities of their block; :func:`bake` stores blocks tile by tile;
   SH rows exist only for voxels with density;
 - each pool block of at most 64 voxels (D_f <= 4) has a 64-bit occupancy mask and the SH row of
-  its first voxel with density (:func:`voxel_masks`): a sample in an empty voxel is rejected by
-  its bit without reading a density, and a voxel's SH row is that base plus a popcount, instead of
-  a read of the 256-byte ``sh_row`` entries of its block (with the next point, 1.10-1.13x a lego
-  frame, the image unchanged; BENCHMARKS.md);
+  its first voxel with density (:func:`voxel_masks`): a voxel's SH row is that base plus a
+  popcount, instead of a read of the 256-byte ``sh_row`` entries of its block (with the next
+  point, 1.10-1.13x a lego frame, the image unchanged; BENCHMARKS.md). Whether a sample's voxel
+  has density is as good as random along a ray, so the kernel does not branch on the bit: an
+  empty voxel's density is 0 (transmittance 1, weight 0) and its entry in the colour queue is
+  overwritten by the next one (1.00-1.05x a lego frame);
 - a float16 density's transmittance exp(-sigma * step) is read from a 256 KB table of all 65536
   bit patterns, made once per step (:func:`transmittance_table`), instead of decoded and
   exponentiated;
@@ -586,6 +588,7 @@ def _march_ray(
     nb = 0  # samples waiting for their colour in wbuf / rbuf
     df3 = df * df * df
     use_mask = vox_mask.shape[0] > 0
+    has = np.int64(1)
     k_done = -1
     t = ta
     mx, sx, tmx, tdx = _dda_init(ox, dx, t, TILE, 0, dm - 1)
@@ -653,10 +656,10 @@ def _march_ray(
                             if sigma <= 0.0:
                                 continue
                             tf = _exp32(-sigma * step)
-                        elif use_mask:  # the block's bit says whether the voxel has density: no read of an empty one
+                        elif use_mask:  # no branch on the voxel's bit (it is as good as random): an empty voxel's
+                            # density is 0, its transmittance 1, and its queue entry is overwritten
                             vbits = vox_mask[vb]
-                            if (vbits >> np.uint64(vl)) & np.uint64(1) == 0:
-                                continue
+                            has = np.int64((vbits >> np.uint64(vl)) & np.uint64(1))
                             tf = _transmittance(density[v], tf_table, step)
                         else:
                             tf = _transmittance(density[v], tf_table, step)
@@ -684,7 +687,7 @@ def _march_ray(
                             _prefetch(sh, row * nc + nc - 1)
                             wbuf[nb] = w
                             rbuf[nb] = row
-                            nb += 1
+                            nb += has if use_mask else 1
                             if nb == COLOUR_BATCH:
                                 cr, cg, cb = _flush_colour(sh, wbuf, rbuf, nb, basis, k, cr, cg, cb)
                                 nb = 0
