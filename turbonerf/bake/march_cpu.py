@@ -31,7 +31,7 @@ voxels and pixels have similar footprints. So:
   point, 1.10-1.13x a lego frame, the image unchanged; BENCHMARKS.md). Whether a sample's voxel
   has density is as good as random along a ray, so the kernel does not branch on the bit: an
   empty voxel's density is 0 (transmittance 1, weight 0) and its entry in the colour queue is
-  overwritten by the next one (1.00-1.05x a lego frame);
+  overwritten by the next one (1.03-1.05x a lego frame; BENCHMARKS.md);
 - a float16 density's transmittance exp(-sigma * step) is read from a 256 KB table of all 65536
   bit patterns, made once per step (:func:`transmittance_table`), instead of decoded and
   exponentiated;
@@ -588,7 +588,7 @@ def _march_ray(
     nb = 0  # samples waiting for their colour in wbuf / rbuf
     df3 = df * df * df
     use_mask = vox_mask.shape[0] > 0
-    has = np.int64(1)
+    has = np.int64(1)  # the voxel has density (the mask path sets it per sample)
     k_done = -1
     t = ta
     mx, sx, tmx, tdx = _dda_init(ox, dx, t, TILE, 0, dm - 1)
@@ -687,7 +687,7 @@ def _march_ray(
                             _prefetch(sh, row * nc + nc - 1)
                             wbuf[nb] = w
                             rbuf[nb] = row
-                            nb += has if use_mask else 1
+                            nb += has  # 1 unless the mask says the voxel is empty
                             if nb == COLOUR_BATCH:
                                 cr, cg, cb = _flush_colour(sh, wbuf, rbuf, nb, basis, k, cr, cg, cb)
                                 nb = 0
