@@ -1,7 +1,6 @@
-"""Time one NerfTree with its pools in memory from numpy's allocator (as ``load_tree`` leaves
-them: transparent huge pages where the kernel offers them) against the same pools in a plain
-``bytearray`` buffer (4 KB pages, as the file buffer of ``safetensors`` left them before),
-interleaved in one process with the numba marcher.
+"""Time one NerfTree with its pools in the file buffer ``load_tree`` leaves them in (4 KB pages)
+against copies in numpy's memory (transparent huge pages where the kernel offers them),
+interleaved in one process with the numba marcher; also the time the copies took.
 
 Prints one JSON line per view and size: median ms per frame of each, the huge pages (kB) the
 process held, and the speed-up.
@@ -32,11 +31,6 @@ from turbonerf.data.formats import load_scene  # noqa: E402
 from turbonerf.rays import image_ray_bundle  # noqa: E402
 
 
-def small_pages(a: np.ndarray) -> np.ndarray:
-    """A copy of ``a`` in a bytearray (malloc'd without a huge-page hint)."""
-    return np.frombuffer(bytearray(a.tobytes()), dtype=a.dtype).reshape(a.shape)
-
-
 def huge_kb() -> int:
     """AnonHugePages of this process (kB)."""
     return int(re.search(r"AnonHugePages:\s+(\d+)", Path("/proc/self/smaps_rollup").read_text()).group(1))
@@ -57,8 +51,10 @@ def main() -> None:
     cams = load_scene(s.data, downscale=s.downscale, splits=("test",)).split("test").cameras
     step = default_step(tree, s.ndc)
     bg = np.asarray(s.background, np.float64).reshape(3)
-    huge = prepare_cpu(tree)
-    small = replace(huge, density=small_pages(huge.density), sh=small_pages(huge.sh), tables={})
+    small = prepare_cpu(tree)
+    t0 = time.perf_counter()
+    huge = replace(small, density=np.array(small.density), sh=np.array(small.sh), tables={})
+    copy_s = time.perf_counter() - t0
     layouts = {"huge_pages": huge, "small_pages": small}
     for size in args.sizes:
         for view in args.views:
@@ -72,7 +68,7 @@ def main() -> None:
                     t0 = time.perf_counter()
                     march_cpu(ct, o, d, vd, near, far, bg, step, threads=args.threads)
                     times[k].append(1000 * (time.perf_counter() - t0))
-            row = {"view": view, "size": size, "threads": args.threads, "anon_huge_kb": huge_kb(),
+            row = {"view": view, "size": size, "threads": args.threads, "anon_huge_kb": huge_kb(), "copy_seconds": copy_s,
                    "same_image": bool(np.array_equal(outs["huge_pages"]["rgb"], outs["small_pages"]["rgb"]))}
             for k, t in times.items():
                 row[f"{k}_ms_median"] = float(np.median(t))

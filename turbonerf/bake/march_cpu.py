@@ -31,7 +31,7 @@ voxels and pixels have similar footprints. So:
   point, 1.10-1.13x a lego frame, the image unchanged; BENCHMARKS.md). Whether a sample's voxel
   has density is as good as random along a ray, so the kernel does not branch on the bit: an
   empty voxel's density is 0 (transmittance 1, weight 0) and its entry in the colour queue is
-  overwritten by the next one (1.03-1.05x a lego frame; BENCHMARKS.md);
+  overwritten by the next one (1.01-1.05x a lego frame; BENCHMARKS.md);
 - a float16 density's transmittance exp(-sigma * step) is read from a 256 KB table of all 65536
   bit patterns, made once per step (:func:`transmittance_table`), instead of decoded and
   exponentiated;

@@ -305,10 +305,7 @@ def load_tree(path: str | Path) -> NerfTree:
     path = Path(path)
     header = read_tree_header(path)
     try:
-        # copies owned by numpy, whose allocator asks the kernel for transparent huge pages: the
-        # marchers' scattered reads of a pool of hundreds of MB then miss the TLB far less than in
-        # the file's buffer (1.02-1.03x a lego frame at 400x400, BENCHMARKS.md)
-        arrays = {k: np.array(v, copy=True) for k, v in load_file(str(path)).items()}
+        arrays = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise TurboNerfError(f"corrupt or truncated NerfTree file ({e})", path) from None
     missing = {"cells", "density", "sh", "aabb"} - set(arrays)
