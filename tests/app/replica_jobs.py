@@ -22,8 +22,8 @@ from turbonerf.app.train import TrainOptions, train  # noqa: E402
 from turbonerf.engine.distributed import joined  # noqa: E402
 
 STEPS, BATCH = 50, 32
-BAKE = dict(coarse_res=16, fine_res=2, threshold=0.0, batch=512, progress=False)
-"""runs of 64 cells: both processes bake some of the 16^3 grid"""
+BAKE = dict(coarse_res=16, fine_res=2, threshold=0.0, batch=512, finetune_seconds=0.0, progress=False)
+"""runs of 64 cells: both processes bake some of the 16^3 grid (not fine-tuned: its parallel updates are not bit-reproducible)"""
 DISTILL = dict(num_pseudo_images=4, max_steps=100_000, max_minutes=0.05, schedule="budget", batch_rays=64,
                overrides=["width=16", "depth=4"], progress=False)
 """ended by time, with a learning rate that follows the time spent: the replicas must agree on

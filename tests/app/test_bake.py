@@ -18,6 +18,8 @@ def test_bake_eval_and_render_a_tiny_vanilla_run(tiny_scene, tmp_path, capsys):
     assert tree.coarse_res == 16 and tree.fine_res == 2 and tree.sh_degree == 3 and tree.n_blocks > 0
     info = read_tree_header(tree_file)["info"]
     assert info["colour_directions"] == "views" and 0 < info["colour_cap_degrees"] <= 180
+    assert info["finetune_steps"] > 0 and info["finetune_rays"] > 0  # fine-tuned by default, and quickly on a tiny scene
+    assert info["finetune_mse_last"] < info["finetune_mse_first"]
     assert main(bake_args) == 2 and "--overwrite" in capsys.readouterr().err  # never overwritten silently
     assert main(bake_args + ["--overwrite", "--directions", "up"]) == 2 and "--directions" in capsys.readouterr().err
     assert main(bake_args + ["--overwrite"]) == 0

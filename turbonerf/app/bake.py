@@ -6,7 +6,10 @@ are shared out (:func:`bake_share`): the coarse occupancy test by x-slices (deal
 so every process gets some of the scene's middle) and combined with a MAX all-reduce; the fine
 pass by consecutive runs of the tile-ordered cells, split at the fine pass's batch boundaries, so
 every batch is the one a single process evaluates; rank 0 receives the other parts, joins them in
-order (the same tree as one process bakes), prunes and writes the file.
+order (the same tree as one process bakes), prunes, fine-tunes and writes the file.
+
+A bounded tree is then fine-tuned on the training pixels (:mod:`turbonerf.bake.finetune`, for
+``--finetune-seconds``), on rank 0 alone.
 
 A method whose baking field lives in contracted space (``Method.baking_inner_box()``: an
 unbounded Instant-NGP) is baked over [-2, 2]^3 (the visibility test maps its cells
@@ -30,6 +33,7 @@ from turbonerf.app.runs import RunLock, default_tree_path, load_trained
 from turbonerf.bake.nerftree import (
     CONTRACTED_BOX, BakedBlocks, BakeShare, NerfTree, bake, density_threshold_for, inner_voxel_size, save_tree,
 )
+from turbonerf.bake.finetune import FinetuneConfig, finetune_tree, training_rays
 from turbonerf.bake.prune import block_max_weights, blocks_to_keep, prune_blocks
 from turbonerf.bake.render import default_step
 from turbonerf.data.formats import load_scene
@@ -52,6 +56,9 @@ compositing weight (15.2 dB against the model's 21.9); thresholds 2-10x lower lo
 DIRECTIONS = ("views", "sphere")
 """choices of BakeOptions.directions"""
 SLICE_GROUP = 4
+"""x-slices of the coarse grid dealt to one process at a time in a shared occupancy test"""
+FINETUNE_SECONDS = 45.0
+"""default fine-tuning budget of a bounded tree: on lego (D_c = 192) +0.4 dB in 30 s; BENCHMARKS.md"""
 """x-slices of the coarse grid dealt to one process at a time in a shared occupancy test"""
 
 
@@ -79,6 +86,8 @@ class BakeOptions:
     prune_weight: float = 0.0
     prune_stride: int = 2
     prune_dilate: int = 2
+    finetune_seconds: float = FINETUNE_SECONDS
+    """fine-tune the tree on the training pixels for this long (0: off; :mod:`turbonerf.bake.finetune`)"""
     progress: bool = True
 
 
@@ -147,6 +156,13 @@ def _bake_locked(run_dir: Path, out: Path, o: BakeOptions, dev: torch.device, re
     blocks_before_pruning = tree.n_blocks
     if prune_weight > 0:
         tree = prune_with_training_rays(tree, scene, prune_weight, o.prune_stride, o.prune_dilate, progress)
+    tuned = {}
+    if o.finetune_seconds > 0 and inner_box is None:  # contracted trees march with cone steps the fine-tuner does not take
+        if scene is None:
+            scene = load_scene(spec.scene.data, downscale=spec.scene.downscale, splits=("train",))
+        step = default_step(tree, scene.ndc)
+        rays = training_rays(tree, scene, step, progress)
+        tree, tuned = finetune_tree(tree, rays, scene.background, step, FinetuneConfig(seconds=o.finetune_seconds), progress)
     seconds = time.perf_counter() - t0
     info = {
         "run": str(run_dir),
@@ -165,6 +181,7 @@ def _bake_locked(run_dir: Path, out: Path, o: BakeOptions, dev: torch.device, re
         "prune_weight": prune_weight,
         "prune_dilate": o.prune_dilate,
         "blocks_before_pruning": blocks_before_pruning,
+        **tuned,
     }
     save_tree(out, tree, info)
     info["storage_mb"] = out.stat().st_size / 2**20
