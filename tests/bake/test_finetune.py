@@ -124,7 +124,7 @@ def test_finetuning_recovers_a_tree_from_its_images_and_keeps_its_structure():
                      target.aabb, target.sh_degree)
     data = _rays(start, o, d, pix)
     err = lambda t: float((_render(t, data)[0][0] - pix).square().mean())  # noqa: E731
-    cfg = FinetuneConfig(seconds=60.0, max_steps=300, rays_per_step=1024, lr_final=0.3)
+    cfg = FinetuneConfig(seconds=60.0, max_steps=300, max_epochs=1e9, rays_per_step=1024, lr_final=0.3)
     tuned, info = finetune_tree(start, data, torch.from_numpy(BG), STEP, cfg, progress=False)
     assert info["finetune_steps"] == 300
     assert err(tuned) < 0.3 * err(start)
@@ -141,3 +141,16 @@ def test_stochastic_rounding_to_half_is_unbiased_and_lands_on_a_neighbour():
     assert ((draws >= lo) & (draws <= hi)).all()
     assert (np.abs(draws.mean(0) - x) < 0.05 * (hi - lo) / 2).all()
     assert (draws[:, 3] == 5.0).all()  # representable values stay
+
+
+def test_fine_tuning_stops_after_its_passes_over_the_rays_and_leaves_a_tree_without_rays_unchanged():
+    tree = random_tree(seed=8)
+    o, d = random_rays(n=900, seed=9)
+    data = _rays(tree, o, d, torch.rand(len(o), 3)).with_first_samples(tree, tree.density.reshape(-1).astype(np.float32), STEP)
+    cfg = FinetuneConfig(seconds=60.0, max_epochs=2.5, rays_per_step=256)
+    _, info = finetune_tree(tree, data, torch.from_numpy(BG), STEP, cfg, progress=False)
+    assert info["finetune_steps"] == int(np.ceil(2.5 * len(data) / 256))
+    same, info = finetune_tree(tree, data[np.zeros(0, np.int64)], torch.from_numpy(BG), STEP, cfg, progress=False)
+    assert info["finetune_steps"] == 0
+    np.testing.assert_array_equal(same.density, tree.density)
+    np.testing.assert_array_equal(same.sh, tree.sh)

@@ -41,8 +41,11 @@ from turbonerf.engine import runtime
 from turbonerf.engine.distributed import WORK_TIMEOUT_S, Replicas, device_for_rank, joined
 from turbonerf.errors import TurboNerfError
 
-BOUNDED_COARSE_RES = 192
-"""default D_c of a bounded scene's tree"""
+BOUNDED_COARSE_RES = 128
+"""default D_c of a bounded scene's tree. Fine-tuned (:data:`FINETUNE_SECONDS`), a lego Instant-NGP
+tree at D_c = 128 scores 0.18 dB below its model, is 220 MB, bakes in under a minute and renders
+1.4x faster than at 192 (fewer, larger voxels per ray); at 192 it matches the model at 3x the
+size (BENCHMARKS.md, "fine-tuned trees")"""
 CONTRACTED_COARSE_RES = 128
 """default D_c of a contracted tree: over [-2, 2]^3, so the inner box gets 64 cells (256 fine voxels)
 per axis. On the fern capture (5-minute Instant-NGP) it scored 0.36 dB below D_c = 192 at a third
@@ -57,8 +60,9 @@ DIRECTIONS = ("views", "sphere")
 """choices of BakeOptions.directions"""
 SLICE_GROUP = 4
 """x-slices of the coarse grid dealt to one process at a time in a shared occupancy test"""
-FINETUNE_SECONDS = 45.0
-"""default fine-tuning budget of a bounded tree: on lego (D_c = 192) +0.4 dB in 30 s; BENCHMARKS.md"""
+FINETUNE_SECONDS = 30.0
+"""default time cap of a bounded tree's fine-tuning (the search for the training rays comes on top;
+8 passes over the rays usually end it first: 20 s for a lego tree at D_c = 128 on 2 cores)"""
 """x-slices of the coarse grid dealt to one process at a time in a shared occupancy test"""
 
 
@@ -87,7 +91,9 @@ class BakeOptions:
     prune_stride: int = 2
     prune_dilate: int = 2
     finetune_seconds: float = FINETUNE_SECONDS
-    """fine-tune the tree on the training pixels for this long (0: off; :mod:`turbonerf.bake.finetune`)"""
+    """fine-tune the tree on the training pixels for at most this long (0: off; :mod:`turbonerf.bake.finetune`)"""
+    finetune_epochs: float = 8.0
+    """... and at most this many passes over the training rays"""
     progress: bool = True
 
 
@@ -162,7 +168,8 @@ def _bake_locked(run_dir: Path, out: Path, o: BakeOptions, dev: torch.device, re
             scene = load_scene(spec.scene.data, downscale=spec.scene.downscale, splits=("train",))
         step = default_step(tree, scene.ndc)
         rays = training_rays(tree, scene, step, progress)
-        tree, tuned = finetune_tree(tree, rays, scene.background, step, FinetuneConfig(seconds=o.finetune_seconds), progress)
+        cfg = FinetuneConfig(seconds=o.finetune_seconds, max_epochs=o.finetune_epochs)
+        tree, tuned = finetune_tree(tree, rays, scene.background, step, cfg, progress)
     seconds = time.perf_counter() - t0
     info = {
         "run": str(run_dir),

@@ -55,8 +55,10 @@ class FinetuneConfig:
     seconds: float = 60.0
     """wall-clock budget of the optimisation (the ray tracing of the training views comes on top)"""
     max_steps: int = 1_000_000
-    max_epochs: float = 20.0
-    """stop after this many passes over the training rays (on lego at 2 cores, 45 s are ~10)"""
+    max_epochs: float = 8.0
+    """stop after this many passes over the training rays (whichever of this and ``seconds`` ends
+    first; the learning rates decay over that budget). More overfits the training views: a lego
+    tree at D_c = 128 scored 31.76 / 31.83 / 31.79 / 31.56 dB after 4 / 8 / 12 / 20 passes (BENCHMARKS.md)"""
     rays_per_step: int = 8192
     lr_sh: float = 0.02
     """step of an SH coefficient (logit units) at a unit normalised gradient"""
@@ -535,7 +537,7 @@ def finetune_tree(
         elapsed = time.perf_counter() - t_start
         if elapsed >= cfg.seconds:
             break
-        decay = cfg.lr_final ** (elapsed / cfg.seconds)
+        decay = cfg.lr_final ** max(elapsed / cfg.seconds, steps / max_steps)  # whichever budget ends first
         finetune_step(
             tree.index, md, dens, log_d, m_d, sh, sh_row, m_s, tree.fine_res, tree.sh_degree, data.g0, data.gd, data.near, data.far, data.k0,
             basis, pixels, gen.integers(0, len(data), batch), bg, step, cfg.t_min, cfg.max_samples, cfg.lr_density * decay, cfg.lr_sh * decay, cfg.beta,

@@ -266,7 +266,7 @@ def view(
 @app.command()
 def bake(
     run: Path = typer.Option(..., help="run folder made by `turbonerf train`"),
-    coarse_res: Optional[int] = typer.Option(None, help="D_c: coarse cells per axis over the scene box (default 192: a lego Instant-NGP tree of 0.7 GB baked in 45 s, 0.4 dB below the model; 384: 8x larger; BENCHMARKS.md). Unbounded (contracted) scenes: over the contracted [-2, 2]^3, default 128"),
+    coarse_res: Optional[int] = typer.Option(None, help="D_c: coarse cells per axis over the scene box (default 128: a fine-tuned lego Instant-NGP tree of 220 MB baked in under a minute, 0.18 dB below the model; 192: 3x larger and 1.4x slower to render, level with the model; BENCHMARKS.md). Unbounded (contracted) scenes: over the contracted [-2, 2]^3, default 128"),
     fine_res: int = typer.Option(4, help="D_f: fine voxels per axis inside each occupied coarse cell"),
     sh_degree: int = typer.Option(3, help="SH bands of the colour (3 -> 9 coefficients per channel, the papers' 'degree 2')"),
     n_dirs: int = typer.Option(
@@ -286,9 +286,10 @@ def bake(
     prune_stride: int = typer.Option(2, help="pruning marches every N-th pixel of each training view in each axis"),
     prune_dilate: int = typer.Option(2, help="also keep blocks within this many coarse cells of a kept one (covers cells between the sparse rays)"),
     finetune_seconds: float = typer.Option(
-        45.0, help="then fine-tune the tree's densities and colours on the training pixels for this many seconds (PlenOctrees; 0: off; "
-        "not for unbounded scenes). On lego +0.4 dB for a 2-core CPU's 30 s, see BENCHMARKS.md",
+        30.0, help="then fine-tune the tree's densities and colours on the training pixels for at most this many seconds (PlenOctrees; "
+        "0: off; not for unbounded scenes; finding the training rays comes on top). On lego +0.5 to +0.7 dB, see BENCHMARKS.md",
     ),
+    finetune_epochs: float = typer.Option(8.0, help="... and at most this many passes over the training rays (more overfits the training views)"),
     batch: int = typer.Option(1 << 16, help="points per call of the network (lower it when memory is short)"),
     progress: bool = typer.Option(True, help="show progress bars"),
     nproc: int = typer.Option(
@@ -301,7 +302,7 @@ def bake(
     opts = BakeOptions(
         out=out, coarse_res=coarse_res, fine_res=fine_res, sh_degree=sh_degree, n_dirs=n_dirs, directions=directions, overwrite=overwrite,
         device=device, threshold=threshold, visibility=visibility, prune_weight=prune_weight, prune_stride=prune_stride,
-        prune_dilate=prune_dilate, finetune_seconds=finetune_seconds, batch=batch, progress=progress,
+        prune_dilate=prune_dilate, finetune_seconds=finetune_seconds, finetune_epochs=finetune_epochs, batch=batch, progress=progress,
     )
     path, tree, info = bake_run(run, opts)
     if tree is None:  # a rank other than 0 of a shared bake: rank 0 reports
