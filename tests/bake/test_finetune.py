@@ -125,8 +125,10 @@ def test_finetuning_recovers_a_tree_from_its_images_and_keeps_its_structure():
     data = _rays(start, o, d, pix)
     err = lambda t: float((_render(t, data)[0][0] - pix).square().mean())  # noqa: E731
     cfg = FinetuneConfig(seconds=60.0, max_steps=300, max_epochs=1e9, rays_per_step=1024, lr_final=0.3)
+    before = start.sh.copy()
     tuned, info = finetune_tree(start, data, torch.from_numpy(BG), STEP, cfg, progress=False)
     assert info["finetune_steps"] == 300
+    np.testing.assert_array_equal(start.sh, before)  # the input tree is left as it was
     assert err(tuned) < 0.3 * err(start)
     np.testing.assert_array_equal(tuned.index, start.index)
     np.testing.assert_array_equal(tuned.density > 0, start.density > 0)
@@ -150,6 +152,9 @@ def test_fine_tuning_stops_after_its_passes_over_the_rays_and_leaves_a_tree_with
     cfg = FinetuneConfig(seconds=60.0, max_epochs=2.5, rays_per_step=256)
     _, info = finetune_tree(tree, data, torch.from_numpy(BG), STEP, cfg, progress=False)
     assert info["finetune_steps"] == int(np.ceil(2.5 * len(data) / 256))
+    own = NerfTree(tree.index, tree.density.copy(), tree.sh.copy(), tree.aabb, tree.sh_degree)
+    tuned, _ = finetune_tree(own, data, torch.from_numpy(BG), STEP, cfg, progress=False, in_place=True)
+    assert np.shares_memory(tuned.sh, own.sh) and not np.array_equal(own.sh, tree.sh)  # in place: no copy of the pool
     same, info = finetune_tree(tree, data[np.zeros(0, np.int64)], torch.from_numpy(BG), STEP, cfg, progress=False)
     assert info["finetune_steps"] == 0
     np.testing.assert_array_equal(same.density, tree.density)

@@ -169,7 +169,7 @@ def _bake_locked(run_dir: Path, out: Path, o: BakeOptions, dev: torch.device, re
         step = default_step(tree, scene.ndc)
         rays = training_rays(tree, scene, step, progress)
         cfg = FinetuneConfig(seconds=o.finetune_seconds, max_epochs=o.finetune_epochs)
-        tree, tuned = finetune_tree(tree, rays, scene.background, step, cfg, progress)
+        tree, tuned = finetune_tree(tree, rays, scene.background, step, cfg, progress, in_place=True)  # the tree is this bake's own
     seconds = time.perf_counter() - t0
     info = {
         "run": str(run_dir),
