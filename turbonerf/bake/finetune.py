@@ -534,10 +534,11 @@ def finetune_tree(
     basis, pixels = data.basis.numpy(), data.rgb.numpy()
     curve = []
     t_start = time.perf_counter()
-    bar = tqdm(total=round(cfg.seconds), desc="fine-tune", unit="s", disable=not progress, leave=False)
     steps = 0
     batch = min(cfg.rays_per_step, len(data))
     max_steps = min(cfg.max_steps, math.ceil(cfg.max_epochs * len(data) / max(batch, 1)))
+    # the step budget; the time budget is shown beside it (whichever ends first ends the bar)
+    bar = tqdm(total=max_steps, desc="fine-tune", unit="step", disable=not progress, leave=False)
     while steps < max_steps:
         elapsed = time.perf_counter() - t_start
         if elapsed >= cfg.seconds:
@@ -550,9 +551,9 @@ def finetune_tree(
         )  # fmt: skip
         curve.append(float(losses.mean()) / 3.0)
         steps += 1
-        if steps % 16 == 0 or not progress:
-            bar.n = min(round(time.perf_counter() - t_start), bar.total)
-            bar.set_postfix(step=steps, mse=f"{curve[-1]:.5f}", refresh=False)
+        if progress and (steps % 16 == 0 or steps == max_steps):
+            bar.n = steps
+            bar.set_postfix(time=f"{elapsed:.0f}/{cfg.seconds:.0f}s", mse=f"{curve[-1]:.5f}", refresh=False)
             bar.refresh()
     bar.close()
     sh = sh.view(np.float16) if half else sh
