@@ -43,7 +43,7 @@ from turbonerf.errors import TurboNerfError
 
 BOUNDED_COARSE_RES = 128
 """default D_c of a bounded scene's tree. Fine-tuned (:data:`FINETUNE_SECONDS`), a lego Instant-NGP
-tree at D_c = 128 scores 0.18 dB below its model, is 220 MB, bakes in under a minute and renders
+tree at D_c = 128 scores 0.13 dB below its model, is 220 MB, bakes in under a minute and renders
 1.4x faster than at 192 (fewer, larger voxels per ray); at 192 it matches the model at 3x the
 size (BENCHMARKS.md, "fine-tuned trees")"""
 CONTRACTED_COARSE_RES = 128
@@ -62,8 +62,7 @@ SLICE_GROUP = 4
 """x-slices of the coarse grid dealt to one process at a time in a shared occupancy test"""
 FINETUNE_SECONDS = 30.0
 """default time cap of a bounded tree's fine-tuning (the search for the training rays comes on top;
-8 passes over the rays usually end it first: 20 s for a lego tree at D_c = 128 on 2 cores)"""
-"""x-slices of the coarse grid dealt to one process at a time in a shared occupancy test"""
+8 passes over the rays usually end it first: 20-29 s for a lego tree at D_c = 128 on 2 cores)"""
 
 
 @dataclass

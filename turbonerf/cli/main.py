@@ -266,7 +266,7 @@ def view(
 @app.command()
 def bake(
     run: Path = typer.Option(..., help="run folder made by `turbonerf train`"),
-    coarse_res: Optional[int] = typer.Option(None, help="D_c: coarse cells per axis over the scene box (default 128: a fine-tuned lego Instant-NGP tree of 220 MB baked in under a minute, 0.18 dB below the model; 192: 3x larger and 1.4x slower to render, level with the model; BENCHMARKS.md). Unbounded (contracted) scenes: over the contracted [-2, 2]^3, default 128"),
+    coarse_res: Optional[int] = typer.Option(None, help="D_c: coarse cells per axis over the scene box (default 128: a fine-tuned lego Instant-NGP tree of 220 MB baked in under a minute, 0.13 dB below the model; 192: 3x larger and 1.4x slower to render, level with the model; BENCHMARKS.md). Unbounded (contracted) scenes: over the contracted [-2, 2]^3, default 128"),
     fine_res: int = typer.Option(4, help="D_f: fine voxels per axis inside each occupied coarse cell"),
     sh_degree: int = typer.Option(3, help="SH bands of the colour (3 -> 9 coefficients per channel, the papers' 'degree 2')"),
     n_dirs: int = typer.Option(
