@@ -52,8 +52,8 @@ from turbonerf.prefetch import prefetch as _prefetch
 class FinetuneConfig:
     """How a tree is fine-tuned."""
 
-    seconds: float = 60.0
-    """wall-clock budget of the optimisation (the ray tracing of the training views comes on top)"""
+    seconds: float = 30.0
+    """wall-clock budget of the optimisation (finding the training rays comes on top)"""
     max_steps: int = 1_000_000
     max_epochs: float = 8.0
     """stop after this many passes over the training rays (whichever of this and ``seconds`` ends
