@@ -43,8 +43,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from turbonerf.bake.march_cpu import _decode, chebyshev_distance, tile_index
+from turbonerf.bake.march_numpy import grid_rays, unit_viewdirs_basis
 from turbonerf.bake.nerftree import FLOAT16_MAX, T_MIN, NerfTree
-from turbonerf.encodings.sh import sh_basis
 from turbonerf.prefetch import prefetch as _prefetch
 
 
@@ -453,15 +453,11 @@ class TrainingRays:
     @classmethod
     def from_rays(cls, tree: NerfTree, origins: Tensor, dirs: Tensor, viewdirs: Tensor, near: Tensor, far: Tensor, rgb: Tensor) -> "TrainingRays":
         """From rays in the tree's space: origins, dirs, viewdirs [N, 3], near, far [N], rgb [N, 3] in [0, 1]."""
-        lo = tree.aabb[0].astype(np.float64)
-        scale = tree.coarse_res / (tree.aabb[1].astype(np.float64) - lo)
-        vd = torch.as_tensor(viewdirs, dtype=torch.float32)
         as64 = lambda a: np.ascontiguousarray(torch.as_tensor(a).double().numpy())  # noqa: E731
-        return cls(
-            (as64(origins) - lo) * scale, as64(dirs) * scale, as64(near), as64(far),
-            sh_basis(vd / vd.norm(dim=-1, keepdim=True).clamp_min(1e-12), tree.sh_degree).float(),
-            torch.as_tensor(rgb, dtype=torch.float32), np.full(len(origins), -1, np.int64),
-        )  # fmt: skip
+        g0, gd = grid_rays(tree, as64(origins), as64(dirs))
+        basis = torch.from_numpy(unit_viewdirs_basis(as64(viewdirs), tree.sh_degree)).float()
+        rgb = torch.as_tensor(rgb, dtype=torch.float32)
+        return cls(g0, gd, as64(near), as64(far), basis, rgb, np.full(len(g0), -1, np.int64))
 
     def with_first_samples(self, tree: NerfTree, density: np.ndarray, step: float, macro_dist: np.ndarray | None = None) -> "TrainingRays":
         """The rays that meet a voxel with density (only they can get a gradient), each with the
